@@ -1,0 +1,481 @@
+"""The fused top-d distillation loss: public functions and their autograd glue.
+
+* ``select_topd`` / ``fused_linear_select_topd``: the teacher's top-d tokens with
+  full-vocabulary log-probabilities (what the teacher cache stores).
+* ``topd_kl_loss`` / ``fused_linear_topd_kl_loss``: forward KL(teacher || student) on the
+  teacher's top-d support (math in ``ops/reference.py``).
+
+Every function validates its input (a bad argument raises ValueError naming it) and runs on
+the backend picked by ``ops.dispatch.resolve_backend``. Gradients are computed in the forward
+pass (one [N, V] buffer for ``topd_kl_loss``; none for the fused-linear variant, which sweeps
+the lm_head chunk by chunk and only ever holds one chunk of logits).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from .ops.dispatch import resolve_backend
+from .ops.reference import IGNORE_INDEX, TAIL_MODES
+from .ops.targets import TopDTargets, prepare_targets
+
+REDUCTIONS = ("mean", "sum", "none")
+# Logit-chunk budgets for the fused-linear sweeps. On a GPU a chunk holds >= 1,024 tokens
+# where memory allows so each sweep of the lm_head is compute-bound.
+_CHUNK_BYTES = {"cuda": 1 << 30, "cpu": 128 << 20}
+_MIN_CHUNK_ROWS = {"cuda": 1024, "cpu": 16}
+# Teacher log-probabilities slightly above 0 come from fp16/bf16 rounding; more is misuse.
+_LOGPROB_TOLERANCE = 1e-3
+
+
+class TopD(NamedTuple):
+    """Top-d entries per position: int32 token ids and float32 full-vocabulary log-probs."""
+
+    indices: torch.Tensor
+    logprobs: torch.Tensor
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_float(name: str, t) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
+
+
+def _check_temperature(temperature) -> float:
+    t = float(temperature)
+    if not (t > 0 and t != float("inf")):
+        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+    return t
+
+
+def _check_d(d, vocab: int) -> int:
+    if isinstance(d, bool) or not isinstance(d, int):
+        raise ValueError(f"d must be an int, got {d!r}")
+    if d < 1:
+        raise ValueError(f"d must be >= 1, got {d}")
+    if d > vocab:
+        raise ValueError(f"d={d} is larger than the vocabulary size V={vocab}")
+    return d
+
+
+def _check_same_device(**tensors) -> None:
+    devices = {name: t.device for name, t in tensors.items() if t is not None}
+    if len(set(devices.values())) > 1:
+        raise ValueError(f"all tensors must be on one device, got {devices}")
+
+
+def _check_finite_rows(values: torch.Tensor, row_mask: torch.Tensor | None, name: str) -> None:
+    bad = ~torch.isfinite(values)
+    if bad.dim() > 1:
+        bad = bad.any(dim=-1)
+    if row_mask is not None:
+        bad &= row_mask
+    if bool(bad.any()):
+        pos = int(bad.nonzero()[0, 0])
+        raise ValueError(f"{name} contains NaN or inf (first at flattened position {pos})")
+
+
+def _targets_for(
+    lead_shape: torch.Size,
+    vocab: int,
+    device: torch.device,
+    teacher_indices,
+    teacher_logprobs,
+    *,
+    tail: str,
+    mask,
+    labels,
+    ce_weight,
+) -> TopDTargets:
+    """Validates the teacher side of a loss call and flattens it to [N, d]."""
+    if not isinstance(teacher_indices, torch.Tensor) or teacher_indices.is_floating_point() or (
+        teacher_indices.dtype == torch.bool
+    ):
+        raise ValueError("teacher_indices must be an integer torch.Tensor")
+    _check_float("teacher_logprobs", teacher_logprobs)
+    if teacher_indices.dim() == 0 or tuple(teacher_indices.shape[:-1]) != tuple(lead_shape):
+        raise ValueError(
+            f"teacher_indices has shape {tuple(teacher_indices.shape)}; expected "
+            f"{tuple(lead_shape)} + (d,) to match the leading dims of the student"
+        )
+    if teacher_logprobs.shape != teacher_indices.shape:
+        raise ValueError(
+            f"teacher_logprobs has shape {tuple(teacher_logprobs.shape)}, teacher_indices "
+            f"has {tuple(teacher_indices.shape)}: they must match"
+        )
+    d = teacher_indices.shape[-1]
+    _check_d(d, vocab)
+    if tail not in TAIL_MODES:
+        raise ValueError(f"tail must be one of {TAIL_MODES}, got {tail!r}")
+    try:
+        ce_weight = float(ce_weight)
+    except (TypeError, ValueError):
+        raise ValueError(f"ce_weight must be a number, got {ce_weight!r}") from None
+    if not (ce_weight >= 0 and ce_weight != float("inf")):
+        raise ValueError(f"ce_weight must be a finite number >= 0, got {ce_weight!r}")
+    n = 1
+    for s in lead_shape:
+        n *= s
+    if mask is None:
+        row_mask = torch.ones(n, dtype=torch.bool, device=device)
+    else:
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            raise ValueError("mask must be a boolean torch.Tensor (False = ignored position)")
+        if tuple(mask.shape) != tuple(lead_shape):
+            raise ValueError(
+                f"mask has shape {tuple(mask.shape)}; expected {tuple(lead_shape)}"
+            )
+        row_mask = mask.reshape(n)
+    if labels is not None:
+        if not isinstance(labels, torch.Tensor) or labels.is_floating_point():
+            raise ValueError("labels must be an integer torch.Tensor")
+        if tuple(labels.shape) != tuple(lead_shape):
+            raise ValueError(f"labels has shape {tuple(labels.shape)}; expected {tuple(lead_shape)}")
+    elif ce_weight > 0:
+        raise ValueError("labels is required when ce_weight > 0")
+    _check_same_device(
+        student=torch.empty(0, device=device), teacher_indices=teacher_indices,
+        teacher_logprobs=teacher_logprobs, mask=mask, labels=labels,
+    )
+    idx = teacher_indices.reshape(n, d)
+    lp = teacher_logprobs.reshape(n, d)
+    out_of_range = ((idx < 0) | (idx >= vocab)).any(dim=-1) & row_mask
+    if bool(out_of_range.any()):
+        pos = int(out_of_range.nonzero()[0, 0])
+        bad = idx[pos][(idx[pos] < 0) | (idx[pos] >= vocab)][0]
+        raise ValueError(
+            f"teacher_indices holds {int(bad)} at flattened position {pos}, outside the "
+            f"student vocabulary [0, {vocab}) (a teacher from another model family?)"
+        )
+    _check_finite_rows(lp, row_mask, "teacher_logprobs")
+    too_big = (lp > _LOGPROB_TOLERANCE).any(dim=-1) & row_mask
+    if bool(too_big.any()):
+        raise ValueError(
+            "teacher_logprobs must be log-probabilities (<= 0); got values > 0 at flattened "
+            f"position {int(too_big.nonzero()[0, 0])} (pass select_topd(...).logprobs, not logits)"
+        )
+    flat_labels = None
+    if labels is not None and ce_weight > 0:
+        flat_labels = labels.reshape(n)
+        bad = ((flat_labels < 0) | (flat_labels >= vocab)) & (flat_labels != IGNORE_INDEX) & row_mask
+        if bool(bad.any()):
+            pos = int(bad.nonzero()[0, 0])
+            raise ValueError(
+                f"labels holds {int(flat_labels[pos])} at flattened position {pos}; expected "
+                f"a token id in [0, {vocab}) or {IGNORE_INDEX} (ignored)"
+            )
+    return prepare_targets(
+        idx, lp, tail=tail, row_mask=row_mask, labels=flat_labels, ce_weight=ce_weight
+    )
+
+
+def _check_reduction(reduction: str) -> str:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return reduction
+
+
+def _grad_scale(reduction: str, count: int) -> float:
+    return 1.0 / count if (reduction == "mean" and count > 0) else 1.0
+
+
+def _reduce(rows: torch.Tensor, reduction: str, scale: float, lead_shape) -> torch.Tensor:
+    if reduction == "none":
+        return rows.reshape(lead_shape)
+    total = rows.sum()
+    return total * scale if reduction == "mean" else total
+
+
+def _check_linear(hidden, weight, bias) -> tuple[int, int]:
+    _check_float("hidden", hidden)
+    _check_float("weight", weight)
+    if hidden.dim() < 2:
+        raise ValueError(f"hidden must have shape (..., H), got {tuple(hidden.shape)}")
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(
+            f"weight must have shape (V, H) with H={hidden.shape[-1]} (the last dim of "
+            f"hidden), got {tuple(weight.shape)}"
+        )
+    if weight.dtype != hidden.dtype:
+        raise ValueError(f"hidden ({hidden.dtype}) and weight ({weight.dtype}) dtypes differ")
+    if bias is not None:
+        _check_float("bias", bias)
+        if tuple(bias.shape) != (weight.shape[0],):
+            raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+        if bias.dtype != hidden.dtype:
+            raise ValueError(f"bias ({bias.dtype}) and hidden ({hidden.dtype}) dtypes differ")
+    _check_same_device(hidden=hidden, weight=weight, bias=bias)
+    return weight.shape[0], weight.shape[1]
+
+
+def _chunk_rows(chunk_size, rows: int, vocab: int, dtype: torch.dtype, device: torch.device) -> int:
+    if chunk_size is not None:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+        return chunk_size
+    kind = "cuda" if device.type == "cuda" else "cpu"
+    elem = torch.finfo(dtype).bits // 8
+    by_budget = _CHUNK_BYTES[kind] // max(1, vocab * elem)
+    return max(1, min(max(rows, 1), max(_MIN_CHUNK_ROWS[kind], by_budget)))
+
+
+# --------------------------------------------------------------------------- select_topd
+
+
+def select_topd(logits: torch.Tensor, d: int, *, temperature: float = 1.0, backend: str = "auto") -> TopD:
+    """The d most likely tokens per position of log_softmax(logits / temperature).
+
+    logits: (..., V). Returns ``TopD(indices int32 (..., d), logprobs float32 (..., d))``
+    sorted by descending probability, ties broken towards the lower token id.
+    """
+    _check_float("logits", logits)
+    if logits.dim() < 1:
+        raise ValueError("logits must have at least one dimension (..., V)")
+    vocab = logits.shape[-1]
+    _check_d(d, vocab)
+    temperature = _check_temperature(temperature)
+    impl = resolve_backend(backend, logits.device)
+    flat = logits.detach().reshape(-1, vocab)
+    if flat.shape[0] == 0:
+        idx = torch.empty(0, d, dtype=torch.int32, device=logits.device)
+        lp = torch.empty(0, d, dtype=torch.float32, device=logits.device)
+    else:
+        idx, lp = impl.select_topd(flat, d, temperature)
+    _check_finite_rows(lp, None, "logits")
+    lead = logits.shape[:-1]
+    return TopD(idx.reshape(*lead, d), lp.reshape(*lead, d))
+
+
+def fused_linear_select_topd(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    d: int,
+    *,
+    bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    backend: str = "auto",
+    chunk_size: int | None = None,
+) -> TopD:
+    """``select_topd(hidden @ weight.T + bias, d)`` without materialising the logits.
+
+    hidden: (..., H); weight: (V, H) (the lm_head). Only one chunk of logits is alive at a
+    time (``chunk_size`` rows; None picks one from a memory budget).
+    """
+    vocab, width = _check_linear(hidden, weight, bias)
+    _check_d(d, vocab)
+    temperature = _check_temperature(temperature)
+    impl = resolve_backend(backend, hidden.device)
+    flat = hidden.detach().reshape(-1, width)
+    n = flat.shape[0]
+    idx = torch.empty(n, d, dtype=torch.int32, device=hidden.device)
+    lp = torch.empty(n, d, dtype=torch.float32, device=hidden.device)
+    step = _chunk_rows(chunk_size, n, vocab, hidden.dtype, hidden.device)
+    w = weight.detach()
+    b = None if bias is None else bias.detach()
+    with torch.no_grad():
+        for s in range(0, n, step):
+            logits = F.linear(flat[s : s + step], w, b)
+            idx[s : s + step], lp[s : s + step] = impl.select_topd(logits, d, temperature)
+    _check_finite_rows(lp, None, "hidden @ weight.T (the logits)")
+    lead = hidden.shape[:-1]
+    return TopD(idx.reshape(*lead, d), lp.reshape(*lead, d))
+
+
+# --------------------------------------------------------------------------- topd_kl_loss
+
+
+class _TopDKLFunction(torch.autograd.Function):
+    """Loss and gradient in one kernel call; backward only rescales the saved gradient."""
+
+    @staticmethod
+    def forward(ctx, logits, targets: TopDTargets, temperature, reduction, impl, lead_shape):
+        count = int(targets.row_mask.sum())
+        scale = _grad_scale(reduction, count)
+        grad = torch.empty_like(logits) if logits.requires_grad else None
+        rows = impl.topd_kl(logits, targets, temperature, scale, grad)
+        _check_finite_rows(rows, targets.row_mask, "student_logits")
+        ctx.reduction = reduction
+        ctx.save_for_backward(grad)
+        return _reduce(rows, reduction, scale, lead_shape)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        if ctx.reduction == "none":
+            grad.mul_(grad_output.reshape(-1, 1).to(grad.dtype))
+        else:
+            grad.mul_(grad_output.to(grad.dtype))
+        return grad, None, None, None, None, None
+
+
+def topd_kl_loss(
+    student_logits: torch.Tensor,
+    teacher_indices: torch.Tensor,
+    teacher_logprobs: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    tail: str = "renorm",
+    mask: torch.Tensor | None = None,
+    reduction: str = "mean",
+    labels: torch.Tensor | None = None,
+    ce_weight: float = 0.0,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Forward KL(teacher || student) on the teacher's top-d support.
+
+    student_logits: (..., V), differentiable. teacher_indices / teacher_logprobs: (..., d)
+    from ``select_topd`` at the temperature you distil at (used as given). ``temperature``
+    divides the student logits (the CE term sees the same tempered logits). ``mask``
+    (bool, leading dims; False = ignored). "mean" averages over unmasked positions; with
+    every position masked the loss is 0 with zero gradients. Returns a float32 tensor.
+    """
+    _check_float("student_logits", student_logits)
+    if student_logits.dim() < 2:
+        raise ValueError(
+            f"student_logits must have shape (N, V) or (B, T, V), got {tuple(student_logits.shape)}"
+        )
+    reduction = _check_reduction(reduction)
+    temperature = _check_temperature(temperature)
+    vocab = student_logits.shape[-1]
+    lead = student_logits.shape[:-1]
+    targets = _targets_for(
+        lead, vocab, student_logits.device, teacher_indices, teacher_logprobs,
+        tail=tail, mask=mask, labels=labels, ce_weight=ce_weight,
+    )
+    impl = resolve_backend(backend, student_logits.device)
+    flat = student_logits.reshape(-1, vocab)
+    if not flat.is_contiguous():
+        flat = flat.contiguous()
+    return _TopDKLFunction.apply(flat, targets, temperature, reduction, impl, lead)
+
+
+# ------------------------------------------------------------------ fused linear + topd KL
+
+
+def _fused_sweep(hidden, weight, bias, targets, temperature, impl, step, scale, row_scale, needs):
+    """One sweep over the unmasked rows: loss per row and, if asked, the gradients.
+
+    Each chunk's logits buffer is overwritten in place with its gradient, then turned into
+    grad_hidden (dZ W) and, only when the head is trainable, grad_weight (dZ^T X, fp32).
+    """
+    need_h, need_w, need_b = needs
+    n = hidden.shape[0]
+    rows = targets.row_mask.nonzero().squeeze(1)
+    loss = torch.zeros(n, dtype=torch.float32, device=hidden.device)
+    grad_h = torch.zeros_like(hidden) if need_h else None
+    grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+    grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
+    any_grad = need_h or need_w or need_b
+    for s in range(0, rows.numel(), step):
+        r = rows[s : s + step]
+        x = hidden.index_select(0, r)
+        logits = F.linear(x, weight, bias)
+        loss.index_copy_(0, r, impl.topd_kl(logits, targets.rows(r), temperature, scale,
+                                            logits if any_grad else None))
+        if not any_grad:
+            continue
+        if row_scale is not None:
+            logits.mul_(row_scale.index_select(0, r).unsqueeze(1).to(logits.dtype))
+        if need_h:
+            grad_h.index_copy_(0, r, logits @ weight)
+        if need_w:
+            grad_w.add_(logits.t() @ x)
+        if need_b:
+            grad_b.add_(logits.sum(0, dtype=torch.float32))
+    return loss, grad_h, grad_w, grad_b
+
+
+class _FusedLinearTopDKLFunction(torch.autograd.Function):
+    """mean/sum: gradients computed in the forward sweep. none: recomputed in backward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, temperature, reduction, impl, step, lead):
+        needs = (
+            hidden.requires_grad,
+            weight.requires_grad,
+            bias is not None and bias.requires_grad,
+        )
+        count = int(targets.row_mask.sum())
+        scale = _grad_scale(reduction, count)
+        eager = reduction != "none"
+        hidden_d = hidden.detach()
+        weight_d = weight.detach()
+        bias_d = None if bias is None else bias.detach()
+        loss, gh, gw, gb = _fused_sweep(
+            hidden_d, weight_d, bias_d, targets, temperature, impl, step, scale, None,
+            needs if eager else (False, False, False),
+        )
+        _check_finite_rows(loss, targets.row_mask, "hidden @ weight.T (the student logits)")
+        ctx.reduction = reduction
+        ctx.needs = needs
+        ctx.param_dtype = weight.dtype
+        if eager:
+            ctx.grads = (gh, gw, gb)
+        else:
+            ctx.recompute = (hidden_d, weight_d, bias_d, targets, temperature, impl, step)
+        return _reduce(loss, reduction, scale, lead)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output):
+        if ctx.reduction == "none":
+            hidden, weight, bias, targets, temperature, impl, step = ctx.recompute
+            _, gh, gw, gb = _fused_sweep(
+                hidden, weight, bias, targets, temperature, impl, step, 1.0,
+                grad_output.reshape(-1).float(), ctx.needs,
+            )
+        else:
+            gh, gw, gb = ctx.grads
+            g = grad_output.float()
+            gh = None if gh is None else gh.mul_(g.to(gh.dtype))
+            gw = None if gw is None else gw.mul_(g)
+            gb = None if gb is None else gb.mul_(g)
+        gw = None if gw is None else gw.to(ctx.param_dtype)
+        gb = None if gb is None else gb.to(ctx.param_dtype)
+        return gh, gw, gb, None, None, None, None, None, None
+
+
+def fused_linear_topd_kl_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    teacher_indices: torch.Tensor,
+    teacher_logprobs: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    tail: str = "renorm",
+    mask: torch.Tensor | None = None,
+    reduction: str = "mean",
+    labels: torch.Tensor | None = None,
+    ce_weight: float = 0.0,
+    backend: str = "auto",
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """``topd_kl_loss(hidden @ weight.T + bias, ...)`` without materialising the logits.
+
+    hidden: (..., H), weight: (V, H). Differentiable with respect to ``hidden``, and to
+    ``weight`` / ``bias`` only when they require grad: a frozen head (QLoRA) costs no V x H
+    gradient buffer and no weight-gradient FLOPs. Masked positions are skipped entirely.
+    """
+    vocab, width = _check_linear(hidden, weight, bias)
+    reduction = _check_reduction(reduction)
+    temperature = _check_temperature(temperature)
+    lead = hidden.shape[:-1]
+    targets = _targets_for(
+        lead, vocab, hidden.device, teacher_indices, teacher_logprobs,
+        tail=tail, mask=mask, labels=labels, ce_weight=ce_weight,
+    )
+    impl = resolve_backend(backend, hidden.device)
+    flat = hidden.reshape(-1, width)
+    step = _chunk_rows(chunk_size, int(targets.row_mask.sum()), vocab, hidden.dtype, hidden.device)
+    return _FusedLinearTopDKLFunction.apply(
+        flat, weight, bias, targets, temperature, reduction, impl, step, lead
+    )

@@ -1,0 +1,103 @@
+"""Torch reference for top-d selection and the sparse top-d KL: the specification.
+
+Everything here is plain, readable torch that runs in float64 when given float64 (bf16 and
+fp16 inputs are computed in float32). The C++ and Triton kernels are tested against these
+functions; the "torch" backend runs them chunk by chunk with autograd.
+
+Notation for one position (METHOD.md): z = student_logits / T, q = softmax(z) over the full
+vocabulary, S = the teacher's d entries (idx_j, lp_j). Per-position loss:
+
+* tail="renorm": w = softmax(lp) over the d entries,  L = sum_j w_j (log w_j - log q_idx_j)
+* tail="none":   w = exp(lp) (raw),                    L = sum_j w_j (lp_j - log q_idx_j)
+* tail="bucket": "none" plus a rest-of-vocabulary category on both sides,
+  L += P_tail log(P_tail / Q_tail), P_tail = max(1 - sum_j w_j, 0),
+  Q_tail = max(1 - sum_{v in set(idx)} q_v, TAIL_EPS) (each distinct index counted once).
+* ce_weight > 0 adds ce_weight * (-log q_label) where label != IGNORE_INDEX.
+
+Duplicate teacher indices are separate entries: their terms (and gradients) add up.
+"""
+
+from __future__ import annotations
+
+import torch
+
+TAIL_MODES = ("renorm", "bucket", "none")
+TAIL_EPS = 1e-12
+IGNORE_INDEX = -100
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; everything else is computed in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def select_topd(logits: torch.Tensor, d: int, temperature: float = 1.0):
+    """Top-d of log_softmax(logits / T) over the last dim, sorted descending, ties -> lower index.
+
+    Returns (indices int64, logprobs in the compute dtype). Rows holding a NaN or an infinity
+    get NaN log-probabilities, so callers can reject them (the kernels do the same).
+    """
+    x = logits.to(compute_dtype(logits.dtype))
+    row_ok = torch.isfinite(x).all(dim=-1, keepdim=True)
+    lp = torch.log_softmax(torch.where(row_ok, x, 0.0) / temperature, dim=-1)
+    # Exact tie-breaking without a full sort: everything strictly above the d-th largest value
+    # is in; the lowest-index entries equal to it fill the remaining slots.
+    thr = lp.topk(d, dim=-1).values[..., -1:]
+    above = lp > thr
+    equal = lp == thr
+    need = d - above.sum(dim=-1, keepdim=True)
+    take = above | (equal & (equal.cumsum(dim=-1) <= need))
+    idx = take.nonzero()[:, -1].reshape(*lp.shape[:-1], d)  # ascending index within a row
+    vals = lp.gather(-1, idx)
+    order = torch.sort(vals, dim=-1, descending=True, stable=True).indices
+    vals = vals.gather(-1, order).masked_fill(~row_ok, float("nan"))
+    return idx.gather(-1, order), vals
+
+
+def first_occurrence(indices: torch.Tensor) -> torch.Tensor:
+    """Boolean mask, True where indices[..., j] does not appear at an earlier j."""
+    same = indices.unsqueeze(-1) == indices.unsqueeze(-2)  # [..., j, k]
+    earlier = torch.ones(same.shape[-2:], dtype=torch.bool, device=indices.device).tril(-1)
+    return ~(same & earlier).any(dim=-1)
+
+
+def topd_kl(
+    student_logits: torch.Tensor,
+    teacher_indices: torch.Tensor,
+    teacher_logprobs: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    tail: str = "renorm",
+    labels: torch.Tensor | None = None,
+    ce_weight: float = 0.0,
+) -> torch.Tensor:
+    """Per-position loss (shape = leading dims of student_logits); no masking, no reduction.
+
+    Differentiable with respect to student_logits through plain autograd.
+    """
+    if tail not in TAIL_MODES:
+        raise ValueError(f"tail must be one of {TAIL_MODES}, got {tail!r}")
+    z = student_logits.to(compute_dtype(student_logits.dtype)) / temperature
+    lse = torch.logsumexp(z, dim=-1, keepdim=True)
+    idx = teacher_indices.long()
+    log_q = z.gather(-1, idx) - lse
+    lp = teacher_logprobs.to(z.dtype)
+    if tail == "renorm":
+        log_w = lp - torch.logsumexp(lp, dim=-1, keepdim=True)
+        loss = (log_w.exp() * (log_w - log_q)).sum(-1)
+    else:
+        w = lp.exp()
+        loss = (w * (lp - log_q)).sum(-1)
+        if tail == "bucket":
+            q_set = (log_q.exp() * first_occurrence(idx)).sum(-1)
+            q_tail = (1.0 - q_set).clamp_min(TAIL_EPS)
+            p_tail = (1.0 - w.sum(-1)).clamp_min(0.0)
+            loss = loss + torch.xlogy(p_tail, p_tail) - p_tail * q_tail.log()
+    if ce_weight:
+        if labels is None:
+            raise ValueError("labels is required when ce_weight > 0")
+        use = labels != IGNORE_INDEX
+        z_label = z.gather(-1, labels.long().clamp_min(0).unsqueeze(-1))
+        ce = (lse - z_label).squeeze(-1)
+        loss = loss + ce_weight * torch.where(use, ce, torch.zeros_like(ce))
+    return loss
