@@ -65,5 +65,7 @@ def topd_kl(
             if grad_out is not None:
                 (g,) = torch.autograd.grad(rows_loss.sum(), x)
                 grad_out.index_copy_(0, r, (g * grad_scale).to(grad_out.dtype))
-        loss.index_copy_(0, r, rows_loss.detach().float())
+        # Same contract as the kernels: a NaN or inf anywhere in a row makes its loss NaN.
+        rows_loss = rows_loss.detach().float().masked_fill(~torch.isfinite(x).all(-1), float("nan"))
+        loss.index_copy_(0, r, rows_loss)
     return loss

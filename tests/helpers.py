@@ -1,0 +1,46 @@
+"""Shared test inputs: student logits and teacher top-d entries drawn from a related teacher."""
+
+from __future__ import annotations
+
+import torch
+
+from tsubasa_fast.ops import reference
+
+
+def make_case(n, vocab, d, *, seed=0, dtype=torch.float32, spread=3.0, shape=None):
+    """Student logits (dtype) and a teacher's exact top-d (int64 indices, float32 logprobs)."""
+    g = torch.Generator().manual_seed(seed)
+    teacher = torch.randn(n, vocab, generator=g, dtype=torch.float64) * spread
+    student = (teacher + torch.randn(n, vocab, generator=g, dtype=torch.float64)).to(dtype)
+    idx, lp = reference.select_topd(teacher, d)
+    if shape is not None:
+        student = student.reshape(*shape, vocab)
+        idx = idx.reshape(*shape, d)
+        lp = lp.reshape(*shape, d)
+    return student, idx, lp.float()
+
+
+def reference_loss(student, idx, lp, *, mask=None, reduction="mean", **kw):
+    """The float64 reference loss, masked and reduced like the API."""
+    rows = reference.topd_kl(student.double(), idx, lp.double(), **kw)
+    if mask is not None:
+        rows = rows * mask
+    if reduction == "none":
+        return rows
+    if reduction == "sum":
+        return rows.sum()
+    count = rows.numel() if mask is None else int(mask.sum())
+    return rows.sum() / max(count, 1)
+
+
+def assert_grad_close(got, want, rel=1e-4):
+    got = got.double()
+    scale = want.abs().max().clamp_min(1e-30)
+    err = (got - want).abs().max()
+    assert err <= rel * scale, f"gradient error {err:.3e} > {rel} x max |grad| {scale:.3e}"
+
+
+def assert_loss_close(got, want, rel=1e-5):
+    got = got.double()
+    err = (got - want).abs().max()
+    assert err <= rel * want.abs().max().clamp_min(1e-12), f"loss {got} vs reference {want}"
