@@ -1,0 +1,308 @@
+"""Loss micro-benchmarks: ``python -m benchmarks.loss [--quick] [--csv PATH]``.
+
+For select_topd, topd_kl (forward + backward) and fused-linear topd_kl (forward + backward),
+per backend, at V=151,936 and d=5: median time over repeated runs, peak memory above the
+inputs, and the ratio against a naive torch eager implementation measured in the same run
+(implementations are interleaved round-robin so machine noise hits all of them alike).
+On CUDA it adds Liger-Kernel's fused linear JSD when installed and the share of the 2-pass
+GEMM bound (4*N*H*V FLOP). Triton under the CPU interpreter is not timed (meaningless).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gc
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+import tsubasa_fast as tf
+
+VOCAB = 151_936
+D = 5
+
+
+# ------------------------------------------------------------------------------ measuring
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _rss_peak_mib() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _rss_now_mib() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+
+
+def _mmap_threshold(nbytes: int) -> None:
+    """glibc serves allocations above nbytes with mmap and returns them to the OS on free.
+
+    While measuring peak memory it is set to 64 KiB so RSS tracks live tensors (freed heap
+    memory would otherwise stay resident and hide later peaks); while timing it is set to
+    32 MiB, glibc's own steady state, so allocation costs stay realistic.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_MMAP_THRESHOLD, nbytes)
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _reset_peak(device: torch.device) -> float:
+    """Resets the peak counter; returns the baseline (MiB) the peak is measured above."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated() / 2**20
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # resets VmHWM to the current RSS
+    except OSError:
+        pass
+    return _rss_now_mib()
+
+
+def _peak(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return _rss_peak_mib()
+
+
+@dataclass
+class Impl:
+    name: str
+    fn: Callable[[], object]
+    times: list = field(default_factory=list)
+    peak_mib: float = float("nan")
+
+
+def measure(impls: list[Impl], device: torch.device, repeats: int, warmup: int = 1) -> None:
+    if device.type == "cpu":
+        _mmap_threshold(64 << 10)
+    for impl in impls:  # warm-up, and one run for the peak-memory figure
+        for _ in range(warmup):
+            impl.fn()
+        base = _reset_peak(device)
+        impl.fn()
+        _sync(device)
+        impl.peak_mib = _peak(device) - base
+    if device.type == "cpu":
+        _mmap_threshold(32 << 20)
+        for impl in impls:
+            impl.fn()
+    for _ in range(repeats):
+        for impl in impls:
+            _sync(device)
+            t0 = time.perf_counter()
+            impl.fn()
+            _sync(device)
+            impl.times.append(time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------------------ baselines
+
+
+def naive_select(logits, d, temperature=1.0):
+    lp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return lp.topk(d, dim=-1)
+
+
+def naive_topd_kl(logits, idx, lp):
+    """Full log-softmax + gather + KL through autograd (what most libraries do)."""
+    log_q = torch.log_softmax(logits.float(), dim=-1).gather(-1, idx.long())
+    p = torch.softmax(lp, dim=-1)
+    return (p * (p.log() - log_q)).sum(-1).mean()
+
+
+# ------------------------------------------------------------------------------ cases
+
+
+def _inputs(n, vocab, device, dtype, seed=0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    logits = torch.randn(n, vocab, generator=g).to(device=device, dtype=dtype)
+    top = tf.select_topd(logits + 0.5, D, backend="torch" if device.type == "cpu" else "auto")
+    return logits, top.indices, top.logprobs
+
+
+def bench_select(n, backends, device, dtype, repeats):
+    logits, _, _ = _inputs(n, VOCAB, device, dtype)
+    impls = [Impl("naive torch", lambda: naive_select(logits, D))]
+    impls += [Impl(b, lambda b=b: tf.select_topd(logits, D, backend=b)) for b in backends]
+    measure(impls, device, repeats)
+    return impls
+
+
+def bench_topd_kl(n, backends, device, dtype, repeats):
+    logits, idx, lp = _inputs(n, VOCAB, device, dtype)
+    x = logits.clone().requires_grad_()
+
+    # Each run drops its gradient at the end, so the next run's peak starts from the inputs.
+    def naive():
+        naive_topd_kl(x, idx, lp).backward()
+        x.grad = None
+
+    def ours(b):
+        tf.topd_kl_loss(x, idx, lp, backend=b).backward()
+        x.grad = None
+
+    impls = [Impl("naive torch", naive)] + [Impl(b, lambda b=b: ours(b)) for b in backends]
+    measure(impls, device, repeats)
+    return impls
+
+
+def bench_fused_linear(n, hdim, backends, device, dtype, repeats, train_head=False):
+    g = torch.Generator(device="cpu").manual_seed(1)
+    h = torch.randn(n, hdim, generator=g).to(device=device, dtype=dtype).requires_grad_()
+    w = (torch.randn(VOCAB, hdim, generator=g) / hdim**0.5).to(device=device, dtype=dtype)
+    w.requires_grad_(train_head)
+    with torch.no_grad():
+        top = tf.fused_linear_select_topd(h.detach() * 1.1, w.detach(), D)
+    idx, lp = top.indices, top.logprobs
+
+    def naive():
+        naive_topd_kl(h @ w.T, idx, lp).backward()
+        h.grad = w.grad = None
+
+    def ours(b):
+        tf.fused_linear_topd_kl_loss(h, w, idx, lp, backend=b).backward()
+        h.grad = w.grad = None
+
+    impls = [Impl("naive torch", naive)] + [Impl(b, lambda b=b: ours(b)) for b in backends]
+    liger = _liger_impl(h, w, idx, lp) if device.type == "cuda" else None
+    if liger is not None:
+        impls.append(liger)
+    measure(impls, device, repeats)
+    return impls
+
+
+def _liger_impl(h, w, idx, lp):
+    """Liger's fused linear JSD (beta=0: forward KL) against a live teacher head, if installed."""
+    try:
+        from liger_kernel.transformers import LigerFusedLinearJSD
+    except ImportError:
+        return None
+    jsd = LigerFusedLinearJSD(jsd_beta=0.0)
+    t_h = h.detach()
+    t_w = w.detach()
+
+    def run():
+        jsd(h, w, t_h, t_w).backward()
+        h.grad = None
+
+    return Impl("liger fused linear JSD", run)
+
+
+# ------------------------------------------------------------------------------ reporting
+
+
+def _rows(op, shape, impls, flop=None, device_name=""):
+    base = statistics.median(impls[0].times)
+    out = []
+    for impl in impls:
+        med = statistics.median(impl.times)
+        row = {
+            "op": op,
+            "shape": shape,
+            "impl": impl.name,
+            "median_ms": round(med * 1e3, 2),
+            "peak_mib": round(impl.peak_mib, 1),
+            "speedup_vs_naive": round(base / med, 2),
+            "memory_ratio_naive_over_impl": round(impls[0].peak_mib / max(impl.peak_mib, 1e-6), 1),
+            "device": device_name,
+        }
+        if flop is not None:
+            row["pct_of_2pass_bound"] = round(100 * flop / med / _peak_flops(), 1)
+        out.append(row)
+    return out
+
+
+def _peak_flops() -> float:
+    """Dense bf16 tensor-core peak of the current GPU (FLOP/s), for the 2-pass bound."""
+    name = torch.cuda.get_device_name()
+    for key, tflops in (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("4090", 165e12)):
+        if key in name:
+            return tflops
+    return float(os.environ.get("TSUBASA_PEAK_TFLOPS", "100")) * 1e12
+
+
+def _print_table(rows):
+    cols = ["op", "shape", "impl", "median_ms", "peak_mib", "speedup_vs_naive",
+            "memory_ratio_naive_over_impl"]
+    if any("pct_of_2pass_bound" in r for r in rows):
+        cols.append("pct_of_2pass_bound")
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
+    print("  ".join(c.ljust(widths[c]) for c in cols))
+    for r in rows:
+        print("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                    help="default: bfloat16 on CUDA, float32 on CPU")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="small shapes, for a smoke run")
+    ap.add_argument("--only", choices=["select", "topd_kl", "fused"], action="append")
+    ap.add_argument("--csv", default="benchmarks/results/loss.csv")
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    backends = [b for b in tf.available_backends(device) if not (b == "triton" and device.type == "cpu")]
+    dev_name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU x{torch.get_num_threads()}"
+    print(f"device: {dev_name}, dtype: {dtype}, backends: {backends}, V={VOCAB}, d={D}, "
+          f"medians of {args.repeats} runs")
+    if args.quick:
+        ns, fused_shapes = [128], [(256, 256)]
+    elif device.type == "cuda":
+        ns, fused_shapes = [1024, 4096, 8192], [(4096, 1024), (8192, 2560), (16384, 4096)]
+    else:
+        ns, fused_shapes = [256, 1024], [(2048, 1024)]
+    only = set(args.only or ["select", "topd_kl", "fused"])
+    rows = []
+    for n in ns:
+        if "select" in only:
+            rows += _rows("select_topd", f"N={n}", bench_select(n, backends, device, dtype, args.repeats), device_name=dev_name)
+        if "topd_kl" in only:
+            rows += _rows("topd_kl fwd+bwd", f"N={n}", bench_topd_kl(n, backends, device, dtype, args.repeats), device_name=dev_name)
+    if "fused" in only:
+        for n, hdim in fused_shapes:
+            flop = 4 * n * hdim * VOCAB if device.type == "cuda" else None
+            impls = bench_fused_linear(n, hdim, backends, device, dtype, args.repeats)
+            rows += _rows("fused_linear topd_kl fwd+bwd (frozen head)", f"N={n} H={hdim}", impls, flop, dev_name)
+    _print_table(rows)
+    if args.csv:
+        os.makedirs(os.path.dirname(args.csv) or ".", exist_ok=True)
+        keys = sorted({k for r in rows for k in r}, key=lambda k: list(rows[0]).index(k) if k in rows[0] else 99)
+        with open(args.csv, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"wrote {args.csv}")
+
+
+if __name__ == "__main__":
+    main()
