@@ -1,0 +1,54 @@
+"""tsubasa-fast memory ingest|search|history and eval retrieval, end to end (hashing embedder)."""
+
+import json
+
+import pytest
+
+from tsubasa_fast.cli import build_parser, main
+
+
+@pytest.mark.parametrize("argv", [[], ["memory"], ["memory", "ingest"], ["memory", "search"],
+                                  ["memory", "history"], ["eval"], ["eval", "retrieval"]])
+def test_help_everywhere(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv + ["--help"])
+    assert e.value.code == 0
+    assert "usage: tsubasa-fast" in capsys.readouterr().out
+
+
+def test_cli_end_to_end(tmp_path, locomo_file, capsys):
+    store = str(tmp_path / "st")
+    assert main(["memory", "ingest", "--store", store, "--locomo", str(locomo_file), "--source",
+                 "observations", "--manager", "static", "--embedder", "hashing"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["applied"] == 6 and summary["live_records"] == 6
+    assert main(["memory", "ingest", "--store", store, "--locomo", str(locomo_file), "--source",
+                 "observations", "--manager", "static"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["replayed"] == 6
+    assert main(["memory", "search", "--store", store, "--user", "conv-t:Ann", "-k", "2", "--json",
+                 "pottery class"]) == 0
+    hits = [json.loads(l) for l in capsys.readouterr().out.strip().splitlines()]
+    assert len(hits) == 2 and all(h["user_id"] == "conv-t:Ann" for h in hits)
+    assert main(["memory", "history", "--store", store, str(hits[0]["id"])]) == 0
+    assert f"#{hits[0]['id']} v1 live" in capsys.readouterr().out
+    out = tmp_path / "r.json"
+    assert main(["eval", "retrieval", "--store", store, "--locomo", str(locomo_file), "-k", "1", "3",
+                 "--json", str(out), "--retrieval", "hybrid"]) == 0
+    assert "overall" in capsys.readouterr().out
+    res = json.loads(out.read_text())
+    assert res["questions"] == 2 and set(res["overall"]) == {"recall@1", "recall@3"}
+    assert set(res["mean_retrieved_tokens"]) == {"1", "3"} and "4" in res["by_category"]
+    assert 0 <= res["overall"]["recall@1"] <= res["overall"]["recall@3"] <= 1
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"sample_id": "c", "conversation": {"speaker_a": "A"}}]')
+    assert main(["memory", "ingest", "--store", str(tmp_path / "s"), "--locomo", str(bad),
+                 "--source", "observations", "--embedder", "hashing"]) == 2
+    assert "conversation.speaker_b: missing" in capsys.readouterr().err
+    assert main(["memory", "search", "--store", str(tmp_path / "none"), "--user", "u", "q"]) == 2
+    assert "no memory store" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["memory", "search", "--store", "x", "--user", "u", "-k", "0", "q"])
+    assert "positive integer" in capsys.readouterr().err

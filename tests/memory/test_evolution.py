@@ -1,0 +1,96 @@
+"""Evolution managers: rule decisions, LLM manager validation + fallback, static."""
+
+import json
+
+import pytest
+
+from tsubasa_fast.memory.evolution import (Decision, LLMManager, Observation, RuleManager, StaticManager,
+                                           apply_decision, parse_manager_reply)
+
+
+def _obs(store, text, key, date="2023-05-08", dia=("D1:1",)):
+    return Observation("u", text, date, {"dia_ids": list(dia)}, key, store.embedder.embed([text])[0],
+                       date_label=date)
+
+
+def _run(store, manager, text, key, **kw):
+    o = _obs(store, text, key, **kw)
+    d = manager.decide(store, o)
+    return d, apply_decision(store, o, d)
+
+
+def test_rule_manager_decisions(store):
+    m = RuleManager(duplicate=0.95, same_subject=0.55)
+    d, a = _run(store, m, "Ann lives in Boston with her cat Tom", "k1", date="2023-01-05")
+    assert d.op == "ADD"
+    d, _ = _run(store, m, "Ann lives in Boston with her cat Tom", "k2")
+    assert d.op == "IGNORE" and d.target_id == a.id
+    d, b = _run(store, m, "Ann moved from Boston to Denver with her cat Tom", "k3", date="2023-06-01",
+                dia=("D5:2",))
+    assert d.op == "RECONCILE" and d.target_id == a.id
+    assert "Boston with her cat Tom" in b.text and "Denver" in b.text  # both states kept, dated
+    assert "2023-01-05" in b.text or "5 January 2023" in b.text
+    assert b.dia_ids == ["D1:1", "D5:2"] and store.get(a.id).status == "superseded"
+    d, c = _run(store, m, "Ann's cat Tom in Denver is a grey tabby", "k4")
+    assert d.op in ("UPDATE", "ADD")
+    d, e = _run(store, m, "Bob collects vintage stamps from Peru", "k5")
+    assert d.op == "ADD"
+    assert m.stats["ADD"] >= 2 and m.stats["IGNORE"] == 1 and m.stats["RECONCILE"] == 1
+    ops = [ev["op"] for ev in store.events("u")]
+    assert ops[:3] == ["ADD", "IGNORE", "RECONCILE"]  # every decision logged, IGNORE included
+
+
+def test_rule_manager_update_merges(store):
+    m = RuleManager(duplicate=0.99, same_subject=0.5)
+    _, a = _run(store, m, "Ann plays tennis on weekends", "k1")
+    d, b = _run(store, m, "Ann plays tennis on weekends at the club with her sister", "k2")
+    assert d.op == "UPDATE" and b.supersedes == a.id and "sister" in b.text
+
+
+def test_rule_manager_rejects_bad_thresholds():
+    with pytest.raises(ValueError, match="same_subject"):
+        RuleManager(duplicate=0.5, same_subject=0.9)
+
+
+def test_static_manager_appends_everything(store):
+    m = StaticManager()
+    for i in range(3):
+        _run(store, m, "Ann lives in Boston", f"k{i}")
+    assert store.count("u") == 3 and m.stats["ADD"] == 3
+
+
+class Scripted:
+    def __init__(self, replies):
+        self.replies, self.calls = list(replies), []
+
+    def __call__(self, messages):
+        self.calls.append(messages)
+        return self.replies.pop(0)
+
+
+def test_llm_manager_valid_update(store):
+    store.add("u", "Ann has a dog", op_key="seed1")
+    store.add("u", "Ann works in a bakery", op_key="seed2")
+    chat = Scripted(['Sure: {"op": "UPDATE", "index": 2, "text": "Ann works in a bakery in Denver as head baker"}'])
+    m = LLMManager(chat)
+    d, rec = _run(store, m, "Ann became head baker", "k1")
+    assert d.op == "UPDATE" and d.decision_source == "llm" and m.stats["fallback"] == 0
+    assert rec.supersedes == 2 and rec.decision_source == "llm"
+    prompt = chat.calls[0][1]["content"]
+    assert "1. [undated] Ann has a dog" in prompt and "Ann became head baker" in prompt
+
+
+@pytest.mark.parametrize("reply", ['{"op": "UPDATE", "index": 7, "text": "x"}', "I think we should add it",
+                                   '{"op": "MERGE"}', '{"op": "RECONCILE", "index": 1}'])
+def test_llm_manager_invalid_falls_back_to_rule(store, reply):
+    store.add("u", "Ann has a dog", op_key="seed")
+    m = LLMManager(Scripted([reply]), fallback=RuleManager(duplicate=0.95, same_subject=0.6))
+    d, _ = _run(store, m, "Bob collects stamps", "k1")
+    assert m.stats["fallback"] == 1 and d.decision_source == "rule" and d.op == "ADD"
+    assert "llm output invalid" in d.reason
+
+
+def test_parse_manager_reply_ignore_without_index(store):
+    assert parse_manager_reply('{"op": "ignore"}', [], None).op == "IGNORE"
+    with pytest.raises(ValueError, match="needs a target_id"):
+        Decision("UPDATE")

@@ -1,0 +1,243 @@
+"""``tsubasa-fast memory ingest|search|history|export|import`` and ``tsubasa-fast eval retrieval``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import group
+
+
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
+    return n
+
+
+def register(subparsers) -> None:
+    mem = group(subparsers, "memory", "build and query the evolving per-user memory store")
+
+    p = mem.add_parser("ingest", help="write LoCoMo conversations into a store",
+                       description="Write LoCoMo conversations into a memory store (idempotent: "
+                                   "replaying adds nothing). Each speaker is a user <sample_id>:<speaker>.")
+    p.add_argument("--store", required=True, type=Path, help="store directory (created if missing)")
+    p.add_argument("--locomo", required=True, type=Path, help="LoCoMo JSON file (locomo10.json format)")
+    p.add_argument("--conversation", nargs="+", metavar="ID", help="sample ids to ingest (default: all)")
+    p.add_argument("--source", required=True, choices=("utterances", "observations", "llm"),
+                   help="raw utterances (RAG baseline), the dataset's observations, or the LLM extractor")
+    p.add_argument("--manager", choices=("llm", "rule", "static"), default=None,
+                   help="evolution manager (default: static for utterances, rule otherwise)")
+    p.add_argument("--embedder", choices=("minilm", "hashing"), default=None,
+                   help="embedder for a new store (default minilm; an existing store keeps its own)")
+    p.add_argument("--model", default=None,
+                   help="local causal LM folder for --source llm / --manager llm (default SmolLM2-135M-Instruct)")
+    p.add_argument("--max-new-tokens", type=_positive, default=384, help="generation limit for the LLM")
+    p.add_argument("--date-prefix", action=argparse.BooleanOptionalAction, default=None,
+                   help="prefix memory texts with the session date (default: on for utterances only)")
+    p.set_defaults(func=cmd_ingest)
+
+    p = mem.add_parser("search", help="search one user's live memories",
+                       description="Top-k live memories of one user by cosine similarity.")
+    p.add_argument("--store", required=True, type=Path, help="store directory")
+    p.add_argument("--user", required=True, help="user id, e.g. conv-26:Caroline")
+    p.add_argument("-k", type=_positive, default=3, help="number of results (default 3)")
+    p.add_argument("--retrieval", choices=("dense", "hybrid", "date"), default="dense",
+                   help="ranking: dense cosine, hybrid BM25+cosine, or hybrid with date matching")
+    p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    p.add_argument("query", help="query text")
+    p.set_defaults(func=cmd_search)
+
+    p = mem.add_parser("history", help="show every version of a memory record",
+                       description="The version chain of a record, oldest first.")
+    p.add_argument("--store", required=True, type=Path, help="store directory")
+    p.add_argument("--json", action="store_true", help="print JSON lines")
+    p.add_argument("id", type=_positive, help="record id (any version in the chain)")
+    p.set_defaults(func=cmd_history)
+
+    p = mem.add_parser("export", help="export every record version as JSON lines")
+    p.add_argument("--store", required=True, type=Path, help="store directory")
+    p.add_argument("--user", default=None, help="only this user")
+    p.add_argument("out", type=Path, help="output .jsonl file")
+    p.set_defaults(func=cmd_export)
+
+    p = mem.add_parser("import", help="import records from an export (idempotent)")
+    p.add_argument("--store", required=True, type=Path, help="store directory")
+    p.add_argument("--embedder", choices=("minilm", "hashing"), default=None, help="embedder for a new store")
+    p.add_argument("file", type=Path, help=".jsonl file written by `memory export`")
+    p.set_defaults(func=cmd_import)
+
+    ev = group(subparsers, "eval", "evaluate memory and models")
+    p = ev.add_parser("retrieval", help="recall@k of LoCoMo evidence among retrieved memories",
+                      description="For each question with evidence, recall@k = fraction of its evidence "
+                                  "dia_ids covered by the source dia_ids of the top-k memories (both "
+                                  "speakers' stores, merged). Categories: 1 multi-hop, 2 temporal, "
+                                  "3 open-domain, 4 single-hop, 5 adversarial.")
+    p.add_argument("--store", required=True, type=Path, help="store directory")
+    p.add_argument("--locomo", required=True, type=Path, help="LoCoMo JSON file")
+    p.add_argument("--conversation", nargs="+", metavar="ID", help="sample ids (default: all)")
+    p.add_argument("-k", nargs="+", type=_positive, default=[1, 3, 5, 10], help="k values (default 1 3 5 10)")
+    p.add_argument("--categories", nargs="+", type=int, default=[1, 2, 3, 4], choices=(1, 2, 3, 4, 5),
+                   help="question categories (default 1 2 3 4)")
+    p.add_argument("--retrieval", choices=("dense", "hybrid", "date"), default="dense",
+                   help="ranking variant (default dense)")
+    p.add_argument("--alpha", type=float, default=0.5, help="dense weight for hybrid ranking (default 0.5)")
+    p.add_argument("--speaker-boost", type=float, default=0.0,
+                   help="score bonus for the store of the one speaker a question names (default 0)")
+    p.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write the results as JSON")
+    p.set_defaults(func=cmd_eval_retrieval)
+
+
+def open_store(path: Path, embedder: str | None = None, must_exist: bool = False):
+    """Open a store with the embedder it was built with (or ``embedder`` for a new store)."""
+    from ..memory import MemoryStore, make_embedder
+
+    if (path / "memory.sqlite").is_file():
+        meta = MemoryStore.read_meta(path)
+        name = meta["embedder"]
+        if embedder is not None and make_embedder_name(embedder) != name:
+            raise ValueError(f"--embedder {embedder}: store {path} was built with {name!r}")
+        return MemoryStore(path, make_embedder(name))
+    if must_exist:
+        raise FileNotFoundError(f"--store: no memory store at {path}")
+    return MemoryStore(path, make_embedder(embedder or "minilm"))
+
+
+def make_embedder_name(short: str) -> str:
+    return {"minilm": "all-MiniLM-L6-v2", "hashing": "hashing-v1-384"}.get(short, short)
+
+
+def cmd_ingest(args) -> int:
+    from tqdm import tqdm
+
+    from ..memory.evolution import make_manager
+    from ..memory.extraction import ObservationExtractor
+    from ..memory.ingest import IngestStats, ingest_conversation
+    from ..memory.locomo import load_locomo
+
+    convs = load_locomo(args.locomo, args.conversation)
+    manager_name = args.manager or ("static" if args.source == "utterances" else "rule")
+    date_prefix = args.date_prefix if args.date_prefix is not None else args.source == "utterances"
+    chat = None
+    if args.source == "llm" or manager_name == "llm":
+        from ..llm import ChatLM
+
+        chat = ChatLM.load(args.model, max_new_tokens=args.max_new_tokens)
+    extractor = ObservationExtractor(chat) if args.source == "llm" else None
+    manager = make_manager(manager_name, chat=chat)
+    store = open_store(args.store, args.embedder)
+    stats = IngestStats()
+    try:
+        with tqdm(total=sum(len(c.sessions) for c in convs), desc="ingest", unit="session") as bar:
+            for conv in convs:
+                bar.set_postfix_str(conv.sample_id)
+                ingest_conversation(store, conv, args.source, manager, extractor=extractor,
+                                    date_prefix=date_prefix, progress=bar, stats=stats)
+        summary = {"store": str(args.store), "source": args.source, "manager": manager_name, **stats.as_dict(),
+                   "live_records": store.count()}
+        if extractor is not None:
+            summary["extraction"] = extractor.stats
+        if manager_name == "llm":
+            summary["manager_stats"] = manager.stats
+    finally:
+        store.close()
+    print(json.dumps(summary))
+    return 0
+
+
+def _print_record(rec, score=None, as_json=False) -> None:
+    if as_json:
+        d = rec.to_dict()
+        if score is not None:
+            d["score"] = score
+        print(json.dumps(d, ensure_ascii=False))
+        return
+    head = f"#{rec.id} v{rec.version} {rec.status}"
+    if score is not None:
+        head = f"{score:.3f}  " + head
+    src = ",".join(rec.dia_ids)
+    print(f"{head}  [{rec.observed_at or '-'}] ({rec.decision_source}{'; ' + src if src else ''})\n    {rec.text}")
+
+
+def cmd_search(args) -> int:
+    from ..memory.retrieval import Retriever
+
+    store = open_store(args.store, must_exist=True)
+    try:
+        if args.retrieval == "dense":
+            for h in store.search(args.user, args.query, args.k):
+                _print_record(h.record, h.score, args.json)
+        else:
+            recs = {(r.text, tuple(r.dia_ids)): r for r in store.all(args.user)}
+            for h in Retriever(store, args.retrieval).search(args.user, args.query, args.k):
+                _print_record(recs[(h.text, h.dia_ids)], h.score, args.json)
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_history(args) -> int:
+    store = open_store(args.store, must_exist=True)
+    try:
+        chain = store.history(args.id)
+        for rec in chain:
+            _print_record(rec, as_json=args.json)
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_export(args) -> int:
+    store = open_store(args.store, must_exist=True)
+    try:
+        n = store.export_jsonl(args.out, args.user)
+    finally:
+        store.close()
+    print(f"exported {n} records to {args.out}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    if not args.file.is_file():
+        raise FileNotFoundError(f"file: no such file {args.file}")
+    store = open_store(args.store, args.embedder)
+    try:
+        n = store.import_jsonl(args.file)
+    finally:
+        store.close()
+    print(f"imported {n} records into {args.store}")
+    return 0
+
+
+def cmd_eval_retrieval(args) -> int:
+    import functools
+
+    from ..memory.locomo import evaluate_retrieval, format_report, load_locomo, merged_search
+    from ..memory.retrieval import Retriever
+
+    if not 0 <= args.alpha <= 1:
+        raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
+    convs = load_locomo(args.locomo, args.conversation)
+    store = open_store(args.store, must_exist=True)
+    try:
+        missing = [u for c in convs for u in c.user_ids if store.count(u) == 0]
+        if len(missing) == sum(len(c.user_ids) for c in convs):
+            raise ValueError(f"--store {args.store} holds no memories for these conversations; run "
+                             f"`tsubasa-fast memory ingest` first")
+        search = Retriever(store, args.retrieval, alpha=args.alpha)
+        result = evaluate_retrieval(convs, search, args.k, args.categories, progress=sys.stderr.isatty(),
+                                    merge=functools.partial(merged_search, speaker_boost=args.speaker_boost))
+    finally:
+        store.close()
+    result["config"] = {"retrieval": args.retrieval, "alpha": args.alpha, "speaker_boost": args.speaker_boost,
+                        "categories": args.categories}
+    print(format_report(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0

@@ -1,0 +1,56 @@
+"""Chat generation with a local causal LM (greedy by default, deterministic).
+
+`ChatLM` wraps a ``(model, tokenizer)`` pair from :mod:`tsubasa_fast.models` behind one
+call, ``chat(messages) -> str``, so the memory pipeline (extractor, LLM manager) can take
+any ``Callable[[list[dict]], str]`` and tests can pass a scripted fake instead.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+class ChatLM:
+    """Greedy chat-template generation with a local transformers causal LM."""
+
+    def __init__(self, model: Any, tokenizer: Any, max_new_tokens: int = 256,
+                 temperature: float = 0.0, name: str = "llm"):
+        if max_new_tokens <= 0:
+            raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.name = name
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise ValueError(f"{name}: the tokenizer has no chat template")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None, dtype: Any = "float32",
+             device: str = "cpu", **kwargs) -> "ChatLM":
+        """Load a local model folder (None = SmolLM2-135M-Instruct) for chat."""
+        from .models import load_causal_lm
+
+        model, tok = load_causal_lm(path, dtype=dtype, device=device)
+        return cls(model, tok, name=str(path or "SmolLM2-135M-Instruct"), **kwargs)
+
+    def __call__(self, messages: list[dict], max_new_tokens: int | None = None) -> str:
+        return self.chat(messages, max_new_tokens)
+
+    def chat(self, messages: list[dict], max_new_tokens: int | None = None) -> str:
+        import torch
+
+        ids = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        ids = {k: v.to(self.model.device) for k, v in ids.items()}
+        gen = dict(max_new_tokens=max_new_tokens or self.max_new_tokens,
+                   pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+        if self.temperature > 0:
+            gen.update(do_sample=True, temperature=self.temperature)
+        else:
+            gen.update(do_sample=False)
+        with torch.inference_mode():
+            out = self.model.generate(**ids, **gen)
+        new = out[0, ids["input_ids"].shape[1]:]
+        return self.tokenizer.decode(new, skip_special_tokens=True).strip()
