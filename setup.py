@@ -66,7 +66,7 @@ def _extension_setup() -> dict:
     ext = CppExtension(
         EXT_NAME,
         SOURCES,
-        extra_compile_args=["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"],
+        extra_compile_args=["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-Wno-psabi"],
         extra_link_args=["-fopenmp"],
     )
     return {"ext_modules": [ext], "cmdclass": {"build_ext": OptionalBuildExtension}}

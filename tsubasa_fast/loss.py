@@ -186,6 +186,12 @@ def _grad_scale(reduction: str, count: int) -> float:
     return 1.0 / count if (reduction == "mean" and count > 0) else 1.0
 
 
+def _is_one(grad_output: torch.Tensor) -> bool:
+    """True for the usual `loss.backward()` seed on CPU, where rescaling the saved [N, V]
+    gradient by 1 would be a wasted full pass (on a GPU the check would cost a sync)."""
+    return grad_output.device.type == "cpu" and grad_output.numel() == 1 and grad_output.item() == 1.0
+
+
 def _reduce(rows: torch.Tensor, reduction: str, scale: float, lead_shape) -> torch.Tensor:
     if reduction == "none":
         return rows.reshape(lead_shape)
@@ -311,7 +317,7 @@ class _TopDKLFunction(torch.autograd.Function):
         (grad,) = ctx.saved_tensors
         if ctx.reduction == "none":
             grad.mul_(grad_output.reshape(-1, 1).to(grad.dtype))
-        else:
+        elif not _is_one(grad_output):
             grad.mul_(grad_output.to(grad.dtype))
         return grad, None, None, None, None, None
 

@@ -1,0 +1,243 @@
+// Shared pieces of the CPU kernels: the plain-C++ interface between the ATen glue
+// (bindings.cpp) and the row kernels (topd_select.cpp, topd_kl.cpp), and the SIMD helpers.
+//
+// The kernel translation units include no ATen header (they compile in about a second).
+// Hot row functions are written once as always_inline templates over GCC vector extensions
+// and instantiated inside wrappers compiled for AVX-512, AVX2+FMA and the baseline ISA;
+// the widest one the CPU supports is picked at run time (never -march=native).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+namespace tsf {
+
+// ------------------------------------------------------------------------ interface
+
+enum DType : int { kF32 = 0, kF64 = 1, kBF16 = 2, kF16 = 3 };
+
+struct SelectArgs {
+  const void* x;       // [N, V] logits, row-contiguous, dtype `dtype`
+  int64_t vocab;
+  int64_t d;
+  int dtype;
+  double temperature;
+  int32_t* out_idx;    // [N, d]
+  float* out_lp;       // [N, d]
+};
+
+struct KLArgs {
+  const void* x;            // [N, V] logits
+  void* g;                  // [N, V] gradient (same dtype) or nullptr; may alias x
+  int64_t vocab;
+  int64_t d;
+  int dtype;
+  const int64_t* idx;       // [N, d]
+  const float* w;           // [N, d]
+  const float* cst;         // [N]
+  const float* wsum;        // [N]
+  const float* p_tail;      // [N] or nullptr (bucket tail)
+  const bool* first;        // [N, d] or nullptr
+  const int64_t* labels;    // [N] or nullptr; < 0 = no CE term
+  double ce_weight;
+  const bool* row_mask;     // [N]
+  double temperature;
+  double grad_scale;
+  float* loss;              // [N]
+};
+
+// Rows [r0, r1). Both return the number of rows skipped because of an out-of-range index.
+int64_t select_rows(const SelectArgs& a, int64_t r0, int64_t r1);
+int64_t kl_rows(const KLArgs& a, int64_t r0, int64_t r1);
+// "avx512", "avx2" or "default": the code path picked for this CPU (TSUBASA_CPU_ISA overrides).
+const char* isa_name();
+int isa_level();
+
+constexpr double kTailEps = 1e-12;
+
+// ------------------------------------------------------------------------ SIMD helpers
+
+#define TSF_INLINE inline __attribute__((always_inline))
+#define TSF_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
+#define TSF_AVX2 __attribute__((target("avx2,fma")))
+
+typedef float vf __attribute__((vector_size(64)));
+typedef int32_t vi __attribute__((vector_size(64)));
+typedef double vd __attribute__((vector_size(64)));
+typedef int64_t vl __attribute__((vector_size(64)));
+
+template <class C> struct VT;
+template <> struct VT<float> {
+  typedef vf V;
+  static constexpr int W = 16;
+};
+template <> struct VT<double> {
+  typedef vd V;
+  static constexpr int W = 8;
+};
+
+// Elements per block: the block buffer (8 KiB for fp32) stays in L1 between the passes.
+constexpr int64_t kBlock = 2048;
+
+template <class V, class C> TSF_INLINE V splat(C c) {
+  V v = {};
+  return v + c;
+}
+
+template <class V, class C> TSF_INLINE V vload(const C* p) {
+  V v;
+  __builtin_memcpy(&v, p, sizeof(V));
+  return v;
+}
+
+template <class V, class C> TSF_INLINE void vstore(C* p, V v) { __builtin_memcpy(p, &v, sizeof(V)); }
+
+template <class V> TSF_INLINE V vmax(V a, V b) { return a > b ? a : b; }
+
+template <class C, class V> TSF_INLINE C hsum(V v) {
+  C s = 0;
+  for (int l = 0; l < VT<C>::W; ++l) s += v[l];
+  return s;
+}
+
+template <class C, class V> TSF_INLINE C hmax(V v) {
+  C m = v[0];
+  for (int l = 1; l < VT<C>::W; ++l) m = v[l] > m ? v[l] : m;
+  return m;
+}
+
+// Branch-free exp (Cephes expf: range reduction by ln 2 in two parts, degree-6 polynomial,
+// 2^n through the exponent bits), about 1 ulp on [-87.3, 88]. Exact 0 below that (so -inf
+// gives 0), NaN stays NaN. Only plain arithmetic and bit casts: vectorises for any ISA.
+TSF_INLINE vf vexp(vf x) {
+  const vf hi = splat<vf>(88.0f);
+  const vf lo = splat<vf>(-87.33654f);
+  vf xc = x > hi ? hi : x;
+  xc = xc < lo ? lo : xc;
+  const vf magic = splat<vf>(12582912.0f);  // 1.5 * 2^23: round to nearest integer
+  const vf t = xc * 1.44269504088896341f + magic;
+  const vf n = t - magic;
+  vf r = xc - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  vf y = splat<vf>(1.9875691500e-4f);
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * (r * r) + r + 1.0f;
+  vi e = (((vi)t - (vi)magic) + 127) << 23;  // n as an integer, from the mantissa bits
+  y = y * (vf)e;
+  return x < lo ? splat<vf>(0.0f) : y;
+}
+
+// Double precision: libm per lane (float64 inputs are the accurate path, not the fast one).
+TSF_INLINE vd vexp(vd x) {
+  vd y;
+  for (int l = 0; l < 8; ++l) y[l] = std::exp(x[l]);
+  return y;
+}
+
+// ------------------------------------------------------------------------ dtype conversion
+
+TSF_INLINE float bits_to_f32(uint32_t u) {
+  float f;
+  __builtin_memcpy(&f, &u, 4);
+  return f;
+}
+TSF_INLINE uint32_t f32_to_bits(float f) {
+  uint32_t u;
+  __builtin_memcpy(&u, &f, 4);
+  return u;
+}
+
+TSF_INLINE float bf16_to_f32(uint16_t h) { return bits_to_f32(uint32_t(h) << 16); }
+
+TSF_INLINE uint16_t f32_to_bf16(float f) {  // round to nearest even, NaN stays NaN
+  uint32_t u = f32_to_bits(f);
+  uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  return f != f ? uint16_t(0x7fc0) : uint16_t(r);
+}
+
+// IEEE half <-> float without branches (the FP16 library's formulas).
+TSF_INLINE float f16_to_f32(uint16_t h) {
+  const uint32_t w = uint32_t(h) << 16;
+  const uint32_t sign = w & 0x80000000u;
+  const uint32_t two_w = w + w;
+  const float normalized = bits_to_f32((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
+  const float denormalized = bits_to_f32((two_w >> 17) | (126u << 23)) - 0.5f;
+  const uint32_t res =
+      sign | (two_w < (1u << 27) ? f32_to_bits(denormalized) : f32_to_bits(normalized));
+  return bits_to_f32(res);
+}
+
+TSF_INLINE uint16_t f32_to_f16(float f) {
+  float base = (std::fabs(f) * 0x1.0p+112f) * 0x1.0p-110f;
+  const uint32_t w = f32_to_bits(f);
+  const uint32_t shl1_w = w + w;
+  const uint32_t sign = w & 0x80000000u;
+  uint32_t bias = shl1_w & 0xFF000000u;
+  bias = bias < 0x71000000u ? 0x71000000u : bias;
+  base = bits_to_f32((bias >> 1) + 0x07800000u) + base;
+  const uint32_t bits = f32_to_bits(base);
+  const uint32_t exp_bits = (bits >> 13) & 0x00007C00u;
+  const uint32_t mantissa_bits = bits & 0x00000FFFu;
+  const uint32_t nonsign = exp_bits + mantissa_bits;
+  return uint16_t((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign));
+}
+
+// Storage type per dtype code.
+template <int DT> struct Storage;
+template <> struct Storage<kF32> { typedef float T; typedef float C; };
+template <> struct Storage<kF64> { typedef double T; typedef double C; };
+template <> struct Storage<kBF16> { typedef uint16_t T; typedef float C; };
+template <> struct Storage<kF16> { typedef uint16_t T; typedef float C; };
+
+template <int DT> TSF_INLINE typename Storage<DT>::C load1(const typename Storage<DT>::T* p) {
+  if constexpr (DT == kBF16) return bf16_to_f32(*p);
+  else if constexpr (DT == kF16) return f16_to_f32(*p);
+  else return *p;
+}
+
+// dst[0:n) = src[0:n) * s  (DIV: / s), converted to the compute type.
+template <int DT, bool DIV>
+TSF_INLINE void load_block(const typename Storage<DT>::T* __restrict src, int64_t n,
+                           typename Storage<DT>::C* __restrict dst, typename Storage<DT>::C s) {
+  typedef typename Storage<DT>::C C;
+  int64_t i = 0;
+  if constexpr (DT == kF32 || DT == kF64) {
+    // explicit vectors: a plain loop becomes a (slow, non-streaming) rep movs when s == 1
+    typedef typename VT<C>::V V;
+    constexpr int W = VT<C>::W;
+    const V sv = splat<V>(s);
+    for (; i + W <= n; i += W) {
+      const V v = vload<V>(src + i);
+      vstore(dst + i, DIV ? v / sv : v * sv);
+    }
+  }
+  for (; i < n; ++i) {
+    C v;
+    if constexpr (DT == kBF16) v = bf16_to_f32(src[i]);
+    else if constexpr (DT == kF16) v = f16_to_f32(src[i]);
+    else v = src[i];
+    dst[i] = DIV ? v / s : v * s;
+  }
+}
+
+template <int DT>
+TSF_INLINE void store_block(const typename Storage<DT>::C* __restrict src, int64_t n,
+                            typename Storage<DT>::T* __restrict dst) {
+  if constexpr (DT == kBF16) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = f32_to_bf16(src[i]);
+  } else if constexpr (DT == kF16) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = f32_to_f16(src[i]);
+  } else {
+    std::memcpy(dst, src, size_t(n) * sizeof(*dst));
+  }
+}
+
+}  // namespace tsf
