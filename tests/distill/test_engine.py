@@ -1,0 +1,135 @@
+"""The distillation engine on a tiny random Qwen3: teacher cache, training, resume, adapters."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tsubasa_fast.distill.cache import CacheError, CacheSpec, TeacherCache, TeacherCacheWriter
+from tsubasa_fast.distill.data import collate, encode
+from tsubasa_fast.distill.prompts import TEMPLATE_VERSION, teacher_messages
+from tsubasa_fast.distill.student import AdapterMismatchError, Student, StudentConfig
+from tsubasa_fast.distill.teacher import TeacherConfig, build_teacher_cache, cache_spec, teacher_topd
+from tsubasa_fast.distill.train import TrainConfig, build_student_data, evaluate_loss, train
+from tsubasa_fast.ops import reference
+
+from .conftest import memories_for
+
+TRAIN = dict(batch_size=6, micro_batch_size=4, lr=1e-2, warmup_ratio=0.0, checkpoint_every=2)
+
+
+def foreign_cache(student, other, pairs, path):
+    """A cache in the student's format whose targets come from another random model, so the
+    adapter has something to learn (two random models agree with themselves too easily)."""
+    with TeacherCacheWriter(path, cache_spec(student, TeacherConfig())) as w:
+        for p in pairs:
+            w.add(p.key, *teacher_topd(other, p, TeacherConfig()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def student(tiny_qwen3):
+    return Student(StudentConfig(model=tiny_qwen3, lora_r=8, lora_alpha=16))
+
+
+def test_teacher_cache_matches_full_logits(student, pairs, tmp_path):
+    cfg = TeacherConfig(d=5, temperature=1.0)
+    stats = build_teacher_cache(student, pairs, tmp_path, cfg, progress=False)
+    assert stats["cached"] == len(pairs)
+    cache = TeacherCache(tmp_path)
+    tok = student.tokenizer
+    for p in pairs[:3]:
+        seq = encode(tok, teacher_messages(p.context, p.question), p.answer)
+        batch = collate([seq], tok.pad_token_id)
+        with student.teacher():  # independent path: the model's own dense logits
+            logits = student.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        want_idx, want_lp = reference.select_topd(logits[0, seq.target_rows].double(), 5)
+        idx, lp = cache.get(p.key)
+        assert torch.equal(idx.long(), want_idx)
+        torch.testing.assert_close(lp.double(), want_lp, atol=2e-3, rtol=2e-3)  # stored in fp16
+    # a second run resumes: nothing left to do
+    assert build_teacher_cache(student, pairs, tmp_path, cfg, progress=False)["resumed"] == len(pairs)
+
+
+def test_cache_from_another_base_model_is_refused(student, other_tiny_qwen3, pairs, tmp_path):
+    other = Student(StudentConfig(model=other_tiny_qwen3, lora_r=8))
+    build_teacher_cache(other, pairs, tmp_path / "cache", TeacherConfig(), progress=False)
+    with pytest.raises(CacheError, match="model_fingerprint"):
+        train(student, pairs, tmp_path / "cache", tmp_path / "out", TrainConfig(steps=1), progress=False)
+
+
+def test_teacher_index_beyond_student_vocab_is_refused(student, pairs, tmp_path):
+    spec = CacheSpec(model_fingerprint=student.fingerprint, tokenizer_hash=student.tokenizer_hash,
+                     vocab_size=152_064, d=5, temperature=1.0, template_version=TEMPLATE_VERSION)
+    with TeacherCacheWriter(tmp_path / "cache", spec) as w:  # a teacher from a larger-vocab family
+        for p in pairs:
+            n = len(student.tokenizer.encode(p.answer, add_special_tokens=False)) + 1
+            idx = torch.full((n, 5), 152_000, dtype=torch.int32)
+            w.add(p.key, idx, torch.full((n, 5), -1.7))
+    with pytest.raises(CacheError, match="vocab_size"):
+        train(student, pairs, tmp_path / "cache", tmp_path / "out", TrainConfig(steps=1), progress=False)
+
+
+def test_training_lowers_the_distillation_loss(tiny_qwen3, other_tiny_qwen3, pairs, tmp_path):
+    st = Student(StudentConfig(model=tiny_qwen3, lora_r=8, lora_alpha=16))
+    foreign_cache(st, Student(StudentConfig(model=other_tiny_qwen3)), pairs, tmp_path / "cache")
+    cfg = TrainConfig(steps=12, **TRAIN)
+    rows = build_student_data(pairs, memories_for, tmp_path / "out", cfg)
+    before = evaluate_loss(st, pairs, tmp_path / "cache", rows, cfg)
+    summary = train(st, pairs, tmp_path / "cache", tmp_path / "out", cfg, retrieve=memories_for, progress=False)
+    after = evaluate_loss(st, pairs, tmp_path / "cache", rows, cfg)
+    assert after < 0.7 * before, (before, after)
+    assert summary["steps"] == 12
+    metrics = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == list(range(1, 13))
+    assert (tmp_path / "out" / "loss.png").stat().st_size > 1000
+    rows = [json.loads(line) for line in (tmp_path / "out" / "student_data.jsonl").read_text().splitlines()]
+    assert all(len(r["memories"]) == 3 for r in rows)
+
+
+def test_resume_after_interruption_reproduces_the_run(tiny_qwen3, other_tiny_qwen3, pairs, tmp_path):
+    cfg = TrainConfig(steps=6, **{**TRAIN, "batch_size": 4, "micro_batch_size": 2})
+    st = Student(StudentConfig(model=tiny_qwen3, lora_r=8, lora_alpha=16))
+    foreign_cache(st, Student(StudentConfig(model=other_tiny_qwen3)), pairs, tmp_path / "cache")
+    train(st, pairs, tmp_path / "cache", tmp_path / "full", cfg, retrieve=memories_for, progress=False)
+
+    def interrupt(step, loss):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    st2 = Student(StudentConfig(model=tiny_qwen3, lora_r=8, lora_alpha=16))
+    with pytest.raises(KeyboardInterrupt):
+        train(st2, pairs, tmp_path / "cache", tmp_path / "resumed", cfg, retrieve=memories_for,
+              progress=False, on_step=interrupt)
+    assert (tmp_path / "resumed" / "checkpoint" / "state.pt").is_file()
+    st3 = Student(StudentConfig(model=tiny_qwen3, lora_r=8, lora_alpha=16))  # a fresh process
+    summary = train(st3, pairs, tmp_path / "cache", tmp_path / "resumed", cfg, retrieve=memories_for,
+                    progress=False)
+    assert summary["resumed_from"] == 3
+    a = load_file(str(tmp_path / "full" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6)
+    steps = [json.loads(x)["step"] for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 7))
+
+
+def test_adapter_save_load_round_trip(tiny_qwen3, other_tiny_qwen3, pairs, tmp_path):
+    st = Student(StudentConfig(model=tiny_qwen3, lora_r=8, lora_alpha=16))
+    with torch.no_grad():
+        for p in st.trainable_parameters():
+            p.normal_(0, 0.05)
+    st.save_adapter(tmp_path / "adapter", {"user": "caroline"})
+    loaded = Student(StudentConfig(model=tiny_qwen3), adapter=tmp_path / "adapter", trainable=False)
+    batch = collate([encode(st.tokenizer, teacher_messages("c", "q?"), "a")], st.tokenizer.pad_token_id)
+    with torch.no_grad():
+        h1 = st.hidden_states(batch["input_ids"], batch["attention_mask"])
+        h2 = loaded.hidden_states(batch["input_ids"], batch["attention_mask"])
+        with loaded.teacher():
+            h0 = loaded.hidden_states(batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(h2, h1)
+    assert (h0 - h1).abs().max() > 1e-3  # the adapter changes the model
+    with pytest.raises(AdapterMismatchError, match="base model"):
+        Student(StudentConfig(model=other_tiny_qwen3), adapter=tmp_path / "adapter")

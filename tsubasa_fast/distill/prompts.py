@@ -1,0 +1,39 @@
+"""Prompt formats of the distillation engine, in one place and versioned.
+
+The teacher sees the gold evidence; the student sees what it will see at inference (the
+top-k memories retrieved from the user's evolved store, or nothing in the ungrounded
+ablation). Both are teacher-forced on the same answer tokens, so their per-token
+distributions line up row for row. TEMPLATE_VERSION goes into the teacher cache's
+manifest: changing a prompt below must bump it, which invalidates old caches.
+"""
+
+from __future__ import annotations
+
+TEMPLATE_VERSION = "tsubasa-prompts-1"
+
+SYSTEM = ("You answer questions about the user from what you know of them. "
+          "Answer with a short phrase, no explanation.")
+
+
+def _user_turn(question: str, block_title: str | None, lines: list[str]) -> str:
+    if block_title is None:
+        return f"Question: {question}"
+    listed = "\n".join(f"- {line}" for line in lines) if lines else "- (none)"
+    return f"{block_title}:\n{listed}\n\nQuestion: {question}"
+
+
+def teacher_messages(context: str | list[str], question: str) -> list[dict]:
+    """Chat messages for the teacher: the evidence the QA pair was written from + question."""
+    lines = [context] if isinstance(context, str) else list(context)
+    return [{"role": "system", "content": SYSTEM},
+            {"role": "user", "content": _user_turn(question, "Evidence", lines)}]
+
+
+def student_messages(memories: list[str] | None, question: str) -> list[dict]:
+    """Chat messages for the student and for answering: retrieved memories + question.
+
+    ``memories=None`` is the paper's "no grounding" ablation (the question alone).
+    """
+    title = None if memories is None else "Memories"
+    return [{"role": "system", "content": SYSTEM},
+            {"role": "user", "content": _user_turn(question, title, memories or [])}]
