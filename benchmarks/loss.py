@@ -267,11 +267,16 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="small shapes, for a smoke run")
     ap.add_argument("--only", choices=["select", "topd_kl", "fused"], action="append")
+    ap.add_argument("--backends", nargs="+", default=None,
+                    help="backends to time (default: all that run here; the torch fallback is "
+                         "left out of the fused-linear case unless named, it is slow there)")
     ap.add_argument("--csv", default="benchmarks/results/loss.csv")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
-    backends = [b for b in tf.available_backends(device) if not (b == "triton" and device.type == "cpu")]
+    backends = args.backends or [b for b in tf.available_backends(device)
+                                 if not (b == "triton" and device.type == "cpu")]
+    fused_backends = args.backends or [b for b in backends if b != "torch"] or backends
     dev_name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU x{torch.get_num_threads()}"
     print(f"device: {dev_name}, dtype: {dtype}, backends: {backends}, V={VOCAB}, d={D}, "
           f"medians of {args.repeats} runs")
@@ -291,7 +296,7 @@ def main(argv=None) -> None:
     if "fused" in only:
         for n, hdim in fused_shapes:
             flop = 4 * n * hdim * VOCAB if device.type == "cuda" else None
-            impls = bench_fused_linear(n, hdim, backends, device, dtype, args.repeats)
+            impls = bench_fused_linear(n, hdim, fused_backends, device, dtype, args.repeats)
             rows += _rows("fused_linear topd_kl fwd+bwd (frozen head)", f"N={n} H={hdim}", impls, flop, dev_name)
     _print_table(rows)
     if args.csv:

@@ -14,7 +14,18 @@ import logging
 import sys
 
 # Command-group modules, in the order they appear in --help. Add new groups here.
-GROUPS = ("memory",)
+GROUPS = ("memory", "synth", "distill")
+
+
+def positive_int(value: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
+    return n
 
 
 def group(subparsers, name: str, help: str):

@@ -9,16 +9,7 @@ from pathlib import Path
 
 from ..memory.store import open_store
 from . import group
-
-
-def _positive(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
-    return n
+from . import positive_int as _positive
 
 
 def register(subparsers) -> None:

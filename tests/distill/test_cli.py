@@ -1,0 +1,81 @@
+"""The engine's commands end to end on a tiny Qwen3: teacher-cache, train (1 and 2 processes), ask."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tsubasa_fast.cli import main
+from tsubasa_fast.memory import HashingEmbedder, MemoryStore
+
+from .conftest import FACTS
+
+USER = "caroline"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_qwen3):
+    root = tmp_path_factory.mktemp("cli")
+    store = MemoryStore(root / "store", HashingEmbedder())
+    for fact, _, _ in FACTS:
+        store.add(USER, fact)
+    store.close()
+    qa = root / "qa.jsonl"
+    qa.write_text("".join(json.dumps({"question": q, "answer": a, "context": c}) + "\n" for c, q, a in FACTS))
+    common = ["--store", str(root / "store"), "--user", USER, "--model", tiny_qwen3]
+    assert main(["teacher-cache", *common, "--qa", str(qa), "--out", str(root / "cache")]) == 0
+    return root, qa, common
+
+
+TRAIN = ["--steps", "3", "--batch-size", "4", "--micro-batch-size", "1", "--lr", "1e-2", "--lora-r", "4"]
+
+
+def test_train_and_ask(setup, capsys):
+    root, qa, common = setup
+    assert main(["train", *common, "--qa", str(qa), "--cache", str(root / "cache"),
+                 "--out", str(root / "one"), *TRAIN]) == 0
+    assert (root / "one" / "adapter_model.safetensors").is_file()
+    capsys.readouterr()
+    assert main(["ask", *common, "--adapter", str(root / "one"), "--json", "--max-new-tokens", "4",
+                 "Where did Caroline move?"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["question"] == "Where did Caroline move?"
+    assert isinstance(out["answer"], str) and len(out["memories"]) == 3
+    assert any("Denver" in m for m in out["memories"])
+
+
+def test_two_process_ddp_matches_one_process(setup):
+    root, qa, common = setup
+    if not (root / "one" / "adapter_model.safetensors").is_file():
+        assert main(["train", *common, "--qa", str(qa), "--cache", str(root / "cache"),
+                     "--out", str(root / "one"), *TRAIN]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "tsubasa_fast.cli", "train", *common, "--qa", str(qa), "--cache", str(root / "cache"),
+           "--out", str(root / "ddp"), *TRAIN]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    meta = json.loads((root / "ddp" / "tsubasa_adapter.json").read_text())
+    assert meta["training"]["world_size"] == 2
+    one = load_file(str(root / "one" / "adapter_model.safetensors"))
+    two = load_file(str(root / "ddp" / "adapter_model.safetensors"))
+    assert one.keys() == two.keys()
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-6)
+    assert max((one[k]).abs().max() for k in one) > 0
+
+
+def test_bad_input_is_a_clear_error(setup, capsys, tmp_path):
+    root, qa, common = setup
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q?", "answer": ""}\n')
+    assert main(["teacher-cache", *common, "--qa", str(bad), "--out", str(tmp_path / "c")]) == 2
+    assert "field 'answer'" in capsys.readouterr().err
+    args = ["teacher-cache", "--store", str(root / "store"), "--user", "nobody", "--model", common[-1],
+            "--qa", str(qa), "--out", str(tmp_path / "c")]
+    assert main(args) == 2
+    assert "nobody" in capsys.readouterr().err

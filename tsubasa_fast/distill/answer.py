@@ -1,0 +1,68 @@
+"""Answering with the personalised student: retrieve the top-k memories, prompt, generate.
+
+The adapter is loaded per user from its folder; its base-model fingerprint and tokenizer
+are checked against the model it is loaded onto (``student.check_adapter``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..llm import ChatLM
+from .grounding import memory_retriever
+from .prompts import student_messages
+from .student import Student, StudentConfig, adapter_meta
+
+
+@dataclass
+class AnswerConfig:
+    k: int = 3
+    retrieval: str = "hybrid"
+    grounding: bool = True  # False: the question alone
+    max_new_tokens: int = 32
+
+
+@dataclass
+class Answer:
+    text: str
+    memories: list[str] | None
+
+
+class Answerer:
+    """Answers one user's questions with base + that user's adapter (or the base alone)."""
+
+    def __init__(self, store_dir: str | Path, user: str, adapter: str | Path | None = None,
+                 model: str | None = None, config: AnswerConfig | None = None,
+                 student_config: StudentConfig | None = None, student: Student | None = None):
+        self.config = config or AnswerConfig()
+        self.user = user
+        if student is None:
+            cfg = student_config or StudentConfig()
+            if model is not None:
+                cfg.model = model
+            elif adapter is not None and cfg.model is None:
+                cfg.model = adapter_meta(adapter).get("base_model")
+            student = Student(cfg, adapter=adapter, trainable=False)
+        self.student = student
+        self.student.model.eval()
+        self.retrieve = (memory_retriever(store_dir, user, self.config.k, self.config.retrieval)
+                         if self.config.grounding else None)
+        self.chat = ChatLM(self.student.model, self.student.tokenizer,
+                           max_new_tokens=self.config.max_new_tokens)
+
+    def __call__(self, question: str) -> Answer:
+        return self.answer(question)
+
+    def answer(self, question: str, adapter: bool = True) -> Answer:
+        """The answer and the memories it saw; ``adapter=False`` asks the base model."""
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError("question must be a non-empty string")
+        memories = self.retrieve(question) if self.retrieve is not None else None
+        messages = student_messages(memories, question)
+        if adapter:
+            text = self.chat(messages)
+        else:
+            with self.student.model.disable_adapter():
+                text = self.chat(messages)
+        return Answer(text, memories)
