@@ -133,3 +133,24 @@ def test_adapter_save_load_round_trip(tiny_qwen3, other_tiny_qwen3, pairs, tmp_p
     assert (h0 - h1).abs().max() > 1e-3  # the adapter changes the model
     with pytest.raises(AdapterMismatchError, match="base model"):
         Student(StudentConfig(model=other_tiny_qwen3), adapter=tmp_path / "adapter")
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_qwen3, pairs):
+    from tsubasa_fast.distill.train import DistillLoss, encode_student
+
+    grads = []
+    for checkpointing in (False, True):
+        st = Student(StudentConfig(model=tiny_qwen3, lora_r=4, lora_alpha=8, gradient_checkpointing=checkpointing))
+        with torch.no_grad():
+            for p in st.trainable_parameters():
+                p.copy_(torch.linspace(-0.05, 0.05, p.numel()).reshape(p.shape))
+        st.model.train()
+        rows = [{"question": p.question, "answer": p.answer, "memories": memories_for(p.question)} for p in pairs[:2]]
+        batch = collate([encode_student(st.tokenizer, r, 256) for r in rows], st.tokenizer.pad_token_id)
+        m = int(batch["target_mask"].sum())
+        idx = torch.arange(m * 5).reshape(m, 5) * 7
+        lp = torch.log_softmax(torch.linspace(0, 1, m * 5).reshape(m, 5), -1)
+        DistillLoss(st, TrainConfig(), 1.0)(batch, idx, lp, 1.0).backward()
+        grads.append([p.grad.clone() for p in st.trainable_parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-7)
