@@ -154,3 +154,41 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_qwen3, pairs):
         grads.append([p.grad.clone() for p in st.trainable_parameters()])
     for a, b in zip(*grads):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-7)
+
+
+def test_four_bit_gradients_match_the_dequantised_model(tiny_qwen3, pairs):
+    """4-bit (bitsandbytes, CPU) after a teacher pass: LoRA gradients equal those of an fp32
+    model holding the same dequantised weights (regression: bnb's CPU inference repacking
+    drops the gradient through the base weights)."""
+    import bitsandbytes as bnb
+
+    from tsubasa_fast.distill.train import DistillLoss, encode_student
+
+    q4 = Student(StudentConfig(model=tiny_qwen3, load_in_4bit=True, lora_r=4, lora_alpha=8))
+    fp = Student(StudentConfig(model=tiny_qwen3, lora_r=4, lora_alpha=8))
+    with torch.no_grad():
+        fp_mods = dict(fp.base.named_modules())
+        for name, mod in q4.base.named_modules():
+            if isinstance(mod, bnb.nn.Linear4bit):
+                w = bnb.functional.dequantize_4bit(mod.weight.data, mod.weight.quant_state)
+                fp_mods[name].weight.copy_(w.float())
+        for a, b in zip(q4.trainable_parameters(), fp.trainable_parameters()):
+            a.copy_(torch.linspace(-0.05, 0.05, a.numel()).reshape(a.shape))
+            b.copy_(a)
+    rows = [{"question": p.question, "answer": p.answer, "memories": memories_for(p.question)} for p in pairs[:2]]
+    grads = []
+    for st in (q4, fp):
+        batch = collate([encode_student(st.tokenizer, r, 256) for r in rows], st.tokenizer.pad_token_id)
+        with st.teacher():  # eval-mode no-grad pass first, as when the cache is built in-process
+            st.hidden_states(batch["input_ids"], batch["attention_mask"])
+        st.model.train()
+        m = int(batch["target_mask"].sum())
+        idx = torch.arange(m * 5).reshape(m, 5) * 11
+        lp = torch.log_softmax(torch.linspace(0, 1, m * 5).reshape(m, 5), -1)
+        DistillLoss(st, TrainConfig(), 1.0)(batch, idx, lp, 1.0).backward()
+        grads.append({n: p.grad.clone() for n, p in st.model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys()
+    first_layer = [n for n in grads[0] if ".layers.0." in n and "lora_B" in n]
+    assert first_layer and all(grads[1][n].abs().max() > 0 for n in first_layer)
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=2e-3, atol=1e-6)

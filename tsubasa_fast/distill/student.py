@@ -83,6 +83,8 @@ class Student:
         if getattr(base.config, "final_logit_softcapping", None):
             raise ValueError("models with final-logit softcapping are not supported by the fused loss")
         self.four_bit = four_bit
+        if four_bit and self.device.type == "cpu":
+            _keep_4bit_differentiable(base)
         self.fingerprint = models.model_fingerprint(self.model_dir)
         self.tokenizer_hash = models.tokenizer_hash(self.tokenizer)
         torch.manual_seed(config.seed)
@@ -145,6 +147,17 @@ class Student:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return target
+
+
+def _keep_4bit_differentiable(model) -> None:
+    """bitsandbytes repacks CPU 4-bit weights for its inference kernel on the first eval-mode
+    no-grad forward (our teacher pass); that kernel has no autograd, so a later training
+    backward would silently drop the gradient through those layers. Keep the regular path."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def adapter_meta(directory: str | os.PathLike) -> dict:
