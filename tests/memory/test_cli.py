@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tsubasa_fast.cli import build_parser, main
+from tsubasa_fast.cli import main
 
 
 @pytest.mark.parametrize("argv", [[], ["memory"], ["memory", "ingest"], ["memory", "search"],

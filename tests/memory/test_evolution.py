@@ -1,6 +1,5 @@
 """Evolution managers: rule decisions, LLM manager validation + fallback, static."""
 
-import json
 
 import pytest
 

@@ -11,7 +11,6 @@ the last complete shard and a damaged shard is detected by its checksum.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from ..fileio import atomic_write_bytes, fsync_dir, sha256_file
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -86,33 +87,7 @@ class _Manifest:
         return cls(spec=spec, shards=list(raw.get("shards", [])), complete=bool(raw.get("complete")))
 
     def write(self, directory: Path) -> None:
-        _atomic_write(directory / MANIFEST, self.to_json().encode())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        atomic_write_bytes(directory / MANIFEST, self.to_json().encode())
 
 
 def _mismatches(built: CacheSpec, wanted: CacheSpec) -> list[str]:
@@ -193,8 +168,9 @@ class TeacherCacheWriter:
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, self.dir / name)
+        fsync_dir(self.dir)
         self.manifest.shards.append({
-            "file": name, "sha256": _sha256(self.dir / name),
+            "file": name, "sha256": sha256_file(self.dir / name),
             "examples": keys, "tokens": int(lengths.sum()),
         })
         self.manifest.write(self.dir)
@@ -223,7 +199,7 @@ def _verify_shards(directory: Path, shards: list) -> None:
         path = directory / shard["file"]
         if not path.exists():
             raise CacheError(f"shard {path} is missing")
-        if _sha256(path) != shard["sha256"]:
+        if sha256_file(path) != shard["sha256"]:
             raise CacheError(f"shard {path} is damaged: its sha256 does not match the manifest")
 
 

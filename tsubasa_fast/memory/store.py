@@ -42,9 +42,11 @@ import threading
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
+
+from ..fileio import atomic_write_bytes, fsync_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -179,40 +181,6 @@ def _check_source(source: Any) -> dict:
 def _index_stem(user_id: str) -> str:
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", user_id)[:60]
     return f"{safe}-{hashlib.sha1(user_id.encode()).hexdigest()[:10]}"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class _UserIndex:
@@ -478,7 +446,7 @@ class MemoryStore:
                 if meta.get("user_id") != user_id or meta.get("embedder") != self.embedder.name \
                         or meta.get("dim") != self.dim:
                     reason = "built for another user or embedder"
-                elif meta.get("sha256") != _sha256(bin_path):
+                elif meta.get("sha256") != sha256_file(bin_path):
                     reason = "corrupt (checksum mismatch)"
                 else:
                     index = hnswlib.Index(space="ip", dim=self.dim)
@@ -515,7 +483,7 @@ class MemoryStore:
             idx.hnsw.save_index(tmp)
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
-            digest = _sha256(Path(tmp))
+            digest = sha256_file(Path(tmp))
             all_labels = set(int(x) for x in idx.hnsw.get_ids_list())
             meta = {"user_id": user_id, "embedder": self.embedder.name, "dim": self.dim,
                     "sha256": digest, "chg": idx.chg, "live": idx.n,
@@ -525,8 +493,8 @@ class MemoryStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        _atomic_write_bytes(meta_path, json.dumps(meta).encode())
-        _fsync_dir(bin_path.parent)
+        atomic_write_bytes(meta_path, json.dumps(meta).encode())
+        fsync_dir(bin_path.parent)
         idx.dirty = False
 
     def flush(self) -> None:
@@ -829,7 +797,7 @@ class MemoryStore:
             rows = self._db.execute(sql, (user_id,) if user_id else ()).fetchall()
         data = "".join(json.dumps(dict(self._row(r).to_dict(), store_id=self.store_id),
                                   ensure_ascii=False) + "\n" for r in rows)
-        _atomic_write_bytes(Path(path), data.encode())
+        atomic_write_bytes(Path(path), data.encode())
         return len(rows)
 
     def import_jsonl(self, path: str | os.PathLike) -> int:
