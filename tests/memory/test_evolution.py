@@ -93,3 +93,25 @@ def test_parse_manager_reply_ignore_without_index(store):
     assert parse_manager_reply('{"op": "ignore"}', [], None).op == "IGNORE"
     with pytest.raises(ValueError, match="needs a target_id"):
         Decision("UPDATE")
+
+
+def test_ingest_reports_each_decision_as_it_happens(tmp_path):
+    import json
+
+    from tsubasa_fast.memory import HashingEmbedder, MemoryStore
+    from tsubasa_fast.memory.evolution import make_manager
+    from tsubasa_fast.memory.ingest import ingest_conversation
+    from tsubasa_fast.memory.locomo import load_locomo
+
+    from .conftest import tiny_locomo
+
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(tiny_locomo(n_sessions=2, turns=4)))
+    (conv,) = load_locomo(path)
+    store = MemoryStore(tmp_path / "s", HashingEmbedder())
+    seen = []
+    stats = ingest_conversation(store, conv, "utterances", make_manager("static"),
+                                on_decision=lambda o, d: seen.append((o.key, d.op)))
+    assert len(seen) == stats.applied > 0 and all(op == "ADD" for _, op in seen)
+    assert len({k for k, _ in seen}) == len(seen)
+    store.close()

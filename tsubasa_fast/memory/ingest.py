@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Callable
 
 from .evolution import Manager, Observation, StaticManager, apply_decision
 from .extraction import ObservationExtractor, resolve_relative_dates
@@ -90,8 +91,13 @@ def session_observations(conv: Conversation, session: Session, source: str, *,
 
 def ingest_conversation(store: MemoryStore, conv: Conversation, source: str, manager: Manager | None = None,
                         *, extractor: ObservationExtractor | None = None, date_prefix: bool = True,
-                        resolve_dates: bool = True, progress=None, stats: IngestStats | None = None) -> IngestStats:
-    """Write one conversation into ``store`` (see the module docstring). Returns counters."""
+                        resolve_dates: bool = True, progress=None, stats: IngestStats | None = None,
+                        on_decision: Callable[[Observation, object], None] | None = None) -> IngestStats:
+    """Write one conversation into ``store`` (see the module docstring). Returns counters.
+
+    ``on_decision(observation, decision)`` is called after each applied decision (e.g. to
+    print ADD / UPDATE / RECONCILE / IGNORE as they happen).
+    """
     if source not in SOURCES:
         raise ValueError(f"--source: unknown source {source!r}; expected one of {SOURCES}")
     manager = manager or StaticManager()
@@ -116,6 +122,8 @@ def ingest_conversation(store: MemoryStore, conv: Conversation, source: str, man
         for o in todo:
             decision = manager.decide(store, o)
             apply_decision(store, o, decision)
+            if on_decision is not None:
+                on_decision(o, decision)
             stats.applied += 1
             stats.ops[decision.op] = stats.ops.get(decision.op, 0) + 1
         if progress is not None:
