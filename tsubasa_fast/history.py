@@ -1,0 +1,315 @@
+"""One user's history for ``tsubasa-fast personalize --history FILE --user NAME``.
+
+:func:`load_history` reads the file and returns the same :class:`~tsubasa_fast.memory.locomo.Conversation`
+the LoCoMo loader produces, so the memory-writing pipeline (``ingest_conversation``) consumes
+it unchanged, plus the speaker who is the user.
+
+History format
+--------------
+A JSON file holding either a list of sessions or an object::
+
+    {
+      "user": "Maya",                      # optional: the default for --user
+      "id": "maya",                        # optional: conversation id (default: the file name)
+      "sessions": [
+        {
+          "date": "2023-08-20T12:05",      # required, see below
+          "id": 4,                         # optional session number (default: position, 1-based)
+          "turns": [
+            {"speaker": "Sam",  "text": "How's the new flat?"},
+            {"speaker": "Maya", "text": "We moved in on 12 August. Miso still hides under the bed."}
+          ]
+        }
+      ],
+      "eval_questions": [...]              # optional, ignored here (see load_eval_questions)
+    }
+
+or a JSONL file (``.jsonl`` / ``.ndjson``, or any file holding several JSON values one a line):
+one session object per line, blank lines ignored. Other keys are ignored.
+
+- ``date``: ``"2024-03-02"``, ``"2024-03-02T18:30"`` (also with a space, seconds, fractions or a
+  timezone suffix, which is dropped: the user's wall-clock time is kept) or LoCoMo's
+  ``"1:56 pm on 8 May, 2023"``. Relative dates in the text ("last Saturday") are resolved
+  against it.
+- ``turns``: a non-empty list of ``{"speaker": str, "text": str}``; ``blip_caption`` (a
+  description of a shared image) is kept if present. Exactly two people talk across the
+  history: the user and one partner (a friend, an assistant). NAME must speak at least once.
+- Sessions are processed in date order (a stable sort; a warning is recorded when the file
+  order differs). Each turn gets a LoCoMo-style id ``D<session>:<turn>`` (1-based) so every
+  memory can be traced back to the utterances it came from; questions cite these ids.
+
+LoCoMo files (``locomo10.json`` format) are accepted as they are: the conversation whose
+speakers include NAME is used (``--user conv-26:Caroline`` picks one when a name occurs in
+several).
+
+Every problem raises :class:`HistoryFormatError` naming the place: ``FILE: sessions[3].turns[2].speaker: ...``
+for JSON, ``FILE:4: turns[2].speaker: ...`` for line 4 of a JSONL file.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import difflib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .memory.locomo import Conversation, LocomoFormatError, Session, Turn, load_locomo, parse_locomo_date
+
+__all__ = ["EVAL_CATEGORIES", "EvalQuestion", "HistoryFormatError", "load_eval_questions", "load_history",
+           "parse_history_date"]
+
+EVAL_CATEGORIES = ("single-hop", "temporal", "multi-hop", "evolving")
+_ISO = re.compile(r"^\s*(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?"
+                  r"(?:Z|[+-]\d{2}:?\d{2})?)?\s*$")
+_SESSION_ID = re.compile(r"^(?:session_?|D)?(\d+)$", re.I)
+_JSONL_SUFFIXES = {".jsonl", ".ndjson"}
+
+
+class HistoryFormatError(ValueError):
+    """A history file that cannot be used; the message names the file and the exact place."""
+
+
+@dataclass(frozen=True)
+class EvalQuestion:
+    """A held-back question about the user (the bundled sample's ``eval_questions``)."""
+    question: str
+    answer: str
+    category: str
+    evidence: tuple[str, ...]
+
+
+def parse_history_date(value: Any) -> _dt.datetime:
+    """ISO date / date-time or LoCoMo's ``"1:56 pm on 8 May, 2023"`` -> naive datetime."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a date string, got {type(value).__name__} {value!r:.40}")
+    m = _ISO.match(value)
+    if m:
+        y, mo, d, h, mi, s = (int(g) if g else 0 for g in m.groups())
+        try:
+            return _dt.datetime(y, mo, d, h, mi, s)
+        except ValueError as e:
+            raise ValueError(f"invalid date {value!r} ({e})") from None
+    try:
+        return parse_locomo_date(value)
+    except ValueError:
+        raise ValueError(f"cannot parse {value!r}; expected 'YYYY-MM-DD', 'YYYY-MM-DDTHH:MM' "
+                         f"or '1:56 pm on 8 May, 2023'") from None
+
+
+def load_history(path: str | os.PathLike, user: str | None = None) -> tuple[Conversation, str]:
+    """Read a history file (format in the module docstring); return ``(conversation, user_speaker)``.
+
+    ``user`` is NAME from ``--user``; when None, the file's ``"user"`` is used.
+    """
+    path = Path(path)
+    raw = _read_text(path)
+    if path.suffix.lower() in _JSONL_SUFFIXES:
+        return _from_jsonl(path, raw, user)
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":  # several JSON values: JSONL under another name
+            return _from_jsonl(path, raw, user)
+        raise HistoryFormatError(f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno})") from None
+    if isinstance(data, list) and data and isinstance(data[0], dict) and "conversation" in data[0]:
+        return _from_locomo(path, user)
+    if isinstance(data, list):
+        items, default_user, conv_id = data, None, None
+    elif isinstance(data, dict):
+        if "sessions" not in data:
+            raise HistoryFormatError(f"{path}: sessions: missing (expected a list of sessions or "
+                                     f"{{\"user\": ..., \"sessions\": [...]}})")
+        items = data["sessions"]
+        if not isinstance(items, list):
+            raise HistoryFormatError(f"{path}: sessions: expected a list, got {type(items).__name__}")
+        default_user = data.get("user")
+        if default_user is not None and not (isinstance(default_user, str) and default_user.strip()):
+            raise HistoryFormatError(f"{path}: user: expected a non-empty string, got {default_user!r:.40}")
+        conv_id = data.get("id")
+        if conv_id is not None and not (isinstance(conv_id, (str, int)) and str(conv_id).strip()):
+            raise HistoryFormatError(f"{path}: id: expected a non-empty string, got {conv_id!r:.40}")
+    else:
+        raise HistoryFormatError(f"{path}: top level must be a list of sessions or an object with "
+                                 f"\"sessions\", got {type(data).__name__}")
+    located = [(f"{path}: ", f"sessions[{i}]", item) for i, item in enumerate(items)]
+    return _build(path, located, user or default_user, None if conv_id is None else str(conv_id).strip())
+
+
+def load_eval_questions(path: str | os.PathLike) -> list[EvalQuestion]:
+    """The ``eval_questions`` of a history JSON object (an empty list if it has none)."""
+    path = Path(path)
+    raw = _read_text(path)
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise HistoryFormatError(f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno})") from None
+    if not isinstance(data, dict) or "eval_questions" not in data:
+        return []
+    items = data["eval_questions"]
+    if not isinstance(items, list):
+        raise HistoryFormatError(f"{path}: eval_questions: expected a list, got {type(items).__name__}")
+    out = []
+    for i, q in enumerate(items):
+        where = f"{path}: eval_questions[{i}]"
+        if not isinstance(q, dict):
+            raise HistoryFormatError(f"{where}: expected an object, got {type(q).__name__}")
+        question = _req_str(q, "question", where)
+        answer = q.get("answer")
+        if not isinstance(answer, (str, int, float)) or isinstance(answer, bool) or not str(answer).strip():
+            raise HistoryFormatError(f"{where}.answer: expected a non-empty string or number, got {answer!r:.40}")
+        category = _req_str(q, "category", where)
+        if category not in EVAL_CATEGORIES:
+            raise HistoryFormatError(f"{where}.category: expected one of {EVAL_CATEGORIES}, got {category!r}")
+        evidence = q.get("evidence", [])
+        if not (isinstance(evidence, list) and all(isinstance(e, str) and re.fullmatch(r"D\d+:\d+", e)
+                                                   for e in evidence)):
+            raise HistoryFormatError(f"{where}.evidence: expected a list of dia_ids like 'D3:4', got {evidence!r:.60}")
+        out.append(EvalQuestion(question, str(answer), category, tuple(evidence)))
+    return out
+
+
+# ------------------------------------------------------------------ internals
+def _read_text(path: Path) -> str:
+    if not path.exists():
+        raise HistoryFormatError(f"--history: no such file {path}")
+    if not path.is_file():
+        raise HistoryFormatError(f"--history: {path} is not a file")
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise HistoryFormatError(f"{path}: not UTF-8 text (byte {e.start}); expected JSON or JSONL") from None
+    except OSError as e:
+        raise HistoryFormatError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def _from_jsonl(path: Path, raw: str, user: str | None) -> tuple[Conversation, str]:
+    located = []
+    for lineno, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise HistoryFormatError(f"{path}:{lineno}: not valid JSON ({e.msg}, column {e.colno})") from None
+        located.append((f"{path}:{lineno}: ", "", item))
+    return _build(path, located, user, None)
+
+
+def _from_locomo(path: Path, user: str | None) -> tuple[Conversation, str]:
+    try:
+        convs = load_locomo(path)
+    except (LocomoFormatError, FileNotFoundError) as e:
+        raise HistoryFormatError(str(e)) from None
+    everyone = [f"{c.sample_id}:{s}" for c in convs for s in c.speakers]
+    if not user:
+        raise HistoryFormatError(f"{path}: a LoCoMo file holds several users; name one with --user "
+                                 f"(e.g. {', '.join(everyone[:4])}{', ...' if len(everyone) > 4 else ''})")
+    sample, _, name = user.rpartition(":")
+    if sample:
+        matches = [c for c in convs if c.sample_id == sample and name in c.speakers]
+    else:
+        matches = [c for c in convs if user in c.speakers]
+    if not matches:
+        raise HistoryFormatError(f"{path}: no conversation has speaker {user!r}{_suggest(user, everyone)}")
+    if len(matches) > 1:
+        ids = [f"{c.sample_id}:{name}" for c in matches]
+        raise HistoryFormatError(f"{path}: speaker {user!r} is in {len(matches)} conversations; "
+                                 f"pick one with --user {' or '.join(ids)}")
+    return matches[0], name
+
+
+def _build(path: Path, located: list[tuple[str, str, Any]], user: str | None, conv_id: str | None
+           ) -> tuple[Conversation, str]:
+    """Validate sessions given as (message prefix, field path of the session, object) triples."""
+    if not located:
+        raise HistoryFormatError(f"{path}: no sessions")
+    sessions: list[Session] = []
+    speakers: list[str] = []
+    seen_ids: dict[int, str] = {}
+    for pos, (prefix, field, item) in enumerate(located):
+        where = prefix + field if field else prefix.rstrip(": ")
+        at = (lambda key, p=prefix, f=field: f"{p}{f}.{key}" if f else f"{p}{key}")
+        if not isinstance(item, dict):
+            raise HistoryFormatError(f"{where}: expected a session object, got {type(item).__name__}")
+        number = pos + 1
+        if "id" in item:
+            m = _SESSION_ID.match(str(item["id"]).strip()) if isinstance(item["id"], (str, int)) else None
+            if not m or int(m.group(1)) < 1 or isinstance(item["id"], bool):
+                raise HistoryFormatError(f"{at('id')}: expected a positive session number, got {item['id']!r:.40}")
+            number = int(m.group(1))
+        if number in seen_ids:
+            raise HistoryFormatError(f"{at('id')}: session number {number} is used twice "
+                                     f"(also by {seen_ids[number]})")
+        seen_ids[number] = where
+        if "date" not in item:
+            raise HistoryFormatError(f"{at('date')}: missing")
+        try:
+            date = parse_history_date(item["date"])
+        except ValueError as e:
+            raise HistoryFormatError(f"{at('date')}: {e}") from None
+        turns_raw = item.get("turns")
+        if turns_raw is None:
+            raise HistoryFormatError(f"{at('turns')}: missing")
+        if not isinstance(turns_raw, list):
+            raise HistoryFormatError(f"{at('turns')}: expected a list of turns, got {type(turns_raw).__name__}")
+        if not turns_raw:
+            raise HistoryFormatError(f"{at('turns')}: empty session (a session needs at least one turn)")
+        turns = []
+        for t, turn in enumerate(turns_raw):
+            tw = at(f"turns[{t}]")
+            if not isinstance(turn, dict):
+                raise HistoryFormatError(f"{tw}: expected {{\"speaker\": ..., \"text\": ...}}, got {type(turn).__name__}")
+            speaker = _req_str(turn, "speaker", tw).strip()
+            text = _req_str(turn, "text", tw).strip()
+            caption = turn.get("blip_caption")
+            if caption is not None and not isinstance(caption, str):
+                raise HistoryFormatError(f"{tw}.blip_caption: expected str, got {type(caption).__name__}")
+            if speaker not in speakers:
+                if len(speakers) == 2:
+                    raise HistoryFormatError(f"{tw}.speaker: a third speaker {speaker!r} (already "
+                                             f"{speakers[0]!r} and {speakers[1]!r}); a history is a "
+                                             f"conversation between the user and one partner")
+                speakers.append(speaker)
+            turns.append(Turn(speaker, f"D{number}:{t + 1}", text, caption or None))
+        date_raw = item["date"].strip()
+        sessions.append(Session(number, date_raw, date, tuple(turns)))
+
+    user = user.strip() if isinstance(user, str) else user
+    if not user:
+        raise HistoryFormatError(f"{path}: no user named: pass --user NAME (speakers: "
+                                 f"{', '.join(map(repr, speakers))})")
+    if user not in speakers:
+        raise HistoryFormatError(f"{path}: user {user!r} never speaks in this history (speakers: "
+                                 f"{', '.join(map(repr, speakers))}){_suggest(user, speakers)}")
+    if len(speakers) < 2:
+        raise HistoryFormatError(f"{path}: only {user!r} speaks; a history is a conversation between "
+                                 f"the user and one partner")
+    warnings = []
+    ordered = sorted(sessions, key=lambda s: s.date)
+    if [s.number for s in ordered] != [s.number for s in sessions]:
+        warnings.append(f"{path}: sessions are not in date order in the file; processed by date "
+                        f"(session numbers {[s.number for s in ordered]})")
+    sample_id = conv_id or path.stem
+    return Conversation(sample_id, speakers[0], speakers[1], ordered, [], warnings=warnings), user
+
+
+def _req_str(obj: dict, key: str, where: str) -> str:
+    if key not in obj:
+        raise HistoryFormatError(f"{where}.{key}: missing")
+    val = obj[key]
+    if not isinstance(val, str) or not val.strip():
+        raise HistoryFormatError(f"{where}.{key}: expected a non-empty string, got {val!r:.60}")
+    return val
+
+
+def _suggest(name: str, known: list[str]) -> str:
+    lower = {k.lower(): k for k in known}
+    close = [lower[name.lower()]] if name.lower() in lower else difflib.get_close_matches(name, known, n=2)
+    if not close:
+        short = {k.rpartition(":")[2].lower(): k for k in known}
+        close = [short[name.lower()]] if name.lower() in short else []
+    return f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
