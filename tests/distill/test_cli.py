@@ -44,6 +44,7 @@ def test_train_and_ask(setup, capsys):
                  "Where did Caroline move?"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["question"] == "Where did Caroline move?"
+    assert json.loads((root / "one" / "tsubasa_adapter.json").read_text())["user"] == USER
     assert isinstance(out["answer"], str) and len(out["memories"]) == 3
     assert any("Denver" in m for m in out["memories"])
 
@@ -71,6 +72,13 @@ def test_two_process_ddp_matches_one_process(setup):
 
 def test_bad_input_is_a_clear_error(setup, capsys, tmp_path):
     root, qa, common = setup
+    if (root / "one" / "tsubasa_adapter.json").is_file():  # another user's adapter is refused
+        store = MemoryStore(root / "store", HashingEmbedder())
+        store.add("someone-else", "Someone else likes tea.")
+        store.close()
+        assert main(["ask", "--store", str(root / "store"), "--user", "someone-else", "--model", common[-1],
+                     "--adapter", str(root / "one"), "Who?"]) == 2
+        assert "trained for user 'caroline'" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "q?", "answer": ""}\n')
     assert main(["teacher-cache", *common, "--qa", str(bad), "--out", str(tmp_path / "c")]) == 2

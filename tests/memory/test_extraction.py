@@ -51,3 +51,30 @@ def test_llm_ingest_caches_extraction_and_keeps_raw(store, locomo_file):
     again = ingest_conversation(store, conv, "llm", make_manager("static"), extractor=ex)
     assert again.applied == 0 and again.replayed == 3
     assert len(chat.calls) == n_calls + 6  # Ann's sessions cached; only the skipped ones retried
+
+
+def test_malformed_extraction_falls_back_to_the_users_utterances(tmp_path):
+    """A session the LLM cannot extract still yields memories (its own words) and is counted."""
+    import json
+
+    from tsubasa_fast.memory import HashingEmbedder, MemoryStore
+    from tsubasa_fast.memory.evolution import make_manager
+    from tsubasa_fast.memory.extraction import ObservationExtractor
+    from tsubasa_fast.memory.ingest import ingest_conversation
+    from tsubasa_fast.memory.locomo import load_locomo
+
+    from .conftest import tiny_locomo
+
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(tiny_locomo(n_sessions=1, turns=4)))
+    (conv,) = load_locomo(path)
+    store = MemoryStore(tmp_path / "s", HashingEmbedder())
+    ex = ObservationExtractor(lambda messages: "I cannot do that.")
+    speaker = conv.speakers[0]
+    stats = ingest_conversation(store, conv, "llm", make_manager("static"), extractor=ex,
+                                speakers=(speaker,), utterance_fallback=True)
+    own = [t for t in conv.sessions[0].turns if t.speaker == speaker]
+    assert stats.skipped_sessions == 1 and ex.stats["skipped"] == 1
+    assert store.count(conv.user_id(speaker)) == len(own) and store.users() == [conv.user_id(speaker)]
+    assert sorted(r.dia_ids[0] for r in store.all(conv.user_id(speaker))) == sorted(t.dia_id for t in own)
+    store.close()

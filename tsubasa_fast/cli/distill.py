@@ -122,7 +122,7 @@ def cmd_train(args) -> int:
                       micro_batch_size=args.micro_batch_size, lr=args.lr, warmup_ratio=args.warmup_ratio,
                       tail=args.tail, ce_weight=args.ce_weight, k=args.k, grounding=not args.no_memories,
                       checkpoint_every=args.checkpoint_every, seed=args.seed)
-    summary = train(student, pairs, args.cache, args.out, cfg, retrieve=retrieve)
+    summary = train(student, pairs, args.cache, args.out, cfg, retrieve=retrieve, user=args.user)
     print(f"trained {summary['steps']} steps: loss {summary['first_loss']:.4f} -> "
           f"{summary['last_loss']:.4f}; adapter, metrics.jsonl and loss.png in {args.out}")
     return 0

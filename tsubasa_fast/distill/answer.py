@@ -12,7 +12,7 @@ from pathlib import Path
 from ..llm import ChatLM
 from .grounding import memory_retriever
 from .prompts import student_messages
-from .student import Student, StudentConfig, adapter_meta
+from .student import AdapterMismatchError, Student, StudentConfig, adapter_meta
 
 
 @dataclass
@@ -37,6 +37,10 @@ class Answerer:
                  student_config: StudentConfig | None = None, student: Student | None = None):
         self.config = config or AnswerConfig()
         self.user = user
+        if adapter is not None:
+            owner = adapter_meta(adapter).get("user")
+            if owner is not None and owner != user:
+                raise AdapterMismatchError(f"--adapter {adapter} was trained for user {owner!r}, not {user!r}")
         if student is None:
             cfg = student_config or StudentConfig()
             if model is not None:

@@ -218,8 +218,11 @@ def batch_positions(step: int, batch_size: int, n: int, seed: int) -> list[int]:
 
 def train(student, pairs: list[QAPair], cache_dir, out_dir, config: TrainConfig,
           retrieve: Callable[[str], list[str]] | None = None, progress: bool = True,
-          on_step: Callable[[int, float], None] | None = None) -> dict:
-    """Trains the student's adapter; returns a summary. Resumes from ``out_dir/checkpoint``."""
+          on_step: Callable[[int, float], None] | None = None, user: str | None = None) -> dict:
+    """Trains the student's adapter; returns a summary. Resumes from ``out_dir/checkpoint``.
+
+    ``user`` is recorded in the adapter's metadata; answering refuses another user's adapter.
+    """
     from transformers import get_cosine_schedule_with_warmup
 
     config.validate()
@@ -323,7 +326,7 @@ def train(student, pairs: list[QAPair], cache_dir, out_dir, config: TrainConfig,
                "last_loss": history[-1]["loss"] if history else None, "world_size": world,
                "train": asdict(config), "cache": str(cache_dir), "teacher_d": cache.spec.d}
     if rank == 0:
-        student.save_adapter(out_dir, {"training": summary})
+        student.save_adapter(out_dir, {"user": user, "training": summary})
         _plot(history, out_dir / LOSS_PLOT)
         shutil.rmtree(out_dir / CHECKPOINT, ignore_errors=True)
     if world > 1:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .evolution import Manager, Observation, StaticManager, apply_decision
-from .extraction import ObservationExtractor, resolve_relative_dates
+from .extraction import Extracted, ObservationExtractor, resolve_relative_dates
 from .locomo import Conversation, Session
 from .store import MemoryStore
 
@@ -44,19 +44,29 @@ def memory_text(text: str, session: Session, date_prefix: bool) -> str:
 
 def session_observations(conv: Conversation, session: Session, source: str, *,
                          extractor: ObservationExtractor | None = None, store: MemoryStore | None = None,
-                         date_prefix: bool = True, resolve_dates: bool = True) -> tuple[list[Observation], int]:
-    """The observations one session contributes, in order; and the count of skipped extractions."""
+                         date_prefix: bool = True, resolve_dates: bool = True,
+                         speakers: tuple[str, ...] | None = None,
+                         utterance_fallback: bool = False) -> tuple[list[Observation], int]:
+    """The observations one session contributes, in order; and the count of skipped extractions.
+
+    ``speakers`` limits the work to those speakers' memories (default: both).
+    ``utterance_fallback`` (ours): when the LLM's extraction of a session stays malformed, the
+    speaker's own utterances of that session become its observations instead of nothing.
+    """
     obs: list[Observation] = []
     skipped = 0
     base = {"conversation": conv.sample_id, "session": session.number, "kind": source}
     iso = session.date.date().isoformat()
+    wanted = conv.speakers if speakers is None else tuple(x for x in conv.speakers if x in speakers)
     if source == "utterances":
         for t in session.turns:
+            if t.speaker not in wanted:
+                continue
             text = memory_text(f"{t.speaker}: {t.full_text()}", session, date_prefix)
             obs.append(Observation(conv.user_id(t.speaker), text, iso, dict(base, dia_ids=[t.dia_id]),
                                    f"utt:{conv.sample_id}:{t.dia_id}", date_label=session.date_str))
         return obs, 0
-    for speaker in conv.speakers:
+    for speaker in wanted:
         user = conv.user_id(speaker)
         if source == "observations":
             items = conv.observations.get(session.number, {}).get(speaker, [])
@@ -72,8 +82,12 @@ def session_observations(conv: Conversation, session: Session, source: str, *,
                     skipped += 1
                     if store is not None:
                         store.log_decision(user, "EXTRACTION_SKIPPED", decision_source="llm",
-                                           payload={"conversation": conv.sample_id, "session": session.number})
-                    continue
+                                           payload={"conversation": conv.sample_id, "session": session.number,
+                                                    "fallback": "utterances" if utterance_fallback else None})
+                    if not utterance_fallback:
+                        continue
+                    got = [Extracted(f"{t.speaker}: {t.full_text()}", (t.dia_id,))
+                           for t in session.turns if t.speaker == speaker]
                 cached = [[e.text, list(e.dia_ids)] for e in got]
                 if store is not None:
                     store.kv_put(cache_key, cached)
@@ -92,7 +106,8 @@ def session_observations(conv: Conversation, session: Session, source: str, *,
 def ingest_conversation(store: MemoryStore, conv: Conversation, source: str, manager: Manager | None = None,
                         *, extractor: ObservationExtractor | None = None, date_prefix: bool = True,
                         resolve_dates: bool = True, progress=None, stats: IngestStats | None = None,
-                        on_decision: Callable[[Observation, object], None] | None = None) -> IngestStats:
+                        on_decision: Callable[[Observation, object], None] | None = None,
+                        speakers: tuple[str, ...] | None = None, utterance_fallback: bool = False) -> IngestStats:
     """Write one conversation into ``store`` (see the module docstring). Returns counters.
 
     ``on_decision(observation, decision)`` is called after each applied decision (e.g. to
@@ -103,14 +118,15 @@ def ingest_conversation(store: MemoryStore, conv: Conversation, source: str, man
     manager = manager or StaticManager()
     stats = stats or IngestStats()
     for session in conv.sessions:
-        for speaker in conv.speakers:
+        for speaker in (conv.speakers if speakers is None else speakers):
             turns = [{"dia_id": t.dia_id, "speaker": t.speaker, "text": t.text, "blip_caption": t.blip_caption}
                      for t in session.turns]
             store.put_raw_session(f"raw:{conv.sample_id}:{session.number}:{speaker}", conv.user_id(speaker),
                                   {"date_time": session.date_time, "turns": turns},
                                   observed_at=session.date.isoformat())
         obs, skipped = session_observations(conv, session, source, extractor=extractor, store=store,
-                                            date_prefix=date_prefix, resolve_dates=resolve_dates)
+                                            date_prefix=date_prefix, resolve_dates=resolve_dates,
+                                            speakers=speakers, utterance_fallback=utterance_fallback)
         stats.skipped_sessions += skipped
         todo = [o for o in obs if store.op_result(o.key) is None]
         stats.observations += len(obs)
