@@ -38,7 +38,7 @@ def test_llm_ingest_caches_extraction_and_keeps_raw(store, locomo_file):
     (conv,) = load_locomo(locomo_file)
     replies = []
     for s in conv.sessions:
-        replies += [json.dumps([{"text": f"Ann fact {s.number}", "dia_ids": [f"D{s.number}:1"]}]), "garbage",
+        replies += [json.dumps([{"text": f"Ann fact number {s.number}", "dia_ids": [f"D{s.number}:1"]}]), "garbage",
                     "garbage"]  # Bob's extraction fails twice -> skipped
     chat = Scripted(replies)
     ex = ObservationExtractor(chat)
@@ -78,3 +78,20 @@ def test_malformed_extraction_falls_back_to_the_users_utterances(tmp_path):
     assert store.count(conv.user_id(speaker)) == len(own) and store.users() == [conv.user_id(speaker)]
     assert sorted(r.dia_ids[0] for r in store.all(conv.user_id(speaker))) == sorted(t.dia_id for t in own)
     store.close()
+
+
+def test_id_lists_and_fragments_are_not_observations():
+    """Seen with SmolLM2-135M: a JSON list of dia ids. It must count as malformed (retry, then
+    skip or fall back), not become memories."""
+    import pytest
+
+    from tsubasa_fast.memory.extraction import parse_extraction
+    from tsubasa_fast.memory.locomo import Session, Turn
+    import datetime as dt
+
+    session = Session(1, "1:00 pm on 5 March, 2023", dt.datetime(2023, 3, 5, 13, 0),
+                      (Turn("Maya", "D1:1", "I moved to Leeds in January."),))
+    with pytest.raises(ValueError, match="no standalone observation"):
+        parse_extraction('["D1:1", "D1:2", "Maya"]', session, "Maya")
+    got = parse_extraction('["D1:1", "Maya moved to Leeds in January 2023."]', session, "Maya")
+    assert [e.text for e in got] == ["Maya moved to Leeds in January 2023."]

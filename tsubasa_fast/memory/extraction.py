@@ -81,6 +81,10 @@ def _overlap_ids(text: str, turns: Sequence[Turn], speaker: str) -> tuple[str, .
     return (best,) if best else ()
 
 
+MIN_WORDS = 3
+_WORDS = re.compile(r"[^\W\d_]{2,}")
+
+
 def parse_extraction(reply: str, session: Session, speaker: str) -> list[Extracted]:
     """Validate the model's JSON; raises ValueError saying what is wrong."""
     m = re.search(r"\[.*\]", reply or "", re.S)
@@ -99,6 +103,8 @@ def parse_extraction(reply: str, session: Session, speaker: str) -> list[Extract
             item = {"text": item}
         if not isinstance(item, dict) or not isinstance(item.get("text"), str) or not item["text"].strip():
             raise ValueError(f"item {i} has no non-empty 'text'")
+        if len(_WORDS.findall(item["text"])) < MIN_WORDS:
+            continue  # an id list or a fragment ("D1:1", "Maya"), not a standalone sentence
         text = resolve_relative_dates(item["text"].strip(), session.date)
         ids = item.get("dia_ids") or []
         if isinstance(ids, str):
@@ -107,6 +113,8 @@ def parse_extraction(reply: str, session: Session, speaker: str) -> list[Extract
         if not ids:
             ids = _overlap_ids(text, session.turns, speaker)
         out.append(Extracted(text, ids))
+    if not out:
+        raise ValueError(f"no standalone observation (sentences of at least {MIN_WORDS} words) in the reply")
     return out
 
 
