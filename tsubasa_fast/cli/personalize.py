@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 from . import positive_int
+from .distill import add_student_args
 
 
 def register(subparsers) -> None:
@@ -20,10 +20,7 @@ def register(subparsers) -> None:
     p.add_argument("--history", required=True, type=Path, help="the user's history (JSON, JSONL or LoCoMo)")
     p.add_argument("--user", required=True, help="the user's speaker name in the history")
     p.add_argument("--out", required=True, type=Path, help="output directory")
-    p.add_argument("--model", default=None, help="local causal LM folder (default SmolLM2-135M-Instruct)")
-    p.add_argument("--4bit", dest="four_bit", action=argparse.BooleanOptionalAction, default=None,
-                   help="load the base in 4-bit NF4 (default: on with CUDA, off on CPU)")
-    p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
+    add_student_args(p)
     p.add_argument("--source", choices=("llm", "utterances"), default="llm",
                    help="memory writing: LLM observation extraction (default) or raw utterances")
     p.add_argument("--manager", choices=("llm", "rule", "static"), default="rule",
