@@ -44,3 +44,14 @@ def assert_loss_close(got, want, rel=1e-5):
     got = got.double()
     err = (got - want).abs().max()
     assert err <= rel * want.abs().max().clamp_min(1e-12), f"loss {got} vs reference {want}"
+
+
+def _locomo_dev():
+    """The LoCoMo development file: ../shared beside the checkout (CI), else the workplace copy."""
+    from pathlib import Path
+
+    beside = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo" / "locomo_dev.json"
+    return beside if beside.is_file() else Path("/work/shared/data/locomo/locomo_dev.json")
+
+
+LOCOMO_DEV = _locomo_dev()

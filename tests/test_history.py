@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from .helpers import LOCOMO_DEV
 from tsubasa_fast.history import HistoryFormatError, load_eval_questions, load_history, parse_history_date
 from tsubasa_fast.memory.locomo import Conversation, Session, Turn
 
@@ -141,11 +142,8 @@ def test_locomo_format_errors_become_history_errors(tmp_path):
     assert "lc.json" in msg and "session_1[1].speaker" in msg
 
 
-def test_real_locomo_dev_if_present():
-    dev = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo" / "locomo_dev.json"
-    if not dev.is_file():
-        pytest.skip("no ../shared/data/locomo/locomo_dev.json")
-    conv, user = load_history(dev, "Caroline")
+def test_real_locomo_dev():
+    conv, user = load_history(LOCOMO_DEV, "Caroline")
     assert conv.sample_id == "conv-26" and user == "Caroline" and len(conv.sessions) > 10
 
 

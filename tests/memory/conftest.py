@@ -1,15 +1,11 @@
 """Fixtures for memory tests: a hashing-embedder store and a tiny synthetic LoCoMo file."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from tsubasa_fast.memory import HashingEmbedder, MemoryStore
 
-DEV = Path(__file__).resolve().parents[3] / "shared" / "data" / "locomo" / "locomo_dev.json"
-if not DEV.is_file():
-    DEV = Path("/work/shared/data/locomo/locomo_dev.json")
 
 
 def tiny_locomo(n_sessions: int = 3, turns: int = 4) -> list:

@@ -1,0 +1,88 @@
+"""`eval qa` end to end on a tiny LoCoMo file with a tiny random Qwen3: schema, counts, errors."""
+
+import json
+
+import pytest
+
+from tests.memory.conftest import tiny_locomo
+from tsubasa_fast.cli import main
+
+KEYS = {"f1", "f1_stemmed", "bleu1", "judge"}
+
+
+@pytest.fixture(scope="module")
+def locomo(tmp_path_factory):
+    """Two sessions, six questions (categories 1, 2, 4, 4, 3 and an adversarial 5)."""
+    data = tiny_locomo(n_sessions=2)
+    data[0]["qa"] = [
+        {"question": "What class did Ann go to?", "answer": "hiking trip", "evidence": ["D1:1"], "category": 4},
+        {"question": "What does Bob enjoy?", "answer": "new puppy", "evidence": ["D1:2"], "category": 4},
+        {"question": "When did Ann go hiking?", "answer": "1 May 2023", "evidence": ["D1:1"], "category": 2},
+        {"question": "What do Ann and Bob like?", "answer": "hiking, puppy", "evidence": ["D1:1", "D2:2"],
+         "category": 1},
+        {"question": "Would Bob like dogs?", "answer": "Yes; he enjoys his puppy", "evidence": ["D1:2"],
+         "category": 3},
+        {"question": "What did Bob realise about pottery?", "evidence": ["D2:2"], "category": 5,
+         "adversarial_answer": "nothing"},
+    ]
+    path = tmp_path_factory.mktemp("locomo") / "tiny.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _check(result, method, n_questions):
+    assert result["method"] == method
+    assert result["questions"] == n_questions - 1  # categories 1-4
+    assert set(result["overall"]) == KEYS and result["overall"]["judge"] is None
+    assert set(result["by_category"]) == {"1", "2", "3", "4", "5"}
+    assert result["by_category"]["4"]["questions"] == 2 and result["by_category"]["5"]["questions"] == 1
+    for row in [result["overall"], *result["by_category"].values()]:
+        for k in ("f1", "f1_stemmed", "bleu1"):
+            assert 0.0 <= row[k] <= 100.0
+    assert result["mean_retrieved_tokens"] > 0
+    assert all(isinstance(v, float) for v in result["seconds"].values()) and "answer" in result["seconds"]
+    assert result["category_names"]["5"] == "adversarial" and result["notes"]
+
+
+@pytest.mark.parametrize("method", ["rag-utterances", "rag-observations", "tsubasa"])
+def test_eval_qa_methods(method, locomo, tiny_qwen3, tmp_path, capsys):
+    out = tmp_path / "qa.json"
+    argv = ["eval", "qa", "--locomo", str(locomo), "--conversation", "conv-t", "--method", method, "-k", "2",
+            "--model", tiny_qwen3, "--device", "cpu", "--embedder", "hashing", "--max-new-tokens", "4",
+            "--work", str(tmp_path / "work"), "--json", str(out)]
+    if method == "tsubasa":
+        argv += ["--steps", "1", "--batch-size", "2", "--lora-r", "2", "--no-answer-check"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "overall (1-4)" in printed and "5 adversarial" in printed
+    result = json.loads(out.read_text())
+    _check(result, method, 6)
+    conv_dir = tmp_path / "work" / method / "conv-t"
+    assert len((conv_dir / "answers.jsonl").read_text().splitlines()) == 6
+    if method == "tsubasa":
+        assert (conv_dir / "adapter" / "adapter_model.safetensors").is_file()
+        assert result["conversations"]["conv-t"]["distill"]["pairs"] > 0
+        assert any("ONE adapter per conversation" in n for n in result["notes"])
+
+
+def test_eval_qa_limit_and_judge(locomo, tiny_qwen3, tmp_path):
+    out = tmp_path / "qa.json"
+    assert main(["eval", "qa", "--locomo", str(locomo), "--method", "rag-observations", "--limit", "2",
+                 "--model", tiny_qwen3, "--device", "cpu", "--embedder", "hashing", "--max-new-tokens", "2",
+                 "--judge", tiny_qwen3, "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["questions"] == 2 and set(result["by_category"]) == {"4"}
+    assert "CORRECT or WRONG" in result["judge_prompt"] and "judge" in result["seconds"]
+    judge = result["overall"]["judge"]  # a random model rarely names a label: None or a percentage
+    assert judge is None or 0.0 <= judge <= 100.0
+
+
+def test_eval_qa_clear_errors(locomo, tmp_path, capsys):
+    assert main(["eval", "qa", "--locomo", str(tmp_path / "nope.json"), "--method", "tsubasa"]) == 2
+    assert "nope.json" in capsys.readouterr().err
+    assert main(["eval", "qa", "--locomo", str(locomo), "--conversation", "conv-zz",
+                 "--method", "rag-utterances"]) == 2
+    assert "conv-zz" in capsys.readouterr().err
+    assert main(["eval", "qa", "--locomo", str(locomo), "--method", "rag-utterances",
+                 "--judge", str(tmp_path / "no-judge")]) == 2
+    assert "--judge" in capsys.readouterr().err
