@@ -6,8 +6,6 @@ import pytest
 
 from tsubasa_fast.memory import HashingEmbedder, MemoryStore
 
-
-
 def tiny_locomo(n_sessions: int = 3, turns: int = 4) -> list:
     conv = {"speaker_a": "Ann", "speaker_b": "Bob"}
     obs = {}
@@ -34,18 +32,15 @@ def tiny_locomo(n_sessions: int = 3, turns: int = 4) -> list:
     return [{"sample_id": "conv-t", "conversation": conv, "qa": qa, "observation": obs,
              "session_summary": {"session_1_summary": "Ann and Bob talked."}, "event_summary": {}}]
 
-
 @pytest.fixture
 def locomo_file(tmp_path):
     path = tmp_path / "locomo_tiny.json"
     path.write_text(json.dumps(tiny_locomo()))
     return path
 
-
 @pytest.fixture
 def embedder():
     return HashingEmbedder(dim=64)
-
 
 @pytest.fixture
 def store(tmp_path, embedder):

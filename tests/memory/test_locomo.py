@@ -5,7 +5,7 @@ import pytest
 from tsubasa_fast.memory.locomo import (Retrieved, evaluate_retrieval, format_report, load_locomo,
                                         merged_search, parse_locomo_date)
 
-from .conftest import DEV
+from ..helpers import LOCOMO_DEV as DEV
 
 
 def test_loader_handles_quirks(locomo_file):
