@@ -14,7 +14,7 @@ import logging
 import sys
 
 # Command-group modules, in the order they appear in --help. Add new groups here.
-GROUPS = ("memory", "synth", "distill", "personalize")
+GROUPS = ("memory", "synth", "distill", "personalize", "eval_qa")
 
 
 def positive_int(value: str) -> int:

@@ -1,0 +1,75 @@
+"""``tsubasa-fast eval qa``: LoCoMo question answering with a RAG baseline or TSUBASA, scored."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from . import group
+from . import positive_int as _positive
+from .distill import add_student_args
+
+
+def register(subparsers) -> None:
+    ev = group(subparsers, "eval", "evaluate memory and models")
+    p = ev.add_parser(
+        "qa", help="answer LoCoMo questions and score them (F1, stemmed F1, BLEU-1, optional LLM judge)",
+        description="Per conversation: build the memory (raw utterances, the dataset's observations, or "
+                    "the evolved store for tsubasa), for tsubasa synthesise QA and distil one adapter, then "
+                    "answer the dataset's questions from the top-k memories of both speakers (hybrid "
+                    "retrieval) and score them. Categories: 1 multi-hop, 2 temporal, 3 open-domain, "
+                    "4 single-hop (overall), 5 adversarial (separately).")
+    p.add_argument("--locomo", required=True, type=Path, help="LoCoMo JSON file (locomo10.json format)")
+    p.add_argument("--conversation", nargs="+", metavar="ID", help="sample ids (default: all)")
+    p.add_argument("--method", required=True, choices=("rag-utterances", "rag-observations", "tsubasa"))
+    p.add_argument("-k", type=_positive, default=3, help="memories in the answer prompt (default 3)")
+    add_student_args(p)
+    p.add_argument("--judge", default=None, metavar="MODEL_DIR",
+                   help="local causal LM folder used as a CORRECT/WRONG judge (default: no judge)")
+    p.add_argument("--embedder", choices=("minilm", "hashing"), default="minilm", help="memory embedder")
+    p.add_argument("--limit", type=_positive, default=None, metavar="N",
+                   help="answer only the first N questions of each conversation")
+    p.add_argument("--max-new-tokens", type=_positive, default=32, help="answer length limit (default 32)")
+    p.add_argument("--date-in-prompt", action=argparse.BooleanOptionalAction, default=True,
+                   help="prefix undated memories (observations) with their session date in the prompt "
+                        "(default on)")
+    p.add_argument("--work", type=Path, default=None, metavar="DIR",
+                   help="where stores, adapters and answers.jsonl go (default: a new temp dir)")
+    p.add_argument("--synth-generator", choices=("rule", "llm"), default="rule",
+                   help="tsubasa: who writes the training questions (default rule: runs on CPU)")
+    p.add_argument("--no-answer-check", action="store_true", help="tsubasa: skip the answerability filter")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=_positive, default=None, help="tsubasa: optimizer steps per conversation")
+    length.add_argument("--epochs", type=float, default=None, help="tsubasa: passes over the QA pairs (default 2)")
+    p.add_argument("--batch-size", type=_positive, default=8, help="tsubasa: examples per step (default 8)")
+    p.add_argument("--lr", type=float, default=2e-4, help="tsubasa: peak learning rate (default 2e-4)")
+    p.add_argument("--lora-r", type=_positive, default=16, help="tsubasa: LoRA rank (default 16)")
+    p.add_argument("-d", type=_positive, default=5, help="tsubasa: teacher entries per token (default 5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the results as JSON")
+    p.set_defaults(func=cmd_eval_qa)
+
+
+def cmd_eval_qa(args) -> int:
+    from ..eval.qa import QAEvalConfig, evaluate_qa, format_table
+    from ..memory.locomo import load_locomo
+
+    config = QAEvalConfig(
+        method=args.method, k=args.k, model=args.model, judge=args.judge, device=args.device,
+        load_in_4bit=args.four_bit, embedder=args.embedder, limit=args.limit,
+        max_new_tokens=args.max_new_tokens, date_in_prompt=args.date_in_prompt,
+        work_dir=None if args.work is None else str(args.work),
+        synth_generator=args.synth_generator, answer_check=not args.no_answer_check, lora_r=args.lora_r,
+        d=args.d, steps=args.steps, epochs=args.epochs or 2.0, batch_size=args.batch_size, lr=args.lr,
+        seed=args.seed)
+    if args.judge is not None and not Path(args.judge).is_dir():
+        raise FileNotFoundError(f"--judge: no such model folder {args.judge}")
+    convs = load_locomo(args.locomo, args.conversation)
+    result = evaluate_qa(convs, config)
+    print(format_table(result))
+    print(f"work dir: {result['config']['work_dir']}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
