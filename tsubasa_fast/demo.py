@@ -24,7 +24,8 @@ SAMPLE = Path(__file__).parent / "data" / "sample_user.json"
 USER = "Maya"
 
 
-def demo_config(model: str | None = None, steps: int | None = None) -> PersonalizeConfig:
+def demo_config(model: str | None = None, steps: int | None = None,
+                load_in_4bit: bool | None = None) -> PersonalizeConfig:
     """Defaults sized for 2 CPU cores in a few minutes: LLM extraction (falling back to the
     user's own words when the small model's JSON is malformed), the rule manager, rule-written
     questions checked by the model, a short training run."""
@@ -32,7 +33,7 @@ def demo_config(model: str | None = None, steps: int | None = None) -> Personali
     from .distill.train import TrainConfig
 
     return PersonalizeConfig(
-        model=model, source="llm", manager="rule",
+        model=model, load_in_4bit=load_in_4bit, source="llm", manager="rule",
         synth=SynthConfig(generator="rule", pairs_per_prompt=2),
         train=TrainConfig(steps=steps, epochs=3.0, batch_size=8, micro_batch_size=4, lr=3e-4,
                           warmup_ratio=0.1, checkpoint_every=10))
@@ -77,9 +78,10 @@ def _print_table(rows: list[dict], echo) -> None:
 
 
 def run(out: str | Path = "demo_out", model: str | None = None, steps: int | None = None,
-        config: PersonalizeConfig | None = None, echo=print, questions: int | None = None) -> dict:
+        config: PersonalizeConfig | None = None, echo=print, questions: int | None = None,
+        load_in_4bit: bool | None = None) -> dict:
     t0 = time.perf_counter()
-    p = Personalizer(SAMPLE, USER, out, config or demo_config(model, steps), echo=echo)
+    p = Personalizer(SAMPLE, USER, out, config or demo_config(model, steps, load_in_4bit), echo=echo)
     echo(f"personalising {p.user_id} from {SAMPLE.name} into {p.out}/ (model: {model or 'SmolLM2-135M-Instruct'})")
     report = p.run()
     qs = load_eval_questions(SAMPLE)[:questions]
@@ -95,9 +97,11 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="demo_out", help="output directory (default demo_out/)")
     ap.add_argument("--model", default=None, help="local causal LM folder (default SmolLM2-135M-Instruct)")
+    ap.add_argument("--4bit", dest="four_bit", action=argparse.BooleanOptionalAction, default=None,
+                    help="load the base in 4-bit NF4 (default: on with CUDA, off on CPU), e.g. Qwen3-4B on a GPU")
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: 3 epochs)")
     args = ap.parse_args(argv)
-    run(args.out, args.model, args.steps)
+    run(args.out, args.model, args.steps, load_in_4bit=args.four_bit)
 
 
 if __name__ == "__main__":
