@@ -203,6 +203,11 @@ def _verify_shards(directory: Path, shards: list) -> None:
             raise CacheError(f"shard {path} is damaged: its sha256 does not match the manifest")
 
 
+def read_cache_spec(directory: str | os.PathLike) -> CacheSpec:
+    """What a cache was built from (its manifest only; no shard is read or hashed)."""
+    return _Manifest.read(Path(directory)).spec
+
+
 class TeacherCache:
     """Read access to a complete cache; refuses a cache built for another student setup."""
 

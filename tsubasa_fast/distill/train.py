@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from ..loss import fused_linear_topd_kl_loss
 from ..ops.reference import TAIL_MODES
-from .cache import CacheSpec, TeacherCache
+from .cache import CacheSpec, TeacherCache, read_cache_spec
 from .data import Encoded, QAPair, collate, encode
 from .prompts import TEMPLATE_VERSION, student_messages
 
@@ -232,10 +232,10 @@ def train(student, pairs: list[QAPair], cache_dir, out_dir, config: TrainConfig,
                          f"processes ({world})")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cache = TeacherCache(cache_dir)
+    built = read_cache_spec(cache_dir)  # d and temperature are the cache's to choose
     expect = CacheSpec(model_fingerprint=student.fingerprint, tokenizer_hash=student.tokenizer_hash,
-                       vocab_size=student.vocab_size, d=cache.spec.d, temperature=cache.spec.temperature,
-                       template_version=TEMPLATE_VERSION, logprob_dtype=cache.spec.logprob_dtype)
+                       vocab_size=student.vocab_size, d=built.d, temperature=built.temperature,
+                       template_version=TEMPLATE_VERSION, logprob_dtype=built.logprob_dtype)
     cache = TeacherCache(cache_dir, expect=expect)
     missing = [p.key for p in pairs if p.key not in cache]
     if missing:

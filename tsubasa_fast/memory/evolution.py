@@ -16,13 +16,13 @@ lands in the event log under the observation's idempotency key.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import numpy as np
 
+from ..llm import json_in_reply
 from .store import MemoryStore, Record
 
 OPS = ("ADD", "UPDATE", "RECONCILE", "IGNORE")
@@ -218,15 +218,7 @@ class LLMManager:
 
 def parse_manager_reply(reply: str, memories: list[Record], obs: Observation) -> Decision:
     """Validate an LLM manager reply; raises ValueError naming what is wrong."""
-    m = re.search(r"\{.*\}", reply or "", re.S)
-    if not m:
-        raise ValueError("no JSON object in reply")
-    try:
-        obj = json.loads(m.group(0))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"unparsable JSON: {e}") from None
-    if not isinstance(obj, dict):
-        raise ValueError("reply is not a JSON object")
+    obj = json_in_reply(reply, dict)
     op = str(obj.get("op", "")).strip().upper()
     if op not in OPS:
         raise ValueError(f"op {obj.get('op')!r} is not one of {OPS}")

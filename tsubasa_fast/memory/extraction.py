@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import calendar
 import datetime as _dt
-import json
 import logging
 import re
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from ..llm import json_in_reply
 from .locomo import Session, Turn
 
 log = logging.getLogger(__name__)
@@ -87,15 +87,7 @@ _WORDS = re.compile(r"[^\W\d_]{2,}")
 
 def parse_extraction(reply: str, session: Session, speaker: str) -> list[Extracted]:
     """Validate the model's JSON; raises ValueError saying what is wrong."""
-    m = re.search(r"\[.*\]", reply or "", re.S)
-    if not m:
-        raise ValueError("no JSON list in the reply")
-    try:
-        items = json.loads(m.group(0))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"unparsable JSON list: {e}") from None
-    if not isinstance(items, list):
-        raise ValueError("reply is not a JSON list")
+    items = json_in_reply(reply, list)
     valid_ids = {t.dia_id for t in session.turns}
     out: list[Extracted] = []
     for i, item in enumerate(items):
