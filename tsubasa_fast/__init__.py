@@ -3,28 +3,41 @@
 The fused top-d distillation loss is importable on its own::
 
     from tsubasa_fast import select_topd, topd_kl_loss, fused_linear_topd_kl_loss
+
+The names below are loaded on first use, so ``import tsubasa_fast.memory`` (or any other
+sub-package) does not import torch and the loss kernels unless it needs them.
 """
 
-from .loss import (
-    TopD,
-    fused_linear_select_topd,
-    fused_linear_topd_kl_loss,
-    select_topd,
-    topd_kl_loss,
-)
-from .modules import FusedLinearTopDKLLoss, TopDKLLoss
-from .ops import BackendUnavailableError, available_backends
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BackendUnavailableError",
-    "FusedLinearTopDKLLoss",
-    "TopD",
-    "TopDKLLoss",
-    "available_backends",
-    "fused_linear_select_topd",
-    "fused_linear_topd_kl_loss",
-    "select_topd",
-    "topd_kl_loss",
-]
+# public name -> the module (relative to this package) that defines it
+_EXPORTS = {
+    "TopD": ".loss",
+    "fused_linear_select_topd": ".loss",
+    "fused_linear_topd_kl_loss": ".loss",
+    "select_topd": ".loss",
+    "topd_kl_loss": ".loss",
+    "FusedLinearTopDKLLoss": ".modules",
+    "TopDKLLoss": ".modules",
+    "BackendUnavailableError": ".ops",
+    "available_backends": ".ops",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tsubasa_fast' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])

@@ -65,9 +65,14 @@ def test_two_process_ddp_matches_one_process(setup):
     one = load_file(str(root / "one" / "adapter_model.safetensors"))
     two = load_file(str(root / "ddp" / "adapter_model.safetensors"))
     assert one.keys() == two.keys()
+    # Two ranks all-reduce fp32 gradients in another summation order than one process: ~1e-7
+    # relative per step, which Adam over 3 steps turns into well under 1e-3 of each tensor's
+    # largest entry; a wrong loss normalisation (local instead of global token count) moves
+    # entries by a large fraction of it (measured: <= 5e-5 of the scale here; 0.15 with the local count).
     for k in one:
-        torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-6)
-    assert max((one[k]).abs().max() for k in one) > 0
+        scale = one[k].abs().max().item()
+        assert scale > 0, k
+        assert (two[k] - one[k]).abs().max().item() <= 1e-3 * scale, k
 
 
 def test_bad_input_is_a_clear_error(setup, capsys, tmp_path):

@@ -46,7 +46,10 @@ def test_four_bit_student_on_cpu(pairs, tmp_path):
     assert st.four_bit
     cfg = TrainConfig(steps=1, batch_size=2, micro_batch_size=2, lr=1e-3, warmup_ratio=0.0)
     build_teacher_cache(st, pairs[:2], tmp_path / "cache", TeacherConfig(), progress=False)
+    rows = build_student_data(pairs[:2], memories_for, tmp_path / "out", cfg)
+    before = evaluate_loss(st, pairs[:2], tmp_path / "cache", rows, cfg)  # no dropout: train == eval
     summary = train(st, pairs[:2], tmp_path / "cache", tmp_path / "out", cfg, retrieve=memories_for,
                     progress=False)
-    assert summary["last_loss"] is not None and summary["last_loss"] >= 0
+    # the one step's loss is the loss of the untrained adapter on the whole (2-pair) batch
+    assert summary["steps"] == 1 and summary["last_loss"] == pytest.approx(before, rel=1e-4)
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()

@@ -190,7 +190,16 @@ def test_rule_generator_on_a_store(store):
     assert qa["Where did Caroline move?"]["answer"] == "Denver"
     assert qa["What does Caroline paint?"]["dia_ids"] == ["D9:7", "D10:1"]
     assert all(len(p["answer"].split()) <= 3 for p in pairs)
-    assert rep["dropped"]["too_long"] >= 0 and all(p["generator"] == "rule" for p in pairs)
+    assert rep["dropped"] == dict.fromkeys(rep["dropped"], 0) and rep["generated"] == rep["kept"]
+    assert all(p["generator"] == "rule" for p in pairs)
+    # a 2-word cap loses exactly the pairs whose answer has 3 words: each one is either not written
+    # (the rule writer's span limit) or written and counted as too long
+    short, rep_short = S.synthesize(store, USER, None, S.SynthConfig(generator="rule", max_answer_words=2),
+                                    progress=False)
+    three = [p for p in pairs if len(p["answer"].split()) == 3]
+    assert three and rep_short["kept"] == len(pairs) - len(three)
+    assert rep_short["dropped"]["too_long"] + rep["generated"] - rep_short["generated"] == len(three)
+    assert [p["question"] for p in short] == [p["question"] for p in pairs if p not in three]
     # the same store twice gives the same pairs (deterministic)
     again, _ = S.synthesize(store, USER, None, S.SynthConfig(generator="rule", max_answer_words=3),
                             progress=False)

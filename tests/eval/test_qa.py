@@ -6,6 +6,7 @@ import pytest
 
 from tests.memory.conftest import tiny_locomo
 from tsubasa_fast.cli import main
+from tsubasa_fast.eval.metrics import score_answer
 
 KEYS = {"f1", "f1_stemmed", "bleu1", "judge"}
 
@@ -30,16 +31,23 @@ def locomo(tmp_path_factory):
     return path
 
 
-def _check(result, method, n_questions):
+def _check(result, method, n_questions, answers):
+    """The result's numbers recomputed by hand from the per-question rows in answers.jsonl."""
     assert result["method"] == method
     assert result["questions"] == n_questions - 1  # categories 1-4
     assert set(result["overall"]) == KEYS and result["overall"]["judge"] is None
     assert set(result["by_category"]) == {"1", "2", "3", "4", "5"}
     assert result["by_category"]["4"]["questions"] == 2 and result["by_category"]["5"]["questions"] == 1
-    for row in [result["overall"], *result["by_category"].values()]:
+    for row in answers:  # each row's scores belong to its own prediction and gold answer
+        assert {k: row[k] for k in ("f1", "f1_stemmed", "bleu1")} == score_answer(
+            row["prediction"], row["answer"], row["category"])
+    for cats, got in [((1, 2, 3, 4), result["overall"]),
+                      *[((int(c),), v) for c, v in result["by_category"].items()]]:
+        sel = [r for r in answers if r["category"] in cats]
         for k in ("f1", "f1_stemmed", "bleu1"):
-            assert 0.0 <= row[k] <= 100.0
-    assert result["mean_retrieved_tokens"] > 0
+            assert got[k] == pytest.approx(100.0 * sum(r[k] for r in sel) / len(sel))
+    assert result["mean_retrieved_tokens"] == pytest.approx(
+        sum(r["retrieved_tokens"] for r in answers) / len(answers))
     assert all(isinstance(v, float) for v in result["seconds"].values()) and "answer" in result["seconds"]
     assert result["category_names"]["5"] == "adversarial" and result["notes"]
 
@@ -56,9 +64,10 @@ def test_eval_qa_methods(method, locomo, tiny_qwen3, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "overall (1-4)" in printed and "5 adversarial" in printed
     result = json.loads(out.read_text())
-    _check(result, method, 6)
     conv_dir = tmp_path / "work" / method / "conv-t"
-    assert len((conv_dir / "answers.jsonl").read_text().splitlines()) == 6
+    answers = [json.loads(line) for line in (conv_dir / "answers.jsonl").read_text().splitlines()]
+    assert [a["question"] for a in answers] == [q["question"] for q in json.loads(locomo.read_text())[0]["qa"]]
+    _check(result, method, 6, answers)
     if method == "tsubasa":
         assert (conv_dir / "adapter" / "adapter_model.safetensors").is_file()
         assert result["conversations"]["conv-t"]["distill"]["pairs"] > 0
@@ -69,12 +78,17 @@ def test_eval_qa_limit_and_judge(locomo, tiny_qwen3, tmp_path):
     out = tmp_path / "qa.json"
     assert main(["eval", "qa", "--locomo", str(locomo), "--method", "rag-observations", "--limit", "2",
                  "--model", tiny_qwen3, "--device", "cpu", "--embedder", "hashing", "--max-new-tokens", "2",
-                 "--judge", tiny_qwen3, "--json", str(out)]) == 0
+                 "--judge", tiny_qwen3, "--work", str(tmp_path / "work"), "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["questions"] == 2 and set(result["by_category"]) == {"4"}
     assert "CORRECT or WRONG" in result["judge_prompt"] and "judge" in result["seconds"]
-    judge = result["overall"]["judge"]  # a random model rarely names a label: None or a percentage
-    assert judge is None or 0.0 <= judge <= 100.0
+    rows = [json.loads(line) for line in
+            (tmp_path / "work" / "rag-observations" / "conv-t" / "answers.jsonl")
+            .read_text().splitlines()]
+    judged = [r["judge"] for r in rows if r["judge"] is not None]
+    assert all(j in (0, 1) for j in judged)  # a verdict is CORRECT (1) or WRONG (0), never a score
+    # a random model rarely names a label: the overall judge is the mean of those that do, else None
+    assert result["overall"]["judge"] == (pytest.approx(100.0 * sum(judged) / len(judged)) if judged else None)
 
 
 def test_eval_qa_clear_errors(locomo, tmp_path, capsys):

@@ -40,6 +40,7 @@ from typing import Callable, Iterable, Sequence
 
 from ..fileio import atomic_write_text
 from ..memory.store import MemoryStore, Record
+from ..progress import progress_bar
 from .data import pair_key
 
 log = logging.getLogger(__name__)
@@ -657,9 +658,7 @@ def synthesize(store: MemoryStore, user: str, chat: ChatFn | None, config: Synth
     started = time.perf_counter()
     bar = None
     if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(groups), desc=f"synth ({cfg.generator})", unit="prompt")
+        bar = progress_bar(total=len(groups), desc=f"synth ({cfg.generator})", unit="prompt")
     try:
         for group in groups:
             texts = [r.text for r in group]

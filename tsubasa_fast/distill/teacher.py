@@ -12,9 +12,9 @@ import logging
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from ..loss import fused_linear_select_topd
+from ..progress import progress_bar
 from .cache import CacheSpec, TeacherCacheWriter
 from .data import QAPair, collate, encode
 from .prompts import TEMPLATE_VERSION, teacher_messages
@@ -47,7 +47,7 @@ def build_teacher_cache(student, pairs: list[QAPair], out_dir, config: TeacherCo
     stats = {"pairs": len(pairs), "resumed": len(pairs) - len(todo), "cached": 0, "tokens": 0}
     tok = student.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    bar = tqdm(total=len(todo), desc="teacher cache", unit="pair", disable=not progress)
+    bar = progress_bar(total=len(todo), desc="teacher cache", unit="pair", disable=not progress)
     try:
         with student.teacher():
             for start in range(0, len(todo), config.batch_size):

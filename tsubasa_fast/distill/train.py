@@ -32,10 +32,10 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..loss import fused_linear_topd_kl_loss
 from ..ops.reference import TAIL_MODES
+from ..progress import progress_bar
 from .cache import CacheSpec, TeacherCache, read_cache_spec
 from .data import Encoded, QAPair, collate, encode
 from .prompts import TEMPLATE_VERSION, student_messages
@@ -100,7 +100,7 @@ def build_student_data(pairs: list[QAPair], retrieve: Callable[[str], list[str]]
             return rows
         log.warning("%s does not match the QA file; rebuilding it", path)
     rows = []
-    for p in tqdm(pairs, desc="retrieving memories", unit="pair", disable=len(pairs) < 50):
+    for p in progress_bar(pairs, desc="retrieving memories", unit="pair", disable=len(pairs) < 50):
         memories = retrieve(p.question) if (config.grounding and retrieve is not None) else None
         rows.append({"key": p.key, "question": p.question, "answer": p.answer, "memories": memories})
     tmp = path.with_suffix(".tmp")
@@ -273,7 +273,7 @@ def train(student, pairs: list[QAPair], cache_dir, out_dir, config: TrainConfig,
     if rank == 0:
         metrics_path.write_text("".join(json.dumps(m) + "\n" for m in history))
     student.model.train()
-    bar = tqdm(total=total, initial=start, desc="distilling", unit="step", disable=not progress or rank)
+    bar = progress_bar(total=total, initial=start, desc="distilling", unit="step", disable=not progress or rank)
     t_start = time.perf_counter()
     completed = start
     try:

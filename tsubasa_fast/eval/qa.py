@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..progress import progress_bar
 from .metrics import CATEGORY_NAMES, adversarial_correct, aggregate_scores, score_answer
 
 METHODS = ("rag-utterances", "rag-observations", "tsubasa")
@@ -200,8 +201,6 @@ class QAEvaluator:
     # ------------------------------------------------------------------ main loop
 
     def run(self, conversations) -> dict:
-        from tqdm import tqdm
-
         from ..distill.prompts import student_messages
         from ..llm import ChatLM
         from ..memory.locomo import count_tokens, merged_search
@@ -237,7 +236,7 @@ class QAEvaluator:
                 items = conv.qa[: c.limit] if c.limit else conv.qa
                 t0 = time.perf_counter()
                 out_rows = []
-                for qa in tqdm(items, desc=f"answer {conv.sample_id}", unit="q"):
+                for qa in progress_bar(items, desc=f"answer {conv.sample_id}", unit="q"):
                     memories = retrieve(qa.question)
                     question = qa.question + (ADVERSARIAL_HINT if qa.category == 5 else "")
                     messages = student_messages(memories, question)
@@ -260,7 +259,7 @@ class QAEvaluator:
                 store.close()
             if judge is not None:
                 t0 = time.perf_counter()
-                for row in tqdm(out_rows, desc=f"judge {conv.sample_id}", unit="q"):
+                for row in progress_bar(out_rows, desc=f"judge {conv.sample_id}", unit="q"):
                     if row["category"] != 5:
                         row["judge"] = judge(row["question"], row["answer"], row["prediction"])
                 self._time("judge", t0)
