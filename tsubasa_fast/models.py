@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
+
+from .fileio import atomic_output, atomic_write_text
 
 # Never let transformers reach for the hub: every load below is from a local folder.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -114,8 +114,7 @@ def smollm2_dir(rebuild: bool = False) -> Path:
 
         gguf = smollm2_gguf()
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_NAME}.", dir=target.parent))
-        try:
+        with atomic_output(target, directory=True) as tmp:
             tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
             model.hf_quantizer = None
@@ -123,12 +122,6 @@ def smollm2_dir(rebuild: bool = False) -> Path:
                 del model.config.quantization_config
             model.save_pretrained(str(tmp))
             tok.save_pretrained(str(tmp))
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return target
 
 
@@ -240,10 +233,7 @@ def model_fingerprint(path: str | os.PathLike | None) -> str:
                 h.update(block)
     digest = h.hexdigest()
     try:
-        memo_dir.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_suffix(".tmp")
-        tmp.write_text(digest)
-        os.replace(tmp, memo)
+        atomic_write_text(memo, digest)
     except OSError:  # a read-only cache folder only costs a re-hash next time
         pass
     return digest

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..fileio import atomic_write_bytes, fsync_dir, sha256_file
+from ..fileio import atomic_output, atomic_write_bytes, sha256_file
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -163,12 +163,8 @@ class TeacherCacheWriter:
             "offsets": lengths.cumsum(0, dtype=torch.int32),
         }
         name = f"shard-{len(self.manifest.shards):05d}.safetensors"
-        tmp = self.dir / f".{name}.tmp"
-        save_file(tensors, str(tmp))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.dir / name)
-        fsync_dir(self.dir)
+        with atomic_output(self.dir / name) as tmp:
+            save_file(tensors, str(tmp))
         self.manifest.shards.append({
             "file": name, "sha256": sha256_file(self.dir / name),
             "examples": keys, "tokens": int(lengths.sum()),

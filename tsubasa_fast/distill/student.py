@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .. import models
+from ..fileio import move_files_into
 from .prompts import TEMPLATE_VERSION
 
 ADAPTER_META = "tsubasa_adapter.json"
@@ -142,8 +143,7 @@ class Student:
                     **(meta or {})}
             (tmp / ADAPTER_META).write_text(json.dumps(info, indent=1, default=str))
             (target / ADAPTER_META).unlink(missing_ok=True)
-            for f in sorted(tmp.iterdir(), key=lambda f: f.name == ADAPTER_META):
-                os.replace(f, target / f.name)
+            move_files_into(tmp, target, last=ADAPTER_META)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return target

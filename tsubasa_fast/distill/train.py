@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..fileio import atomic_output, atomic_write_text
 from ..loss import fused_linear_topd_kl_loss
 from ..ops.reference import TAIL_MODES
 from ..progress import progress_bar
@@ -103,9 +103,7 @@ def build_student_data(pairs: list[QAPair], retrieve: Callable[[str], list[str]]
     for p in progress_bar(pairs, desc="retrieving memories", unit="pair", disable=len(pairs) < 50):
         memories = retrieve(p.question) if (config.grounding and retrieve is not None) else None
         rows.append({"key": p.key, "question": p.question, "answer": p.answer, "memories": memories})
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
     return rows
 
 
@@ -146,22 +144,12 @@ class DistillLoss(nn.Module):
 
 
 def _save_checkpoint(out_dir: Path, student, optimizer, scheduler, step: int, config: TrainConfig) -> None:
-    target = out_dir / CHECKPOINT
-    tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.", dir=out_dir))
-    try:
+    with atomic_output(out_dir / CHECKPOINT, directory=True) as tmp:
         params = {n: p.detach().cpu().contiguous() for n, p in student.model.named_parameters() if p.requires_grad}
         save_file(params, str(tmp / "adapter_params.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "step": step, "config": asdict(config), "rng": torch.get_rng_state()},
                    tmp / "state.pt")
-        old = out_dir / ".checkpoint.old"
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _load_checkpoint(out_dir: Path, student, optimizer, scheduler) -> int:
