@@ -132,7 +132,9 @@ def test_locomo_file_picks_the_conversation(tmp_path):
     assert conv.sample_id == "conv-2" and user == "Ann"
     msg = _err(tmp_path, [_locomo("conv-1", "Ann", "Bob")], "bob", "lc.json")
     assert "no conversation has speaker 'bob'" in msg and "did you mean 'conv-1:Bob'" in msg
-    assert "--user" in _err(tmp_path, [_locomo("conv-1", "Ann", "Bob")], None, "lc.json")
+    with pytest.raises(HistoryFormatError) as e:  # the library names its argument, not a CLI flag
+        load_history(_write(tmp_path, [_locomo("conv-1", "Ann", "Bob")], "lc.json"), None)
+    assert e.value.field == "user" and "several users" in e.value.message and "--" not in str(e.value)
 
 
 def test_locomo_format_errors_become_history_errors(tmp_path):
@@ -183,7 +185,7 @@ def test_unknown_user(tmp_path):
     msg = _err(tmp_path, _sessions(), user="Mia")
     assert "user 'Mia' never speaks" in msg and "'Maya', 'Sam'" in msg
     assert "did you mean 'Maya'" in _err(tmp_path, _sessions(), user="maya")
-    assert "pass --user NAME" in _err(tmp_path, _sessions(), user=None)
+    assert "user: " in _err(tmp_path, _sessions(), user=None) and "names no user" in _err(tmp_path, _sessions(), None)
 
 
 def test_third_speaker_and_monologue(tmp_path):
@@ -296,4 +298,4 @@ def test_history_only_imports_the_memory_loader():
             ours.add(node.module)
         elif isinstance(node, ast.Import):
             ours.update(a.name for a in node.names if a.name.startswith("tsubasa_fast"))
-    assert ours == {"memory.locomo"}
+    assert ours == {"memory.locomo", "errors"}

@@ -61,6 +61,10 @@ def test_bad_history_is_a_clear_error(tmp_path, capsys):
     assert "date" in capsys.readouterr().err
     assert main(["personalize", "--history", str(SAMPLE), "--user", "Nobody", "--out", str(tmp_path / "o")]) == 2
     assert "Nobody" in capsys.readouterr().err
+    # the library names its argument ("history"); the CLI shows it as the flag
+    assert main(["personalize", "--history", str(tmp_path / "nope.json"), "--user", "Maya",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == f"tsubasa-fast: error: --history: no such file {tmp_path / 'nope.json'}"
 
 
 def test_out_dir_of_another_user_is_refused(tiny_qwen3, tmp_path):

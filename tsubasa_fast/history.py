@@ -57,6 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import InputError
 from .memory.locomo import Conversation, LocomoFormatError, Session, Turn, load_locomo, parse_locomo_date
 
 __all__ = ["EVAL_CATEGORIES", "EvalQuestion", "HistoryFormatError", "load_eval_questions", "load_history",
@@ -69,7 +70,7 @@ _SESSION_ID = re.compile(r"^(?:session_?|D)?(\d+)$", re.I)
 _JSONL_SUFFIXES = {".jsonl", ".ndjson"}
 
 
-class HistoryFormatError(ValueError):
+class HistoryFormatError(InputError):
     """A history file that cannot be used; the message names the file and the exact place."""
 
 
@@ -175,9 +176,9 @@ def load_eval_questions(path: str | os.PathLike) -> list[EvalQuestion]:
 # ------------------------------------------------------------------ internals
 def _read_text(path: Path) -> str:
     if not path.exists():
-        raise HistoryFormatError(f"--history: no such file {path}")
+        raise HistoryFormatError(f"no such file {path}", field="history")
     if not path.is_file():
-        raise HistoryFormatError(f"--history: {path} is not a file")
+        raise HistoryFormatError(f"{path} is not a file", field="history")
     try:
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
@@ -206,8 +207,9 @@ def _from_locomo(path: Path, user: str | None) -> tuple[Conversation, str]:
         raise HistoryFormatError(str(e)) from None
     everyone = [f"{c.sample_id}:{s}" for c in convs for s in c.speakers]
     if not user:
-        raise HistoryFormatError(f"{path}: a LoCoMo file holds several users; name one with --user "
-                                 f"(e.g. {', '.join(everyone[:4])}{', ...' if len(everyone) > 4 else ''})")
+        raise HistoryFormatError(f"{path} is a LoCoMo file with several users; name one "
+                                 f"(e.g. {', '.join(everyone[:4])}{', ...' if len(everyone) > 4 else ''})",
+                                 field="user")
     sample, _, name = user.rpartition(":")
     if sample:
         matches = [c for c in convs if c.sample_id == sample and name in c.speakers]
@@ -218,7 +220,7 @@ def _from_locomo(path: Path, user: str | None) -> tuple[Conversation, str]:
     if len(matches) > 1:
         ids = [f"{c.sample_id}:{name}" for c in matches]
         raise HistoryFormatError(f"{path}: speaker {user!r} is in {len(matches)} conversations; "
-                                 f"pick one with --user {' or '.join(ids)}")
+                                 f"pick one: {' or '.join(ids)}", field="user")
     return matches[0], name
 
 
@@ -280,8 +282,8 @@ def _build(path: Path, located: list[tuple[str, str, Any]], user: str | None, co
 
     user = user.strip() if isinstance(user, str) else user
     if not user:
-        raise HistoryFormatError(f"{path}: no user named: pass --user NAME (speakers: "
-                                 f"{', '.join(map(repr, speakers))})")
+        raise HistoryFormatError(f"{path} names no user: name one of the speakers "
+                                 f"({', '.join(map(repr, speakers))})", field="user")
     if user not in speakers:
         raise HistoryFormatError(f"{path}: user {user!r} never speaks in this history (speakers: "
                                  f"{', '.join(map(repr, speakers))}){_suggest(user, speakers)}")

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .errors import InputError, StageError
 from .fileio import atomic_write_text, sha256_file
 from .history import load_history
 from .memory.evolution import make_manager
@@ -87,9 +88,9 @@ class Personalizer:
         if path.is_file():
             state = json.loads(path.read_text())
             if state.get("history_sha256") != digest or state.get("user") != self.user_id:
-                raise ValueError(
-                    f"--out {self.out} holds a run for another history or user "
-                    f"({state.get('history')!r}, {state.get('user')!r}); use a new --out")
+                raise InputError(
+                    f"{self.out} holds a run for another history or user "
+                    f"({state.get('history')!r}, {state.get('user')!r}); use a new output folder", field="out")
             return state
         return {"history": str(self.history), "history_sha256": digest, "user": self.user_id, "stages": {}}
 
@@ -167,8 +168,8 @@ class Personalizer:
         finally:
             store.close()
         if not pairs:
-            raise RuntimeError(f"no QA pair survived the filters ({report['dropped']}); "
-                               "try --synth-generator rule or a larger --model")
+            raise StageError(f"no QA pair survived the filters ({report['dropped']}); "
+                             "try the rule question writer or a larger model")
         write_qa_jsonl(self.out / "qa.jsonl", pairs)
         write_report(self.out / "qa.report.json", report)
         self.echo(f"  {report['kept']} QA pairs kept of {report['generated']} generated; dropped {report['dropped']}")

@@ -13,6 +13,8 @@ import importlib
 import logging
 import sys
 
+from ..errors import InputError, StageError
+
 # Command-group modules, in the order they appear in --help. Add new groups here.
 GROUPS = ("memory", "synth", "distill", "personalize", "eval_qa")
 
@@ -52,16 +54,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _flags(parser: argparse.ArgumentParser, argv: list[str]) -> dict[str, str]:
+    """dest -> the option string of the command that ``argv`` runs (e.g. "user" -> "--user")."""
+    out: dict[str, str] = {}
+    words = set(argv)
+    while parser is not None:
+        nxt = None
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                nxt = next((p for name, p in action.choices.items() if name in words), None)
+            elif action.option_strings:
+                out[action.dest] = max(action.option_strings, key=len)
+            else:
+                out[action.dest] = action.metavar or action.dest.upper()
+        parser = nxt
+    return out
+
+
+def error_message(e: BaseException, parser: argparse.ArgumentParser, argv: list[str]) -> str:
+    """One line for a library error, its field shown as this command's flag where it has one."""
+    if isinstance(e, InputError) and e.field:
+        return f"{_flags(parser, argv).get(e.field, e.field)}: {e.message}"
+    return str(e.args[0] if isinstance(e, KeyError) and e.args else e)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"tsubasa-fast: error: {msg}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, KeyError, StageError) as e:
+        print(f"tsubasa-fast: error: {error_message(e, parser, argv)}", file=sys.stderr)
         return 2
 
 

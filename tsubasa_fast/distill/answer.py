@@ -40,7 +40,7 @@ class Answerer:
         if adapter is not None:
             owner = adapter_meta(adapter).get("user")
             if owner is not None and owner != user:
-                raise AdapterMismatchError(f"--adapter {adapter} was trained for user {owner!r}, not {user!r}")
+                raise AdapterMismatchError(f"{adapter} was trained for user {owner!r}, not {user!r}", field="adapter")
         if student is None:
             cfg = student_config or StudentConfig()
             if model is not None:

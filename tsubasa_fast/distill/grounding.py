@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from ..errors import InputError
 from ..memory.retrieval import Retriever
 from ..memory.store import open_store
 
@@ -22,7 +23,7 @@ def memory_retriever(store_dir: str | Path, user: str, k: int = 3,
     if store.count(user) == 0:
         users = ", ".join(store.users()[:10]) or "none"
         store.close()
-        raise ValueError(f"--user: no memories for user {user!r} in {store_dir} (users: {users})")
+        raise InputError(f"no memories for user {user!r} in {store_dir} (users: {users})", field="user")
     retriever = Retriever(store, mode)
 
     def retrieve(question: str) -> list[str]:

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .. import models
+from ..errors import InputError
 from ..fileio import move_files_into
 from .prompts import TEMPLATE_VERSION
 
@@ -28,7 +29,7 @@ ADAPTER_META = "tsubasa_adapter.json"
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-class AdapterMismatchError(ValueError):
+class AdapterMismatchError(InputError):
     """An adapter was trained on another base model or tokenizer."""
 
 

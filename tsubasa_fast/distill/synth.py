@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from ..errors import InputError
 from ..fileio import atomic_write_text
 from ..memory.store import MemoryStore, Record
 from ..progress import progress_bar
@@ -621,7 +622,7 @@ def synthesize(store: MemoryStore, user: str, chat: ChatFn | None, config: Synth
     records = store.all(user)
     if not records:
         users = ", ".join(store.users()[:10]) or "none"
-        raise ValueError(f"--user: no live memories for user {user!r} in {store.path} (users: {users})")
+        raise InputError(f"no live memories for user {user!r} in {store.path} (users: {users})", field="user")
     if chat is not None and cfg.seed is not None:
         try:
             import torch

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..errors import InputError
 from ..progress import progress_bar
 from .metrics import CATEGORY_NAMES, adversarial_correct, aggregate_scores, score_answer
 
@@ -68,11 +69,11 @@ class QAEvalConfig:
 
     def __post_init__(self):
         if self.method not in METHODS:
-            raise ValueError(f"--method: expected one of {METHODS}, got {self.method!r}")
+            raise InputError(f"expected one of {METHODS}, got {self.method!r}", field="method")
         if self.k < 1:
-            raise ValueError(f"-k must be >= 1, got {self.k}")
+            raise InputError(f"must be >= 1, got {self.k}", field="k")
         if self.limit is not None and self.limit < 1:
-            raise ValueError(f"--limit must be >= 1, got {self.limit}")
+            raise InputError(f"must be >= 1, got {self.limit}", field="limit")
 
 
 def _judge_fn(path: str, device: str | None) -> Callable[[str, str, str], int | None]:
@@ -288,7 +289,7 @@ class QAEvaluator:
         if judged:
             notes.append("judge: categories 1-4 only; replies naming neither CORRECT nor WRONG are not counted")
         if c.limit:
-            notes.append(f"--limit {c.limit}: only the first {c.limit} questions of each conversation")
+            notes.append(f"limit {c.limit}: only the first {c.limit} questions of each conversation")
         notes.extend(self.notes)
         cfg = asdict(c)
         cfg["work_dir"] = str(self.work)
@@ -310,7 +311,7 @@ class QAEvaluator:
 def evaluate_qa(conversations, config: QAEvalConfig, echo: Callable[[str], None] = print) -> dict:
     """Runs ``config.method`` over ``conversations`` and returns the result (see the module docstring)."""
     if not conversations:
-        raise ValueError("--locomo: no conversations to evaluate")
+        raise InputError("no conversations to evaluate", field="locomo")
     return QAEvaluator(config, echo).run(conversations)
 
 
