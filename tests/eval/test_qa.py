@@ -50,9 +50,23 @@ def _check(result, method, n_questions, answers):
         sum(r["retrieved_tokens"] for r in answers) / len(answers))
     assert all(isinstance(v, float) for v in result["seconds"].values()) and "answer" in result["seconds"]
     assert result["category_names"]["5"] == "adversarial" and result["notes"]
+    assert result["seeds"] == [0] and result["per_seed_overall"] == [result["overall"]]
+    assert set(result["overall_std"].values()) == {None}  # one seed: no spread
+    if method == "tsubasa":  # the paired arm: the same questions answered with the adapter off
+        base = [{**r, **r["base"]} for r in answers]
+        for row in base:
+            assert {k: row[k] for k in ("f1", "f1_stemmed", "bleu1")} == score_answer(
+                row["prediction"], row["answer"], row["category"])
+        sel = [r for r in base if r["category"] in (1, 2, 3, 4)]
+        for k in ("f1", "f1_stemmed", "bleu1"):
+            want = 100.0 * sum(r[k] for r in sel) / len(sel)
+            assert result["rag_evolved"]["overall"][k] == pytest.approx(want)
+            assert result["distillation_gain"][k] == pytest.approx(result["overall"][k] - want)
+    else:
+        assert "distillation_gain" not in result and all("base" not in r for r in answers)
 
 
-@pytest.mark.parametrize("method", ["rag-utterances", "rag-observations", "tsubasa"])
+@pytest.mark.parametrize("method", ["rag-utterances", "rag-observations", "rag-evolved", "tsubasa"])
 def test_eval_qa_methods(method, locomo, tiny_qwen3, tmp_path, capsys):
     out = tmp_path / "qa.json"
     argv = ["eval", "qa", "--locomo", str(locomo), "--conversation", "conv-t", "--method", method, "-k", "2",
@@ -63,6 +77,7 @@ def test_eval_qa_methods(method, locomo, tiny_qwen3, tmp_path, capsys):
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "overall (1-4)" in printed and "5 adversarial" in printed
+    assert ("distillation gain" in printed) == (method == "tsubasa")
     result = json.loads(out.read_text())
     conv_dir = tmp_path / "work" / method / "conv-t"
     answers = [json.loads(line) for line in (conv_dir / "answers.jsonl").read_text().splitlines()]
@@ -72,6 +87,36 @@ def test_eval_qa_methods(method, locomo, tiny_qwen3, tmp_path, capsys):
         assert (conv_dir / "adapter" / "adapter_model.safetensors").is_file()
         assert result["conversations"]["conv-t"]["distill"]["pairs"] > 0
         assert any("ONE adapter per conversation" in n for n in result["notes"])
+
+
+def test_eval_qa_seeds_and_closed_book(locomo, tiny_qwen3, tmp_path):
+    out = tmp_path / "qa.json"
+    assert main(["eval", "qa", "--locomo", str(locomo), "--method", "rag-evolved", "--limit", "3",
+                 "--seeds", "2", "--seed", "5", "--closed-book", "--model", tiny_qwen3, "--device", "cpu",
+                 "--embedder", "hashing", "--max-new-tokens", "3", "--work", str(tmp_path / "work"),
+                 "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["seeds"] == [5, 6] and set(result["conversations"]) == {"seed-5", "seed-6"}
+    per_seed = []
+    for seed in (5, 6):
+        rows = [json.loads(line) for line in
+                (tmp_path / "work" / "rag-evolved" / f"seed-{seed}" / "conv-t" / "answers.jsonl").read_text().splitlines()]
+        assert len(rows) == 3 and all(r["memories"] == [] and r["retrieved_tokens"] == 0 for r in rows)
+        per_seed.append(100.0 * sum(r["f1"] for r in rows) / 3)  # the first three are categories 4, 4, 2
+    assert [o["f1"] for o in result["per_seed_overall"]] == pytest.approx(per_seed)
+    assert result["overall"]["f1"] == pytest.approx(sum(per_seed) / 2)
+    mean = sum(per_seed) / 2
+    assert result["overall_std"]["f1"] == pytest.approx((sum((v - mean) ** 2 for v in per_seed)) ** 0.5)
+    assert result["mean_retrieved_tokens"] == 0.0 and any("closed book" in n for n in result["notes"])
+
+
+def test_tsubasa_with_no_surviving_pair_is_an_error(locomo, tiny_qwen3, tmp_path, capsys):
+    # a random model answers none of its own questions, so the answerability filter keeps nothing
+    assert main(["eval", "qa", "--locomo", str(locomo), "--method", "tsubasa", "--limit", "1",
+                 "--model", tiny_qwen3, "--device", "cpu", "--embedder", "hashing", "--steps", "1",
+                 "--lora-r", "2", "--work", str(tmp_path / "work")]) == 2
+    err = capsys.readouterr().err
+    assert "no synthesised QA pair survived" in err and "nothing to distil" in err
 
 
 def test_eval_qa_limit_and_judge(locomo, tiny_qwen3, tmp_path):

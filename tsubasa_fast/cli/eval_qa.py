@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..eval.qa import METHODS
 from . import group
 from . import positive_int as _positive
 from .distill import add_student_args
@@ -16,13 +17,17 @@ def register(subparsers) -> None:
     p = ev.add_parser(
         "qa", help="answer LoCoMo questions and score them (F1, stemmed F1, BLEU-1, optional LLM judge)",
         description="Per conversation: build the memory (raw utterances, the dataset's observations, or "
-                    "the evolved store for tsubasa), for tsubasa synthesise QA and distil one adapter, then "
+                    "the evolved store for rag-evolved and tsubasa), for tsubasa synthesise QA and distil one "
+                    "adapter, then "
                     "answer the dataset's questions from the top-k memories of both speakers (hybrid "
                     "retrieval) and score them. Categories: 1 multi-hop, 2 temporal, 3 open-domain, "
                     "4 single-hop (overall), 5 adversarial (separately).")
     p.add_argument("--locomo", required=True, type=Path, help="LoCoMo JSON file (locomo10.json format)")
     p.add_argument("--conversation", nargs="+", metavar="ID", help="sample ids (default: all)")
-    p.add_argument("--method", required=True, choices=("rag-utterances", "rag-observations", "tsubasa"))
+    p.add_argument("--method", required=True, choices=METHODS,
+                   help="rag-utterances / rag-observations / rag-evolved: the base model over raw turns, the "
+                        "dataset's observations, or the evolved store; tsubasa: the distilled student over the "
+                        "evolved store, with the paired rag-evolved scores and the distillation gain")
     p.add_argument("-k", type=_positive, default=3, help="memories in the answer prompt (default 3)")
     add_student_args(p)
     p.add_argument("--judge", default=None, metavar="MODEL_DIR",
@@ -46,7 +51,12 @@ def register(subparsers) -> None:
     p.add_argument("--lr", type=float, default=2e-4, help="tsubasa: peak learning rate (default 2e-4)")
     p.add_argument("--lora-r", type=_positive, default=16, help="tsubasa: LoRA rank (default 16)")
     p.add_argument("-d", type=_positive, default=5, help="tsubasa: teacher entries per token (default 5)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    p.add_argument("--seeds", type=_positive, default=1, metavar="N",
+                   help="repeat with seeds seed..seed+N-1 (synthesis sampling and training); report the mean, "
+                        "the standard deviation and each seed's scores (default 1)")
+    p.add_argument("--closed-book", action="store_true",
+                   help="answer from the question alone, no memories (what the weights hold)")
     p.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the results as JSON")
     p.set_defaults(func=cmd_eval_qa)
 
@@ -62,7 +72,7 @@ def cmd_eval_qa(args) -> int:
         work_dir=None if args.work is None else str(args.work),
         synth_generator=args.synth_generator, answer_check=not args.no_answer_check, lora_r=args.lora_r,
         d=args.d, steps=args.steps, epochs=args.epochs or 2.0, batch_size=args.batch_size, lr=args.lr,
-        seed=args.seed)
+        seed=args.seed, seeds=args.seeds, closed_book=args.closed_book)
     if args.judge is not None and not Path(args.judge).is_dir():
         raise FileNotFoundError(f"--judge: no such model folder {args.judge}")
     convs = load_locomo(args.locomo, args.conversation)

@@ -5,9 +5,16 @@ Methods:
 * ``rag-utterances``: raw turns in a store (static manager); the base model answers from the
   top-k retrieved turns.
 * ``rag-observations``: the dataset's observations (static manager); base model + top-k.
-* ``tsubasa``: the evolved store (observations through the rule manager), QA synthesised from
-  both speakers' memories, ONE LoRA adapter distilled per conversation on the union of both
-  speakers' pairs; base + adapter answers from the top-k.
+* ``rag-evolved``: the evolved store (the dataset's observations through the rule manager);
+  base model + top-k. The same memory, k, prompt and decoding as ``tsubasa``.
+* ``tsubasa``: the evolved store, QA synthesised from both speakers' memories, ONE LoRA
+  adapter distilled per conversation on the union of both speakers' pairs; base + adapter
+  answers from the top-k. Each question is also answered with the adapter off, so the result
+  carries the paired ``rag_evolved`` scores and ``distillation_gain`` = tsubasa - rag_evolved.
+
+``closed_book`` answers from the question alone (what the weights hold); ``seeds`` repeats the
+run with seeds ``seed, seed + 1, ...`` and reports the mean, the standard deviation and each
+seed's overall scores.
 
 Retrieval is hybrid over both speakers' stores, merged by score (as the retrieval evaluation
 does). Scores come from :mod:`.metrics`; category 5 is scored with the adversarial rule and
@@ -24,11 +31,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, StageError
 from ..progress import progress_bar
 from .metrics import CATEGORY_NAMES, adversarial_correct, aggregate_scores, score_answer
 
-METHODS = ("rag-utterances", "rag-observations", "tsubasa")
+METHODS = ("rag-utterances", "rag-observations", "rag-evolved", "tsubasa")
+EVOLVED_MANAGER = "rule"  # the evolution manager behind the rag-evolved and tsubasa stores
 ADVERSARIAL_HINT = ' If the memories do not say, answer "No information available".'
 JUDGE_PROMPT = (
     "Your task is to label an answer to a question as 'CORRECT' or 'WRONG'. You are given a question, "
@@ -65,6 +73,8 @@ class QAEvalConfig:
     micro_batch_size: int = 4
     lr: float = 2e-4
     seed: int = 0
+    seeds: int = 1  # runs with seeds seed, seed + 1, ...; scores are their mean
+    closed_book: bool = False  # answer from the question alone, no memories
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -74,6 +84,8 @@ class QAEvalConfig:
             raise InputError(f"must be >= 1, got {self.k}", field="k")
         if self.limit is not None and self.limit < 1:
             raise InputError(f"must be >= 1, got {self.limit}", field="limit")
+        if self.seeds < 1:
+            raise InputError(f"must be >= 1, got {self.seeds}", field="seeds")
 
 
 def _judge_fn(path: str, device: str | None) -> Callable[[str, str, str], int | None]:
@@ -108,14 +120,15 @@ class QAEvaluator:
     def _time(self, stage: str, t0: float) -> None:
         self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.perf_counter() - t0, 2)
 
-    def _student(self, fresh: bool = False):
+    def _student(self, fresh: bool = False, seed: int | None = None):
         from ..distill.student import Student, StudentConfig
 
         c = self.config
         if fresh or self._base is None:
             t0 = time.perf_counter()
             st = Student(StudentConfig(model=c.model, load_in_4bit=c.load_in_4bit, device=c.device,
-                                       lora_r=c.lora_r, lora_alpha=2 * c.lora_r, seed=c.seed))
+                                       lora_r=c.lora_r, lora_alpha=2 * c.lora_r,
+                                       seed=c.seed if seed is None else seed))
             self._time("load", t0)
             if fresh:
                 return st
@@ -139,7 +152,7 @@ class QAEvaluator:
         from ..memory.store import open_store
 
         source = "utterances" if self.config.method == "rag-utterances" else "observations"
-        manager = make_manager("rule" if self.config.method == "tsubasa" else "static")
+        manager = make_manager(EVOLVED_MANAGER if self.config.method in ("tsubasa", "rag-evolved") else "static")
         store = open_store(path, self.config.embedder)
         # as `memory ingest`: the session date prefixes raw utterances only
         stats = ingest_conversation(store, conv, source, manager, date_prefix=source == "utterances")
@@ -158,7 +171,7 @@ class QAEvaluator:
 
     # ------------------------------------------------------------------ tsubasa distillation
 
-    def _distil(self, conv, store, conv_dir: Path, retrieve: Callable[[str], list[str]]):
+    def _distil(self, conv, store, conv_dir: Path, retrieve: Callable[[str], list[str]], seed: int):
         """Synthesise QA for both speakers, cache the teacher, train one adapter; returns the student."""
         from ..distill.data import load_qa
         from ..distill.synth import SynthConfig, synthesize, write_qa_jsonl
@@ -166,10 +179,10 @@ class QAEvaluator:
         from ..distill.train import TrainConfig, train
 
         c = self.config
-        student = self._student(fresh=True)
+        student = self._student(fresh=True, seed=seed)
         t0 = time.perf_counter()
         chat = self._base_chat(student, 80)
-        scfg = SynthConfig(generator=c.synth_generator, check_answerable=c.answer_check, seed=c.seed)
+        scfg = SynthConfig(generator=c.synth_generator, check_answerable=c.answer_check, seed=seed)
         pairs, reports = [], {}
         for user in conv.user_ids:
             if store.count(user) == 0:
@@ -180,9 +193,9 @@ class QAEvaluator:
         self._time("synth", t0)
         (conv_dir / "synth.report.json").write_text(json.dumps(reports, indent=1))
         if not pairs:
-            self.notes.append(f"{conv.sample_id}: no synthesised QA pair survived the filters; "
-                              "answered with the base model")
-            return student, {"pairs": 0}
+            raise StageError(f"{conv.sample_id}: no synthesised QA pair survived the filters ({reports}); "
+                             "tsubasa has nothing to distil (try the rule question writer, no answer check, "
+                             "or a larger model)")
         write_qa_jsonl(conv_dir / "qa.jsonl", pairs)
         qa = load_qa(conv_dir / "qa.jsonl")
         t0 = time.perf_counter()
@@ -191,7 +204,7 @@ class QAEvaluator:
         t0 = time.perf_counter()
         tcfg = TrainConfig(steps=c.steps, epochs=c.epochs, batch_size=c.batch_size,
                            micro_batch_size=min(c.micro_batch_size, c.batch_size), lr=c.lr, k=c.k,
-                           retrieval=c.retrieval, seed=c.seed)
+                           retrieval=c.retrieval, seed=seed)
         summary = train(student, qa, conv_dir / "cache", conv_dir / "adapter", tcfg, retrieve=retrieve,
                         user=f"{conv.sample_id}:*")
         self._time("train", t0)
@@ -202,21 +215,31 @@ class QAEvaluator:
     # ------------------------------------------------------------------ main loop
 
     def run(self, conversations) -> dict:
-        from ..distill.prompts import student_messages
-        from ..llm import ChatLM
-        from ..memory.locomo import count_tokens, merged_search
-        from ..memory.retrieval import Retriever
-
+        """One run per seed (seed, seed + 1, ...); scores are the mean over seeds."""
         c = self.config
         judge = None
         if c.judge:
             t0 = time.perf_counter()
             judge = _judge_fn(c.judge, c.device)
             self._time("load", t0)
+        runs = []
+        for i in range(c.seeds):
+            seed = c.seed + i
+            root = self.work / c.method if c.seeds == 1 else self.work / c.method / f"seed-{seed}"
+            runs.append((seed, *self._run_seed(conversations, seed, root, judge)))
+        return self._result(runs, judge is not None)
+
+    def _run_seed(self, conversations, seed: int, root: Path, judge):
+        from ..distill.prompts import student_messages
+        from ..llm import ChatLM
+        from ..memory.locomo import count_tokens, merged_search
+        from ..memory.retrieval import Retriever
+
+        c = self.config
         rows: list[dict] = []
         per_conv: dict[str, dict] = {}
         for conv in conversations:
-            conv_dir = self.work / c.method / conv.sample_id
+            conv_dir = root / conv.sample_id
             conv_dir.mkdir(parents=True, exist_ok=True)
             t0 = time.perf_counter()
             store, stats = self._build_store(conv, conv_dir / "store")
@@ -227,32 +250,31 @@ class QAEvaluator:
                 def retrieve(question: str, _conv=conv, _search=search) -> list[str]:
                     return [self._dated(_conv, h) for h in merged_search(_search, _conv, question, c.k)]
 
-                info = {"memory": {**stats.as_dict(), "live_records": store.count()}}
+                info = {"memory": {**stats.as_dict(), "live_records": store.count()}, "seed": seed}
                 if c.method == "tsubasa":
-                    student, info["distill"] = self._distil(conv, store, conv_dir, retrieve)
-                    use_adapter = info["distill"]["pairs"] > 0
+                    student, info["distill"] = self._distil(conv, store, conv_dir, retrieve, seed)
                 else:
-                    student, use_adapter = self._student(), False
+                    student = self._student()
                 lm = ChatLM(student.model, student.tokenizer, max_new_tokens=c.max_new_tokens)
                 items = conv.qa[: c.limit] if c.limit else conv.qa
                 t0 = time.perf_counter()
                 out_rows = []
                 for qa in progress_bar(items, desc=f"answer {conv.sample_id}", unit="q"):
-                    memories = retrieve(qa.question)
+                    memories = None if c.closed_book else retrieve(qa.question)
                     question = qa.question + (ADVERSARIAL_HINT if qa.category == 5 else "")
                     messages = student_messages(memories, question)
-                    if use_adapter:
-                        pred = lm(messages)
-                    else:
-                        with student.model.disable_adapter():
-                            pred = lm(messages)
                     gold = qa.answer if qa.category != 5 else (qa.answer or "No information available")
                     row = {"conversation": conv.sample_id, "question": qa.question, "category": qa.category,
-                           "answer": gold, "prediction": pred, "memories": memories,
-                           "retrieved_tokens": sum(count_tokens(m) for m in memories),
-                           **score_answer(pred, gold, qa.category)}
-                    if qa.category == 5:
-                        row["adversarial_correct"] = adversarial_correct(pred)
+                           "answer": gold, "memories": memories or [],
+                           "retrieved_tokens": sum(count_tokens(m) for m in memories or [])}
+                    if c.method == "tsubasa":  # the distilled student, then the same base without it
+                        row.update(self._scored(lm(messages), gold, qa.category))
+                        with student.model.disable_adapter():
+                            base = self._scored(lm(messages), gold, qa.category)
+                        row["base"] = base
+                    else:
+                        with student.model.disable_adapter():
+                            row.update(self._scored(lm(messages), gold, qa.category))
                     row["judge"] = None
                     out_rows.append(row)
                 self._time("answer", t0)
@@ -270,22 +292,40 @@ class QAEvaluator:
             info["questions"] = len(out_rows)
             per_conv[conv.sample_id] = info
             rows.extend(out_rows)
-        return self._result(rows, per_conv, judge is not None)
+        return rows, per_conv
 
-    def _result(self, rows: list[dict], per_conv: dict, judged: bool) -> dict:
+    @staticmethod
+    def _scored(prediction: str, gold, category: int) -> dict:
+        out = {"prediction": prediction, **score_answer(prediction, gold, category)}
+        if category == 5:
+            out["adversarial_correct"] = adversarial_correct(prediction)
+        return out
+
+    def _result(self, runs: list[tuple[int, list[dict], dict]], judged: bool) -> dict:
         c = self.config
-        agg = aggregate_scores(rows)
+        aggs = [aggregate_scores(rows) for _, rows, _ in runs]
+        agg = _mean_aggregate(aggs)
         notes = [
             "scores in percent; overall = categories 1-4; category 5 (adversarial) is reported only under "
             "by_category['5'], scored 100 when the answer contains 'no information available' or "
             "'not mentioned' (its question gets the hint:" + ADVERSARIAL_HINT + ")",
-            f"retrieval: {c.retrieval}, top-{c.k} over both speakers' stores merged by score"
-            + ("; memories without a date get their session's date in the prompt" if c.date_in_prompt else ""),
+            (f"closed book: no memories in the answer prompt (the question alone); {c.method} model"
+             if c.closed_book else
+             f"retrieval: {c.retrieval}, top-{c.k} over both speakers' stores merged by score"
+             + ("; memories without a date get their session's date in the prompt" if c.date_in_prompt else "")),
             "f1: Mem0-style set token F1; f1_stemmed: LoCoMo's stemmed F1; bleu1: sentence BLEU-1",
         ]
+        if c.method in ("tsubasa", "rag-evolved"):
+            notes.append(f"memory: the dataset's observations evolved by the {EVOLVED_MANAGER} manager "
+                         "(the same store for tsubasa and rag-evolved)")
         if c.method == "tsubasa":
             notes.append("tsubasa: ONE adapter per conversation, distilled on the union of both speakers' "
-                         f"synthesised QA pairs (synth generator {c.synth_generator})")
+                         f"synthesised QA pairs (synth generator {c.synth_generator}); rag_evolved: the same "
+                         "questions answered by the base model (adapter off) over the same memories, k, "
+                         "prompt and decoding, so distillation_gain = tsubasa - rag_evolved")
+        if c.seeds > 1:
+            notes.append(f"seeds {[s for s, _, _ in runs]}: scores are the mean over seeds (overall_std: "
+                         "their standard deviation); the seed drives synthesis sampling and training")
         if judged:
             notes.append("judge: categories 1-4 only; replies naming neither CORRECT nor WRONG are not counted")
         if c.limit:
@@ -293,19 +333,59 @@ class QAEvaluator:
         notes.extend(self.notes)
         cfg = asdict(c)
         cfg["work_dir"] = str(self.work)
-        return {
+        all_rows = [r for _, rows, _ in runs for r in rows]
+        result = {
             "method": c.method,
             "questions": agg["questions"],
             "overall": agg["overall"],
             "by_category": agg["by_category"],
-            "mean_retrieved_tokens": (sum(r["retrieved_tokens"] for r in rows) / len(rows)) if rows else 0.0,
+            "mean_retrieved_tokens": (sum(r["retrieved_tokens"] for r in all_rows) / len(all_rows))
+            if all_rows else 0.0,
             "seconds": dict(self.seconds),
             "category_names": {str(k): v for k, v in CATEGORY_NAMES.items()},
             "notes": notes,
             "judge_prompt": JUDGE_PROMPT if judged else None,
-            "conversations": per_conv,
+            "conversations": runs[0][2] if len(runs) == 1 else {f"seed-{s}": pc for s, _, pc in runs},
             "config": cfg,
+            "seeds": [s for s, _, _ in runs],
+            "per_seed_overall": [a["overall"] for a in aggs],
+            "overall_std": _std([a["overall"] for a in aggs]),
         }
+        if c.method == "tsubasa":
+            base = _mean_aggregate([aggregate_scores([{**r, **r["base"], "judge": None} for r in rows]) for _, rows, _ in runs])
+            result["rag_evolved"] = {"overall": base["overall"], "by_category": base["by_category"]}
+            result["distillation_gain"] = {
+                k: (None if v is None or base["overall"][k] is None else v - base["overall"][k])
+                for k, v in agg["overall"].items()}
+        return result
+
+
+def _mean_aggregate(aggs: list[dict]) -> dict:
+    """The per-key mean of several aggregate_scores results (one per seed)."""
+    def mean(values):
+        values = [v for v in values if v is not None]
+        return sum(values) / len(values) if values else None
+
+    first = aggs[0]
+    return {
+        "questions": first["questions"],
+        "overall": {k: mean([a["overall"][k] for a in aggs]) for k in first["overall"]},
+        "by_category": {cat: {k: (row[k] if k == "questions" else mean([a["by_category"][cat][k] for a in aggs]))
+                              for k in row} for cat, row in first["by_category"].items()},
+    }
+
+
+def _std(overalls: list[dict]) -> dict:
+    """Sample standard deviation per score over seeds (None with one seed or missing scores)."""
+    out = {}
+    for k in overalls[0]:
+        values = [o[k] for o in overalls if o[k] is not None]
+        if len(values) < 2:
+            out[k] = None
+            continue
+        m = sum(values) / len(values)
+        out[k] = (sum((v - m) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return out
 
 
 def evaluate_qa(conversations, config: QAEvalConfig, echo: Callable[[str], None] = print) -> dict:
@@ -326,6 +406,15 @@ def format_table(result: dict) -> str:
         lines.append(f"{name:<18}{row['questions']:>5}" + "".join(fmt(row[k]) for k in keys))
     lines.append("-" * len(head))
     lines.append(f"{'overall (1-4)':<18}{result['questions']:>5}" + "".join(fmt(result['overall'][k]) for k in keys))
+    if result.get("seeds") and len(result["seeds"]) > 1:
+        lines.append(f"{'std over ' + str(len(result['seeds'])) + ' seeds':<23}"
+                     + "".join(fmt(result["overall_std"][k]) for k in keys))
+    if "distillation_gain" in result:
+        base = result["rag_evolved"]["overall"]
+        lines.append(f"{'rag-evolved (1-4)':<23}" + "".join(fmt(base[k]) for k in keys))
+        lines.append(f"{'distillation gain':<23}" + "".join(
+            f"{v:>+12.2f}" if v is not None else f"{'-':>12}" for v in
+            (result["distillation_gain"][k] for k in keys)) + "   (tsubasa - rag-evolved)")
     lines.append(f"mean retrieved tokens per question: {result['mean_retrieved_tokens']:.1f}")
     lines.append("seconds: " + ", ".join(f"{k} {v}" for k, v in result["seconds"].items()))
     return "\n".join(lines)
