@@ -2,7 +2,6 @@
 
 import json
 import os
-import time
 
 import pytest
 
@@ -100,8 +99,12 @@ def test_synthesize_counts_every_filter_and_keeps_provenance(store):
     assert rep["generated"] == 6  # 3 JSON + 3 complete Q/A lines
     assert rep["malformed_generations"] == 2  # "not a question" and the crash, neither fatal
     assert rep["malformed_items"] == 1  # the dangling question
+    # "What colour is Bo? -> brown" names nobody and its answer is not in the memory: malformed
     assert rep["dropped"] == {"too_long": 1, "ungrounded": 0, "conversation_time": 1, "duplicate": 1,
-                              "unanswerable": 1}
+                              "unanswerable": 0, "answer_check_error": 0, "malformed": 1}
+    assert rep["malformed_rules"] == {**dict.fromkeys(rep["malformed_rules"], 0), "no_user": 1, "unsupported": 1}
+    assert rep["dropped_examples"]["malformed"] == [
+        {"question": "What colour is Bo?", "answer": "brown", "problems": ["no_user", "unsupported"]}]
     assert rep["kept"] == 2 and rep["answerability"] == "llm" and rep["answerability_skipped"] == 0
     dog, piano = pairs
     assert dog["answer"] == "Bo" and dog["context"] == OBS[0][0]
@@ -112,6 +115,18 @@ def test_synthesize_counts_every_filter_and_keeps_provenance(store):
     assert piano["answer"] == "The piano"
     # the re-ask is cached per (context, question) and generation limits reach the model
     assert [n for _, n in chat.calls].count(S.SynthConfig().max_new_tokens) == 4
+
+
+def test_a_failed_re_ask_is_an_error_not_unanswerable(store):
+    answers = {**ANSWERS, "instrument": RuntimeError("re-ask crashed")}
+    pairs, rep = S.synthesize(store, USER, FakeChat(GEN, answers),
+                              S.SynthConfig(f1_threshold=0.5, min_context_overlap=0.0), progress=False)
+    assert [p["question"] for p in pairs] == ["What is the name of Caroline's dog?"]
+    # both phrasings of the piano question hit the failing re-ask (the cached failure is not a
+    # kept pair, so the second is no duplicate): two errors, no "unanswerable" verdict
+    assert rep["dropped"]["answer_check_error"] == 2 and rep["dropped"]["unanswerable"] == 0
+    assert [e["question"] for e in rep["dropped_examples"]["answer_check_error"]] == [
+        "What instrument is Caroline learning?", "what instrument is Caroline learning?"]
 
 
 def test_groups_limit_and_output_roundtrip(store, tmp_path):
@@ -238,10 +253,8 @@ def test_real_smollm2_on_two_observations(store):
     from tsubasa_fast.llm import ChatLM
 
     chat = ChatLM.load(None)
-    t0 = time.perf_counter()
     cfg = S.SynthConfig(limit=2, max_new_tokens=48, answer_max_new_tokens=12, f1_threshold=0.0)
-    pairs, rep = S.synthesize(store, USER, chat, cfg, progress=False)
-    assert time.perf_counter() - t0 < 120
+    pairs, rep = S.synthesize(store, USER, chat, cfg, progress=False)  # speed lives in benchmarks
     assert rep["prompts"] == 2
     assert rep["generated"] + rep["malformed_generations"] >= 1
     kept_or_dropped = rep["kept"] + sum(rep["dropped"].values())
@@ -261,7 +274,7 @@ def test_ungrounded_answers_are_dropped_and_counted(tmp_path):
     assert context_overlap("painting sunsets", "Melanie paints a sunset.") == 1.0
     assert context_overlap("the", "anything") == 1.0
     store = MemoryStore(tmp_path / "s", HashingEmbedder())
-    store.add("u", "Caroline started transitioning three years ago.")
+    store.add("conv-t:Caroline", "Caroline started transitioning three years ago.")
 
     def chat(messages):
         if "Q:" in messages[-1]["content"] or "question" in messages[0]["content"].lower():
@@ -275,7 +288,7 @@ def test_ungrounded_answers_are_dropped_and_counted(tmp_path):
         text = " ".join(m["content"] for m in messages)
         return writer(messages) if "Q:" in text or "pairs" in text.lower() else chat(messages)
 
-    pairs, report = synthesize(store, "u", fake, SynthConfig(check_answerable=False), progress=False)
+    pairs, report = synthesize(store, "conv-t:Caroline", fake, SynthConfig(check_answerable=False), progress=False)
     assert report["dropped"]["ungrounded"] == 1
     assert [p["answer"] for p in pairs] == ["three years ago"]
     store.close()

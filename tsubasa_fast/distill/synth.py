@@ -14,11 +14,15 @@ the record ids, dia_ids and observed_at). Two writers behind one interface:
 Filters, applied in this order and each counted in the report: answers longer than
 ``max_answer_words``; questions about when a conversation took place; duplicates (a
 normalised question already kept, from any observation: one question with several answers
-would teach the student a coin toss); pairs the model cannot answer from their own context
+would teach the student a coin toss); malformed pairs (:mod:`.pair_check`: the question must
+name the user in the third person, the answer must be short, complete, supported by the
+context and of the kind the question asks for; each broken rule is counted); pairs the model
+cannot answer from their own context
 (the model is re-asked with the context + question and its reply is compared with the
 pair's answer by token F1 against ``f1_threshold``; ours: the F1 of both sides without the
-question's own words also counts, so a reply restating the question is scored on what it adds). The last one needs an LLM: with the rule writer and no
-LLM it is skipped, and the skipped pairs are counted.
+question's own words also counts, so a reply restating the question is scored on what it
+adds; a re-ask that fails is counted as an error, not as unanswerable). The last one needs an
+LLM: with the rule writer and no LLM it is skipped, and the skipped pairs are counted.
 
 The synthesis prompts live here, not in :mod:`.prompts` (that module holds the versioned
 teacher / student formats that go into the teacher cache's manifest).
@@ -43,6 +47,8 @@ from ..fileio import atomic_write_text
 from ..memory.store import MemoryStore, Record
 from ..progress import progress_bar
 from .data import pair_key
+from .pair_check import RULES as PAIR_RULES
+from .pair_check import pair_problems
 
 log = logging.getLogger(__name__)
 
@@ -640,11 +646,12 @@ def synthesize(store: MemoryStore, user: str, chat: ChatFn | None, config: Synth
         "prompts": len(groups), "generated": 0, "kept": 0,
         "malformed_generations": 0, "malformed_items": 0,
         "dropped": {"too_long": 0, "ungrounded": 0, "conversation_time": 0, "duplicate": 0,
-                    "unanswerable": 0},
+                    "unanswerable": 0, "answer_check_error": 0, "malformed": 0},
+        "malformed_rules": dict.fromkeys(PAIR_RULES, 0),
         "answerability": "llm" if check else "skipped", "answerability_skipped": 0,
         "answer_f1_mean": None, "config": asdict(cfg),
         "dropped_examples": {k: [] for k in ("too_long", "ungrounded", "conversation_time", "duplicate",
-                                             "unanswerable")},
+                                             "unanswerable", "answer_check_error", "malformed")},
     }
 
     def drop(reason: str, question: str, answer: str, **extra) -> None:
@@ -693,6 +700,12 @@ def synthesize(store: MemoryStore, user: str, chat: ChatFn | None, config: Synth
                 if not qnorm or qnorm in seen:
                     drop("duplicate", question, answer)
                     continue
+                problems = pair_problems(question, answer, context, user, max_words=cfg.max_answer_words)
+                if problems:
+                    for rule in problems:
+                        report["malformed_rules"][rule] += 1
+                    drop("malformed", question, answer, problems=problems)
+                    continue
                 f1 = None
                 reanswer = None
                 if check:
@@ -700,10 +713,13 @@ def synthesize(store: MemoryStore, user: str, chat: ChatFn | None, config: Synth
                         try:
                             reasks[(context, qnorm)] = clean_reply_answer(
                                 _call(chat, answer_messages(context, question), cfg.answer_max_new_tokens))
-                        except Exception as exc:
+                        except Exception as exc:  # an error, not a verdict on the pair: counted apart
                             log.warning("answerability re-ask failed: %s", exc)
-                            reasks[(context, qnorm)] = ""
+                            reasks[(context, qnorm)] = None
                     reanswer = reasks[(context, qnorm)]
+                    if reanswer is None:
+                        drop("answer_check_error", question, answer)
+                        continue
                     f1 = answer_f1(reanswer, answer, question, cfg.strip_question_words)
                     f1s.append(f1)
                     if f1 < cfg.f1_threshold:

@@ -1,0 +1,43 @@
+"""The malformed-pair check, rule by rule, on pairs a reader judges at a glance."""
+
+import pytest
+
+from tsubasa_fast.distill.pair_check import RULES, pair_problems, support
+
+CTX = "Jon is starting his own dance studio due to his passion for dancing; he hosts a competition in May 2023."
+
+
+@pytest.mark.parametrize("question,answer,context,user,expected", [
+    # well formed: nothing fires
+    ("What is the name of Caroline's dog?", "Bo", "Caroline adopted a dog named Bo.", "conv-26:Caroline", []),
+    ("When did Caroline move to Denver?", "1 September 2023", "Caroline moved to Denver on 1 September 2023.",
+     "Caroline", []),
+    ("Where did Caroline move?", "Denver", "Caroline moved to Denver.", "Caroline", []),
+    ("How many cats does Maya have?", "three", "Maya has three cats.", "Maya", []),
+    ("What is Jon starting?", "his own dance studio", CTX, "Jon", []),
+    # the issue's examples of junk, each with the rule it breaks
+    ("What did What make?", "a cake", "What made a cake.", "Jon", ["no_user", "garbled"]),
+    ("What did You find?", "the perfect spot for your store", "You find the perfect spot for your store.",
+     "Jon", ["no_user", "not_third_person", "garbled"]),
+    ("Who has Dancing kept?", "Jon", "Dancing has kept Jon going.", "Jon", ["no_user", "garbled"]),
+    ("Where is Jon hosting a dance competition?", "May", CTX, "Jon", ["wrong_kind"]),
+    ("What does Jon juggle?", "between", "Jon juggles between his studio and his job.", "Jon", ["cut_off"]),
+    ("What is Jon starting?", "his own dance studio due", CTX, "Jon", ["cut_off"]),
+    ("When did Caroline move to Denver?", "Denver", "Caroline moved to Denver.", "Caroline", ["wrong_kind"]),
+    ("How many cats does Maya have?", "cats", "Maya has cats.", "Maya", ["wrong_kind"]),
+    ("What does Maya love?", "green tea", "Maya loves coffee.", "Maya", ["unsupported"]),
+    ("What does Maya love", "coffee", "Maya loves coffee.", "Maya", ["garbled"]),
+    ("What does Maya love?", "?!", "Maya loves coffee.", "Maya", ["empty_answer"]),
+    ("What does Maya do?", " ".join(["runs"] * 16), "Maya runs.", "Maya", ["long_answer"]),
+])
+def test_rules(question, answer, context, user, expected):
+    got = pair_problems(question, answer, context, user)
+    assert got == expected
+    assert set(got) <= set(RULES)
+
+
+def test_support_is_the_share_of_content_words_in_the_context():
+    # "green" missing, "tea" missing: 0 of 2; "painting" finds "paints" by its 5-letter prefix
+    assert support("green tea", "Maya loves coffee.") == 0.0
+    assert support("painting sunsets at dusk", "Melanie paints a sunset.") == pytest.approx(2 / 3)
+    assert support("the", "anything") == 1.0

@@ -1,0 +1,113 @@
+"""The malformed-pair check: is a synthesised QA pair one you would ask a person?
+
+A pair is malformed when any rule below fires; :func:`pair_problems` names each one. The
+rules are what a reader rejects at a glance, stated so that a program can apply them:
+
+* ``empty_answer``: the answer has no letter or digit.
+* ``long_answer``: the answer has more than ``max_words`` words (default 15).
+* ``no_user``: the question does not name the user (first name, or the full name).
+* ``not_third_person``: the question says I / me / my / we / our / you / your: the student
+  is asked about the user, never by them.
+* ``garbled``: the question's subject slot ("What did ___ ...", "Who has ___ ...") holds
+  neither the user nor an article or possessive ("What did What make?", "Who has Dancing
+  kept?"), or the question does not end with "?".
+* ``cut_off``: the answer ends in a word that cannot end a phrase (an article, possessive,
+  preposition, conjunction or auxiliary: "his own dance studio due", "between").
+* ``unsupported``: fewer than ``min_support`` of the answer's content words occur in the
+  context (prefix match on 5 letters, so "painting" finds "paint").
+* ``wrong_kind``: a when-question whose answer holds no time expression; a where- or
+  who-question answered by a time expression only ("Where ...? -> May"); a how-many question
+  whose answer holds no number.
+"""
+
+from __future__ import annotations
+
+import re
+
+RULES = ("empty_answer", "long_answer", "no_user", "not_third_person", "garbled", "cut_off",
+         "unsupported", "wrong_kind")
+
+_FIRST_SECOND = re.compile(r"\b(i|me|my|mine|myself|we|us|our|ours|you|your|yours|yourself)\b", re.I)
+_SUBJECT = re.compile(r"^\s*(?:what|where|when|who|whom|why|how|which)\s+"
+                      r"(?:did|does|do|is|was|are|were|has|had|have|will|would|can|could)\s+([\w'’-]+)", re.I)
+_SUBJECT_OK = {"the", "a", "an", "his", "her", "their", "its", "this", "that", "these", "those", "some"}
+_CANNOT_END = frozenset(
+    "a an the his her their its my your our to of in on at for with by from into onto about as than "
+    "and or but nor because due between while whereas although though if that which who whom whose "
+    "is are was were be been being has have had do does did will would can could should might must "
+    "very so such more most less some any each every no not".split())  # not "may": a month
+_MONTHS = ("january february march april may june july august september october november december "
+           "jan feb mar apr jun jul aug sep sept oct nov dec").split()
+_TIME_WORDS = set(_MONTHS) | set(
+    "monday tuesday wednesday thursday friday saturday sunday weekend week weeks month months year "
+    "years day days today yesterday tomorrow tonight morning afternoon evening night ago last next "
+    "recently lately since before after during summer winter spring autumn fall christmas "
+    "birthday holiday holidays hour hours minute minutes decade century earlier later soon".split())
+_NUMBER_WORDS = set("one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+                    "fifteen twenty thirty forty fifty hundred thousand dozen a couple few several".split())
+_CONTENT_SKIP = frozenset(
+    "is are was were be been being to of in on at for with by from and or but her his their its she he "
+    "they it i you we my our your this that these those as into about a an the".split())
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+(?:'[a-z]+)?", text.lower())
+
+
+def _has_time(words: list[str]) -> bool:
+    return any(w in _TIME_WORDS or re.fullmatch(r"\d{1,4}(?:st|nd|rd|th|s)?", w) for w in words)
+
+
+def _only_time(words: list[str]) -> bool:
+    content = [w for w in words if w not in _CONTENT_SKIP]
+    return bool(content) and all(w in _TIME_WORDS or re.fullmatch(r"\d{1,4}(?:st|nd|rd|th|s)?", w)
+                                 for w in content)
+
+
+def support(answer: str, context: str) -> float:
+    """Share of the answer's content words found in the context (1.0 when it has none)."""
+    words = [w for w in _words(answer) if w not in _CONTENT_SKIP]
+    if not words:
+        return 1.0
+    ctx = _words(context)
+    stems = {w[:5] for w in ctx}
+    return sum(1 for w in words if w in ctx or w[:5] in stems) / len(words)
+
+
+def pair_problems(question: str, answer: str, context: str, user: str, *, max_words: int = 15,
+                  min_support: float = 0.75) -> list[str]:
+    """The rules (see the module docstring) that ``(question, answer)`` breaks; [] when well formed.
+
+    ``user`` is the user's name as the memories write it ("Caroline"; a store id such as
+    "conv-26:Caroline" is accepted and its last part used).
+    """
+    name = user.rpartition(":")[2].strip()
+    first = name.split()[0] if name.split() else name
+    q, a = question.strip(), answer.strip()
+    aw = _words(a)
+    problems = []
+    if not aw:
+        problems.append("empty_answer")
+    if len(a.split()) > max_words:
+        problems.append("long_answer")
+    if not re.search(rf"\b{re.escape(first)}\b", q, re.I):
+        problems.append("no_user")
+    if _FIRST_SECOND.search(q):
+        problems.append("not_third_person")
+    m = _SUBJECT.match(q)
+    subject = m.group(1).lower().replace("’", "'") if m else None
+    if not q.endswith("?") or (subject is not None and subject not in _SUBJECT_OK
+                                and not subject.startswith(first.lower())):
+        problems.append("garbled")
+    if aw and aw[-1] in _CANNOT_END:
+        problems.append("cut_off")
+    if aw and support(a, context) < min_support:
+        problems.append("unsupported")
+    lead = q.lower()
+    if aw and ((re.match(r"\s*(when|what (date|day|month|year|time)|which (date|day|month|year)|how long ago)\b",
+                         lead) and not _has_time(aw))
+               or (re.match(r"\s*(where|who|whom)\b", lead) and _only_time(aw))
+               or (re.match(r"\s*how many\b", lead)
+                   and not any(w.isdigit() or w in _NUMBER_WORDS for w in aw))):
+        problems.append("wrong_kind")
+    return problems
