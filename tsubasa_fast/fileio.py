@@ -1,16 +1,30 @@
-"""Crash-safe file writing shared by the store, the teacher cache and the QA files.
+"""Crash-safe file writing and careful JSON reading, shared by every writer in the project.
 
-A reader never sees a half-written file: data goes to a temporary file in the same folder,
-is fsynced, and replaces the target with os.replace (atomic on POSIX); the folder is fsynced
-so the rename itself survives a power cut.
+A reader never sees a half-written file: :func:`atomic_write` hands out a temporary file in
+the same folder; on success it is fsynced and replaces the target with ``os.replace``
+(atomic on POSIX), and the folder is fsynced so the rename itself survives a power cut.
+While in use the temporary file holds an exclusive ``flock``, so
+:func:`remove_orphan_temp_files` can tell the leftovers of a killed process (lock free)
+from a write in progress in another process (locked) and delete only the former.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
+import re
 import tempfile
 from pathlib import Path
+from typing import Any, Iterator
+
+try:  # POSIX; elsewhere orphans are recognised by name only
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
+TEMP_SUFFIX = ".tmp"
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -35,20 +49,93 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields a temporary path next to ``path``; write it (by name: any library may), and on
+    a clean exit it is fsynced and renamed over ``path``. On an exception it is removed."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    tmp_path = Path(tmp)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield tmp_path
+        _fsync_path(tmp_path)
+        os.replace(tmp_path, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp_path.unlink(missing_ok=True)
         raise
+    finally:
+        os.close(fd)  # releases the lock
     fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+def is_temp_file(path: Path, targets: tuple[str, ...]) -> bool:
+    """True for a temporary name :func:`atomic_write` (``.NAME.XXXX.tmp``), or an older
+    hand-written writer (``.NAME.XXXX``), makes for a target whose name ends in ``targets``."""
+    m = re.fullmatch(r"\.(.+)\.[A-Za-z0-9_]+(?:" + re.escape(TEMP_SUFFIX) + ")?", path.name)
+    return bool(m) and m.group(1).endswith(targets)
+
+
+def remove_orphan_temp_files(folder: str | os.PathLike, targets: tuple[str, ...]) -> list[Path]:
+    """Deletes temporary files for targets ending in ``targets`` (e.g. ``(".hnsw",)``) that
+    killed writers left in ``folder``; returns their paths. A temporary file another live
+    process is still writing is locked and kept.
+    """
+    folder = Path(folder)
+    removed = []
+    for p in sorted(folder.iterdir()) if folder.is_dir() else ():
+        if not is_temp_file(p, targets) or not p.is_file():
+            continue
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # a live writer holds it
+            p.unlink(missing_ok=True)
+            removed.append(p)
+        finally:
+            os.close(fd)
+    return removed
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Parses a UTF-8 JSON file; every failure is a ValueError that names the file.
+
+    Covers what ``json.loads`` leaves raw: invalid UTF-8 (with the byte offset) and input
+    nested so deeply that the parser would raise RecursionError.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not valid UTF-8 (byte {e.start}: {e.reason})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply to parse") from None
