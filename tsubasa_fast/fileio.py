@@ -90,8 +90,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def is_temp_file(path: Path, targets: tuple[str, ...]) -> bool:
     """True for a temporary name :func:`atomic_write` (``.NAME.XXXX.tmp``), or an older
     hand-written writer (``.NAME.XXXX``), makes for a target whose name ends in ``targets``."""
-    m = re.fullmatch(r"\.(.+)\.[A-Za-z0-9_]+(?:" + re.escape(TEMP_SUFFIX) + ")?", path.name)
-    return bool(m) and m.group(1).endswith(targets)
+    if not path.name.startswith("."):
+        return False
+    body = path.name[1:].removesuffix(TEMP_SUFFIX)
+    head, _, rand = body.rpartition(".")
+    return bool(head) and re.fullmatch(r"[A-Za-z0-9_]+", rand) is not None and head.endswith(targets)
 
 
 def remove_orphan_temp_files(folder: str | os.PathLike, targets: tuple[str, ...]) -> list[Path]:

@@ -207,7 +207,8 @@ class MemoryStore:
         try:
             return dict(db.execute("SELECT key, value FROM meta").fetchall())
         except sqlite3.DatabaseError as e:
-            raise StoreCorruptError(f"{db_path} is not a readable memory store ({e})") from e
+            raise StoreCorruptError(f"{db_path} is corrupt or not a memory store ({e}); refusing to use "
+                                    f"it. Restore it from a backup or an export") from e
         finally:
             db.close()
 
