@@ -165,6 +165,31 @@ def check_db_file(db_path: Path) -> None:
                                 f"refusing to open it as a memory store")
 
 
+class _Translate:
+    """Context manager (a class, not a generator: it wraps every statement) that re-raises
+    SQLite's lock and corruption errors as store errors naming the file."""
+
+    def __init__(self, db: "StoreDB"):
+        self.db = db
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None or not issubclass(exc_type, sqlite3.DatabaseError):
+            return False
+        name = getattr(exc, "sqlite_errorname", "") or ""
+        msg = str(exc)
+        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in msg or "busy" in msg:
+            raise StoreLockedError(
+                f"store {self.db.path.parent} is locked by another writer (waited "
+                f"{self.db.lock_timeout:g} s); retry later") from exc
+        if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in msg or "not a database" in msg:
+            raise StoreCorruptError(f"{self.db.path} is corrupt ({msg}); refusing to use it. "
+                                    f"Restore it from a backup or an export") from exc
+        return False
+
+
 class StoreDB:
     """One SQLite connection to ``db_path`` with checked open and explicit transactions."""
 
@@ -175,6 +200,7 @@ class StoreDB:
         self.path = Path(db_path)
         self.lock_timeout = lock_timeout
         self.lock = threading.RLock()
+        self._translate = _Translate(self)
         existed = self.path.exists()
         if existed:
             check_db_file(self.path)
@@ -192,23 +218,9 @@ class StoreDB:
             raise
 
     # ------------------------------------------------------------ errors
-    @contextlib.contextmanager
-    def translate(self) -> Iterator[None]:
+    def translate(self) -> "_Translate":
         """Turns SQLite's lock and corruption errors into store errors that name the file."""
-        try:
-            yield
-        except sqlite3.DatabaseError as e:
-            name = getattr(e, "sqlite_errorname", "") or ""
-            msg = str(e)
-            if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in msg or "busy" in msg:
-                raise StoreLockedError(
-                    f"store {self.path.parent} is locked by another writer (waited "
-                    f"{self.lock_timeout:g} s); retry later") from e
-            if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in msg \
-                    or "not a database" in msg:
-                raise StoreCorruptError(f"{self.path} is corrupt ({msg}); refusing to use it. "
-                                        f"Restore it from a backup or an export") from e
-            raise
+        return self._translate
 
     def _check_integrity(self, pragma: str) -> None:
         problems = [r[0] for r in self.conn.execute(f"PRAGMA {pragma}(20)").fetchall()]
