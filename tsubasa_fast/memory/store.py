@@ -19,9 +19,10 @@ post-filtered global ANN search returning fewer than k hits. So:
   and reusing it for another operation or text is an error;
 * opening checks the database file and takes no write lock unless it creates the schema.
 
-The pieces: :mod:`.store_db` (schema, checked open, transactions), :mod:`.store_index`
-(per-user exact / HNSW indexes and their files), :mod:`.store_transfer` (export / import);
-this module is the facade that ties them together and validates every argument.
+The pieces: :mod:`.store_db` (schema, checked open, transactions), :mod:`.store_writes`
+(validation and the one write path of add / rewrite / import), :mod:`.store_index` (per-user
+exact / HNSW indexes and their files), :mod:`.store_transfer` (export / import); this module
+is the facade that ties them together.
 """
 
 from __future__ import annotations
@@ -49,6 +50,19 @@ from .store_db import (
     now,
 )
 from .store_index import IndexCache, UserIndex, hnsw_ef
+from .store_writes import (
+    DECISION_SOURCES,
+    REWRITE_OPS,
+    WRITE_OPS,
+    WritePlan,
+    apply_write,
+    check_id,
+    check_op_key,
+    check_text,
+    check_user,
+    find_replay,
+    plan_write,
+)
 
 __all__ = [
     "DECISION_SOURCES", "EMBEDDER_NAMES", "REWRITE_OPS", "SCHEMA_VERSION", "EmbedderMismatchError", "Hit",
@@ -56,75 +70,10 @@ __all__ = [
     "StaleTargetError", "StoreCorruptError", "StoreLockedError", "UserIndex", "hnsw_ef", "open_store",
 ]
 
-DECISION_SOURCES = ("llm", "rule", "user", "static", "import")
-REWRITE_OPS = ("UPDATE", "RECONCILE")
-WRITE_OPS = ("ADD",) + REWRITE_OPS
-
-
 @dataclass(frozen=True)
 class Hit:
     record: Record
     score: float
-
-
-# ------------------------------------------------------------------ validation
-def check_user(user_id: Any) -> str:
-    if not isinstance(user_id, str) or not user_id.strip():
-        raise ValueError(f"user_id must be a non-empty string, got {user_id!r}")
-    return user_id
-
-
-def check_text(text: Any, name: str = "text") -> str:
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"{name} must be a non-empty string, got {text!r}")
-    return text
-
-
-def check_id(record_id: Any, name: str = "record_id") -> int:
-    """A record id: an integer (a float, bool or string is a caller's bug, not an id)."""
-    if isinstance(record_id, (bool, np.bool_)) or not isinstance(record_id, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer record id, got {record_id!r}")
-    return int(record_id)
-
-
-def check_source(source: Any) -> dict:
-    if source is None:
-        return {}
-    if not isinstance(source, dict):
-        raise ValueError(f"source must be a dict (conversation, session, dia_ids), got {type(source).__name__}")
-    dia = source.get("dia_ids", [])
-    if not isinstance(dia, (list, tuple)) or not all(isinstance(d, str) for d in dia):
-        raise ValueError(f"source['dia_ids'] must be a list of strings, got {dia!r}")
-    return dict(source, dia_ids=list(dia)) if "dia_ids" in source else dict(source)
-
-
-def check_decision_source(value: Any) -> str:
-    if value not in DECISION_SOURCES:
-        raise ValueError(f"decision_source must be one of {DECISION_SOURCES}, got {value!r}")
-    return value
-
-
-def check_op_key(op_key: Any) -> str | None:
-    if op_key is not None and (not isinstance(op_key, str) or not op_key):
-        raise ValueError(f"op_key must be a non-empty string or None, got {op_key!r}")
-    return op_key
-
-
-@dataclass
-class WritePlan:
-    """One validated record version to write: ADD (``target_id`` None) or a rewrite."""
-    op: str
-    user_id: str | None
-    target_id: int | None
-    text: str
-    observed_at: str | None
-    source: dict
-    decision_source: str
-    op_key: str | None
-    vec: np.ndarray
-    payload: dict
-    created_at: str | None = None
-    ts: str | None = None
 
 
 class MemoryStore:
@@ -238,85 +187,18 @@ class MemoryStore:
         ev = self.db.event_for_key(op_key)
         return None if ev is None else (ev["op"], ev["record_id"])
 
-    def _plan(self, op: str, *, user_id=None, target_id=None, text, observed_at=None, source=None,
-              decision_source="user", op_key=None, embedding=None, payload=None,
-              created_at=None, ts=None) -> WritePlan:
-        """The one validation path of :meth:`add` and :meth:`rewrite` (and import)."""
-        if op not in WRITE_OPS:
-            raise ValueError(f"op must be one of {WRITE_OPS}, got {op!r}")
-        if op == "ADD":
-            check_user(user_id)
-        else:
-            target_id = check_id(target_id, "target_id")
-        check_text(text)
-        if observed_at is not None and not isinstance(observed_at, str):
-            raise ValueError(f"observed_at must be a string or None, got {observed_at!r}")
-        if payload is not None and not isinstance(payload, dict):
-            raise ValueError(f"payload must be a dict or None, got {type(payload).__name__}")
-        return WritePlan(op, user_id, target_id, text, observed_at, check_source(source),
-                         check_decision_source(decision_source), check_op_key(op_key),
-                         self._embed_one(text, embedding), dict(payload or {}), created_at, ts)
-
-    def _replayed(self, plan: WritePlan) -> Record | None:
-        """The record an earlier write with this op_key made, or None if the key is new.
-
-        A key reused for another operation, user, target or text is an error: silently
-        returning the old record would drop the new write.
-        """
-        ev = self.db.event_for_key(plan.op_key)
-        if ev is None:
-            return None
-        what = f"op_key {plan.op_key!r} was already used for {ev['op']}"
-        if ev["op"] != plan.op:
-            raise OpKeyConflictError(f"{what}; refusing to reuse it for {plan.op}")
-        rec = self.db.get_record(ev["record_id"])
-        if plan.op == "ADD" and rec.user_id != plan.user_id:
-            raise OpKeyConflictError(f"{what} of user {rec.user_id!r}; refusing to reuse it for {plan.user_id!r}")
-        if plan.op != "ADD" and ev["target_id"] != plan.target_id:
-            raise OpKeyConflictError(f"{what} of record {ev['target_id']}; refusing to reuse it for "
-                                     f"record {plan.target_id}")
-        if rec.text != plan.text:
-            raise OpKeyConflictError(f"{what} with text {rec.text!r:.80}; refusing to reuse it for "
-                                     f"different text {plan.text!r:.80}")
-        return rec
-
-    def _apply(self, db, plan: WritePlan, seq: int) -> tuple[int, str, int | None]:
-        """Writes ``plan`` inside the open transaction ``db``: ``(new id, user, superseded id)``."""
-        if plan.target_id is None:
-            rid = self.db.insert_record(
-                db, user_id=plan.user_id, text=plan.text, observed_at=plan.observed_at,
-                created_at=plan.created_at or now(), version=1, supersedes=None, root_id=None,
-                source=plan.source, decision_source=plan.decision_source, embedding=plan.vec.tobytes(), chg=seq)
-            self.db.insert_event(db, seq=seq, user_id=plan.user_id, op="ADD", record_id=rid, target_id=None,
-                                 decision_source=plan.decision_source, op_key=plan.op_key,
-                                 payload=dict(plan.payload, text=plan.text), ts=plan.ts)
-            return rid, plan.user_id, None
-        old = self._get(plan.target_id)
-        if old.status != "live":
-            raise StaleTargetError(
-                f"record {old.id} is superseded by {old.superseded_by}; rewrite the live version")
-        merged_src = dict(old.source)
-        merged_src.update({k: v for k, v in plan.source.items() if k != "dia_ids"})
-        merged_src["dia_ids"] = list(dict.fromkeys(old.dia_ids + plan.source.get("dia_ids", [])))
-        rid = self.db.insert_record(
-            db, user_id=old.user_id, text=plan.text, observed_at=plan.observed_at or old.observed_at,
-            created_at=plan.created_at or now(), version=old.version + 1, supersedes=old.id,
-            root_id=old.root_id, source=merged_src, decision_source=plan.decision_source,
-            embedding=plan.vec.tobytes(), chg=seq)
-        self.db.insert_event(db, seq=seq, user_id=old.user_id, op=plan.op, record_id=rid, target_id=old.id,
-                             decision_source=plan.decision_source, op_key=plan.op_key,
-                             payload=dict(plan.payload, text=plan.text, previous=old.text), ts=plan.ts)
-        return rid, old.user_id, old.id
+    def _plan(self, op: str, **kwargs) -> WritePlan:
+        """The one validation path of :meth:`add`, :meth:`rewrite` and import."""
+        return plan_write(op, self._embed_one, **kwargs)
 
     def _commit(self, plan: WritePlan) -> Record:
         with self._lock:
             with self.db.write() as db:
-                if plan.op_key is not None:
-                    prev = self._replayed(plan)
-                    if prev is not None:
-                        return prev
+                prev = find_replay(self.db, plan)
+                if prev is not None:
+                    return prev
                 seq = self.db.next_seq(db)
-                rid, user, removed = self._apply(db, plan, seq)
+                rid, user, removed = apply_write(self.db, db, plan, seq)
             self.index.apply(user, seq, add=[(rid, plan.vec)], remove=[removed] if removed else [])
             return self._get(rid)
 

@@ -30,8 +30,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, St
 
 from ..fileio import atomic_write_bytes
 from .store_db import MemoryStoreError
-
-WRITE_OPS = ("ADD", "UPDATE", "RECONCILE")
+from .store_writes import DECISION_SOURCES, WRITE_OPS, apply_write, check_user, plan_write
 
 
 class ImportFormatError(ValueError):
@@ -93,7 +92,7 @@ class RecordLine(BaseModel):
     observed_at: StrictStr | None = None
     created_at: IsoTime = None
     source: Annotated[dict[str, Any], AfterValidator(_dia_ids)] = Field(default_factory=dict)
-    decision_source: Literal["llm", "rule", "user", "static", "import"] = "import"
+    decision_source: Literal[DECISION_SOURCES] = "import"
     store_id: StrictStr | None = None
     op: Literal["ADD", "UPDATE", "RECONCILE"] | None = None
     event_ts: IsoTime = None
@@ -132,8 +131,6 @@ class ImportResult:
 # ---------------------------------------------------------------------- export
 def export_jsonl(store, path: str | os.PathLike, user_id: str | None = None) -> int:
     """Writes ``store`` (or one user) to ``path`` atomically; returns the number of records."""
-    from .store import check_user
-
     where, args = ("", ()) if user_id is None else ("user_id=?", (check_user(user_id),))
     with store.db.read():  # one snapshot: records and events agree
         records = store.db.records(where, args)
@@ -296,15 +293,16 @@ def import_jsonl(store, path: str | os.PathLike) -> ImportResult:
                             continue
                         o_store, o_id = _record_origin(ln)
                         op = ln.op or ("ADD" if ln.supersedes is None else "UPDATE")
-                        plan = store._plan(
-                            op, user_id=ln.user_id, target_id=None if ln.supersedes is None else mapping[ln.supersedes],
+                        plan = plan_write(
+                            op, store._embed_one, user_id=ln.user_id,
+                            target_id=None if ln.supersedes is None else mapping[ln.supersedes],
                             text=ln.text, observed_at=ln.observed_at, source=ln.source,
                             decision_source=ln.decision_source, op_key=f"import:{o_store}:{o_id}",
                             embedding=vecs[n], created_at=ln.created_at, ts=ln.event_ts,
                             payload=dict(ln.event_payload, origin={"store_id": o_store, "id": o_id},
                                          imported_from=ln.store_id, original_id=ln.id))
                         seq = store.db.next_seq(db)
-                        rid, user, removed = store._apply(db, plan, seq)
+                        rid, user, removed = apply_write(store.db, db, plan, seq)
                         mapping[ln.id] = rid
                         applied.append((user, seq, rid, plan.vec, removed))
                         result.records += 1
