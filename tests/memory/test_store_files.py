@@ -138,3 +138,30 @@ def test_temp_index_files_of_a_killed_writer_are_removed_on_open(tmp_path):
     finally:
         alive.kill()
         alive.wait()
+
+
+def test_open_waits_for_a_database_another_process_is_creating(tmp_path):
+    """A 0-byte file that is being created right now (its creator holds the folder's
+    creation lock) is waited for, not refused as an emptied store."""
+    import fcntl
+    import threading
+    import time
+
+    path = tmp_path / "s"
+    path.mkdir()
+    creator = os.open(path, os.O_RDONLY)
+    fcntl.flock(creator, fcntl.LOCK_EX)
+    (path / "memory.sqlite").write_bytes(b"")
+    opened = {}
+    t = threading.Thread(target=lambda: opened.setdefault("store", MemoryStore(path, HashingEmbedder(64))))
+    t.start()
+    time.sleep(0.3)
+    assert t.is_alive() and not opened  # waiting for the creator
+    con = sqlite3.connect(path / "memory.sqlite")
+    con.execute("PRAGMA journal_mode=WAL")  # the creator writes the header, then lets go
+    con.close()
+    os.close(creator)
+    t.join(10)
+    s = opened["store"]
+    assert s.add("u", "Ann likes tea").id == 1 and s.count() == 1
+    s.close()

@@ -19,12 +19,18 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import os
 import sqlite3
 import threading
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
 
 SCHEMA_VERSION = 1
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -165,6 +171,21 @@ def check_db_file(db_path: Path) -> None:
                                 f"refusing to open it as a memory store")
 
 
+@contextlib.contextmanager
+def _creation_lock(folder: Path) -> Iterator[None]:
+    """Serialises creating a database file between processes (flock on its folder), so no
+    process mistakes a file another one is creating (briefly 0 bytes) for an emptied store."""
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 class _Translate:
     """Context manager (a class, not a generator: it wraps every statement) that re-raises
     SQLite's lock and corruption errors as store errors naming the file."""
@@ -201,17 +222,25 @@ class StoreDB:
         self.lock_timeout = lock_timeout
         self.lock = threading.RLock()
         self._translate = _Translate(self)
-        existed = self.path.exists()
-        if existed:
-            check_db_file(self.path)
-        self.conn = sqlite3.connect(self.path, timeout=lock_timeout, isolation_level=None,
-                                    check_same_thread=False)
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        with _creation_lock(self.path.parent) if new else contextlib.nullcontext():
+            # under the lock a 0-byte file is not one another process is creating right now
+            existed = self.path.exists()
+            if existed:
+                check_db_file(self.path)
+            self.conn = sqlite3.connect(self.path, timeout=lock_timeout, isolation_level=None,
+                                        check_same_thread=False)
+            try:
+                with self.translate():
+                    self.conn.execute("PRAGMA journal_mode=WAL")  # writes the header of a new file
+                    self.conn.execute(f"PRAGMA synchronous={synchronous}")
+                    self.conn.execute("PRAGMA foreign_keys=ON")
+            except BaseException:
+                self.conn.close()
+                raise
         try:
-            with self.translate():
-                self.conn.execute("PRAGMA journal_mode=WAL")
-                self.conn.execute(f"PRAGMA synchronous={synchronous}")
-                self.conn.execute("PRAGMA foreign_keys=ON")
-                if existed and integrity != "off":
+            if existed and integrity != "off":
+                with self.translate():
                     self._check_integrity("integrity_check" if integrity == "full" else "quick_check")
         except BaseException:
             self.conn.close()
