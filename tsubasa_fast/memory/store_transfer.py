@@ -19,6 +19,7 @@ Import is
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -29,7 +30,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAdapter, ValidationError
 
 from ..fileio import atomic_write_bytes
-from .store_db import MemoryStoreError
+from .store_db import RecordNotFoundError, StaleTargetError
 from .store_writes import DECISION_SOURCES, WRITE_OPS, apply_write, check_user, plan_write
 
 
@@ -268,6 +269,49 @@ def _present_event(store, ln: EventLine) -> bool:
     return store.db.event_for_key(f"import:{o_store}:event:{o_seq}") is not None
 
 
+def _import_record(store, db, ln: RecordLine, vec, mapping: dict, applied: list, result: ImportResult) -> None:
+    local = _present_record(store, ln)
+    if local is not None:
+        mapping[ln.id] = local
+        result.records_present += 1
+        return
+    o_store, o_id = _record_origin(ln)
+    plan = plan_write(
+        ln.op or ("ADD" if ln.supersedes is None else "UPDATE"), store._embed_one, user_id=ln.user_id,
+        target_id=None if ln.supersedes is None else mapping[ln.supersedes], text=ln.text,
+        observed_at=ln.observed_at, source=ln.source, decision_source=ln.decision_source,
+        op_key=f"import:{o_store}:{o_id}", embedding=vec, created_at=ln.created_at, ts=ln.event_ts,
+        payload=dict(ln.event_payload, origin={"store_id": o_store, "id": o_id}, imported_from=ln.store_id,
+                     original_id=ln.id))
+    seq = store.db.next_seq(db)
+    rid, user, removed = apply_write(store.db, db, plan, seq)
+    mapping[ln.id] = rid
+    applied.append((user, seq, rid, plan.vec, removed))
+    result.records += 1
+
+
+def _import_event(store, db, ln: EventLine, mapping: dict, result: ImportResult) -> None:
+    if _present_event(store, ln):
+        result.events_present += 1
+        return
+    o_store, o_seq = _event_origin(ln)
+    store.db.insert_event(
+        db, seq=store.db.next_seq(db), user_id=ln.user_id, op=ln.op, record_id=mapping.get(ln.record_id),
+        target_id=mapping.get(ln.target_id), decision_source=ln.decision_source,
+        op_key=f"import:{o_store}:event:{o_seq}",
+        payload=dict(ln.payload, origin={"store_id": o_store, "seq": o_seq}, original_op_key=ln.op_key), ts=ln.ts)
+    result.events += 1
+
+
+@contextlib.contextmanager
+def _naming_line(path: Path, n: int):
+    """Re-raises a bad line's error (not a locked or corrupt store) as ImportFormatError naming it."""
+    try:
+        yield
+    except (ImportFormatError, StaleTargetError, RecordNotFoundError, ValueError) as e:
+        raise ImportFormatError(f"{path}:{n}: {str(e).removeprefix(f'{path}:{n}: ')}") from e
+
+
 def import_jsonl(store, path: str | os.PathLike) -> ImportResult:
     """Imports an export into ``store`` (see the module docstring)."""
     path = Path(path)
@@ -277,58 +321,22 @@ def import_jsonl(store, path: str | os.PathLike) -> ImportResult:
     _check_structure(path, lines)
     result = ImportResult()
     with store._lock:
-        todo = [(n, ln) for n, ln in lines if isinstance(ln, RecordLine) and _located(path, n, _present_record,
-                                                                                       store, ln) is None]
+        todo = []  # records not here yet: embedded before the write transaction opens
+        for n, ln in lines:
+            with _naming_line(path, n):
+                if isinstance(ln, RecordLine) and _present_record(store, ln) is None:
+                    todo.append((n, ln))
         vecs = dict(zip((n for n, _ in todo), store.embedder.embed([ln.text for _, ln in todo]))) if todo else {}
-        mapping: dict[int, int] = {}
+        mapping: dict[int, int] = {}  # exported id -> id here
         applied = []
         with store.db.write() as db:
             for n, ln in lines:
-                try:
+                with _naming_line(path, n):
                     if isinstance(ln, RecordLine):
-                        local = _present_record(store, ln)
-                        if local is not None:
-                            mapping[ln.id] = local
-                            result.records_present += 1
-                            continue
-                        o_store, o_id = _record_origin(ln)
-                        op = ln.op or ("ADD" if ln.supersedes is None else "UPDATE")
-                        plan = plan_write(
-                            op, store._embed_one, user_id=ln.user_id,
-                            target_id=None if ln.supersedes is None else mapping[ln.supersedes],
-                            text=ln.text, observed_at=ln.observed_at, source=ln.source,
-                            decision_source=ln.decision_source, op_key=f"import:{o_store}:{o_id}",
-                            embedding=vecs[n], created_at=ln.created_at, ts=ln.event_ts,
-                            payload=dict(ln.event_payload, origin={"store_id": o_store, "id": o_id},
-                                         imported_from=ln.store_id, original_id=ln.id))
-                        seq = store.db.next_seq(db)
-                        rid, user, removed = apply_write(store.db, db, plan, seq)
-                        mapping[ln.id] = rid
-                        applied.append((user, seq, rid, plan.vec, removed))
-                        result.records += 1
+                        _import_record(store, db, ln, vecs.get(n), mapping, applied, result)
                     else:
-                        if _present_event(store, ln):
-                            result.events_present += 1
-                            continue
-                        o_store, o_seq = _event_origin(ln)
-                        store.db.insert_event(
-                            db, seq=store.db.next_seq(db), user_id=ln.user_id, op=ln.op,
-                            record_id=mapping.get(ln.record_id), target_id=mapping.get(ln.target_id),
-                            decision_source=ln.decision_source, op_key=f"import:{o_store}:event:{o_seq}",
-                            payload=dict(ln.payload, origin={"store_id": o_store, "seq": o_seq},
-                                         original_op_key=ln.op_key), ts=ln.ts)
-                        result.events += 1
-                except (ImportFormatError, MemoryStoreError, ValueError) as e:
-                    msg = str(e).removeprefix(f"{path}:{n}: ")
-                    raise ImportFormatError(f"{path}:{n}: {msg}") from e
+                        _import_event(store, db, ln, mapping, result)
         for user, seq, rid, vec, removed in applied:
             store.index.apply(user, seq, add=[(rid, vec)], remove=[removed] if removed else [])
         store.flush()
     return result
-
-
-def _located(path: Path, n: int, fn, *args):
-    try:
-        return fn(*args)
-    except ImportFormatError as e:
-        raise ImportFormatError(f"{path}:{n}: {e}") from e
