@@ -3,6 +3,7 @@
     python -m benchmarks.memory                 # timings + recall table (about 5 minutes, 2 cores)
     python -m benchmarks.memory --skip-recall   # timings only
     python -m benchmarks.memory --json benchmarks/results/memory.json
+    python -m benchmarks.memory --store-only 10000 20000   # store timings + HNSW recall only
 
 Timings (not tests): store write overhead per record excluding embedding (pre-computed
 vectors), search p50 at 10,000 memories of one user (384-d, HNSW), ingest of one LoCoMo
@@ -29,15 +30,21 @@ def _p50(xs):
     return float(np.percentile(np.asarray(xs) * 1e3, 50))
 
 
-def bench_store(n: int = 10_000, dim: int = 384, queries: int = 500) -> dict:
+def _structured(rng, basis, n, dim):
+    v = (rng.standard_normal((n, basis.shape[0])) @ basis + 0.3 * rng.standard_normal((n, dim))).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def bench_store(n: int = 10_000, dim: int = 384, queries: int = 500, seed: int = 0) -> dict:
+    """Write overhead, search latency (k 3 and 10) and HNSW recall@10 against exact float64
+    search, for ``n`` memories of one user (HNSW above 4,096)."""
     from tsubasa_fast.memory import HashingEmbedder, MemoryStore
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     # Sentence embeddings have a low intrinsic dimension; isotropic random vectors are a
     # pathological case for any graph index (HNSW recall@10 about 0.4 at ef 64 there).
     basis = rng.standard_normal((32, dim))
-    vecs = (rng.standard_normal((n, 32)) @ basis + 0.3 * rng.standard_normal((n, dim))).astype(np.float32)
-    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    vecs = _structured(rng, basis, n, dim)
     with tempfile.TemporaryDirectory() as d:
         store = MemoryStore(d, HashingEmbedder(dim), hnsw_threshold=4096)
         writes = []
@@ -47,22 +54,42 @@ def bench_store(n: int = 10_000, dim: int = 384, queries: int = 500) -> dict:
                       op_key=f"bench:{i}")
             writes.append(time.perf_counter() - t)
         store.flush()
-        q = (rng.standard_normal((queries, 32)) @ basis + 0.3 * rng.standard_normal((queries, dim))).astype(np.float32)
-        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        q = _structured(rng, basis, queries, dim)
         store.search_ids("u", q[0], 3)  # load the index
-        ids_t, full_t = [], []
-        for v in q:
-            t = time.perf_counter()
-            store.search_ids("u", v, 3)
-            ids_t.append(time.perf_counter() - t)
+        lat = {}
+        for k in (3, 10):
+            ts = []
+            for v in q:
+                t = time.perf_counter()
+                store.search_ids("u", v, k)
+                ts.append(time.perf_counter() - t)
+            lat[k] = _p50(ts)
+        full_t = []
         for v in q:
             t = time.perf_counter()
             store.search("u", v, 3)
             full_t.append(time.perf_counter() - t)
-        # recall of HNSW against exact
-        idx = store._indexes["u"]
-        agree = sum(len(set(store.search_ids("u", v, 10)[0].tolist()) & set(idx.exact(v, 10)[0].tolist()))
-                    for v in q[:100]) / 1000
+        # recall of the store's HNSW search against exact float64 search (ids are 1..n in order),
+        # with ef from k and n (now) and with the old fixed ef 64, side by side
+        from tsubasa_fast.memory import store_index
+
+        ref = vecs.astype(np.float64)
+        exact = [np.argsort(-(ref @ v.astype(np.float64)), kind="stable")[:10] + 1 for v in q[:200]]
+        assert store._indexes["u"].hnsw is not None
+        rule = store_index.hnsw_ef
+        recall, lat10 = {}, {}
+        for name, ef_fn in (("fixed_ef64", lambda k, n, ef_min: max(ef_min, k)), ("ef_rule", rule)):
+            store_index.hnsw_ef = ef_fn
+            try:
+                agree, ts = 0, []
+                for v, ex in zip(q[:200], exact):
+                    t = time.perf_counter()
+                    got = store.search_ids("u", v, 10)[0]
+                    ts.append(time.perf_counter() - t)
+                    agree += len(set(got.tolist()) & set(ex.tolist()))
+                recall[name], lat10[name] = agree / 2000, _p50(ts)
+            finally:
+                store_index.hnsw_ef = rule
         store.close()
         t = time.perf_counter()
         reopened = MemoryStore(d, HashingEmbedder(dim), hnsw_threshold=4096)
@@ -70,8 +97,10 @@ def bench_store(n: int = 10_000, dim: int = 384, queries: int = 500) -> dict:
         stats = dict(reopened.index_stats)
         reopened.close()
     return {"memories": n, "dim": dim, "write_p50_ms": _p50(writes), "write_p99_ms": float(
-        np.percentile(np.asarray(writes) * 1e3, 99)), "search_ids_p50_ms": _p50(ids_t),
-        "search_records_p50_ms": _p50(full_t), "hnsw_recall@10_vs_exact": agree,
+        np.percentile(np.asarray(writes) * 1e3, 99)), "search_ids_p50_ms": lat[3], "search_ids_k10_p50_ms": lat[10],
+        "search_records_p50_ms": _p50(full_t), "hnsw_recall@10_vs_exact": recall["ef_rule"],
+        "hnsw_ef@10": store_index.hnsw_ef(10, n, 64), "hnsw_recall@10_fixed_ef64": recall["fixed_ef64"],
+        "search_k10_p50_ms_fixed_ef64": lat10["fixed_ef64"], "search_k10_p50_ms_ef_rule": lat10["ef_rule"],
         "reopen_s": reopen_s, "reopen_index_stats": stats}
 
 
@@ -132,7 +161,17 @@ def main(argv=None) -> int:
     p.add_argument("--locomo", type=Path, default=DEV, help="LoCoMo file (default: the shared dev file)")
     p.add_argument("--skip-recall", action="store_true", help="timings only")
     p.add_argument("--json", type=Path, default=None, help="write all results here")
+    p.add_argument("--store-only", type=int, nargs="+", metavar="N", default=None,
+                   help="only the store benchmark, at these sizes (e.g. 10000 20000)")
     args = p.parse_args(argv)
+    if args.store_only:
+        rows = [bench_store(n) for n in args.store_only]
+        for r in rows:
+            print(json.dumps(r), flush=True)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"store": rows}, indent=2) + "\n")
+        return 0
     out = {"store": bench_store()}
     print(json.dumps(out["store"]), flush=True)
     if args.locomo.is_file():

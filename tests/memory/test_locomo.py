@@ -54,3 +54,79 @@ def test_dev_file_loads():
     assert [c.sample_id for c in convs] == ["conv-26", "conv-30"]
     n = sum(1 for c in convs for q in c.qa if q.evidence and q.category in (1, 2, 3, 4))
     assert n == 231
+
+
+def test_parse_date_rejects_impossible_times():
+    assert parse_locomo_date("1:56 pm on 8 May 2023").isoformat() == "2023-05-08T13:56:00"
+    for bad in ("99:56 pm on 8 May, 2023", "1:61 pm on 8 May, 2023", "1:56 pm on 31 June, 2023",
+                "13:56 pm on 8 May, 2023", "1:56 pm on 8 Mayo, 2023"):
+        with pytest.raises(ValueError, match="expected a date like"):
+            parse_locomo_date(bad)
+
+
+def _write(tmp_path, mutate):
+    import json
+
+    from .conftest import tiny_locomo
+
+    data = tiny_locomo()
+    mutate(data[0])
+    p = tmp_path / "bad.json"
+    p.write_text(json.dumps(data))
+    return p
+
+
+def _obs(c):
+    return c["observation"]
+
+
+@pytest.mark.parametrize("mutate,match", [
+    # a misspelt speaker key or an unknown session used to drop those observations silently
+    (lambda c: _obs(c)["session_2_observation"].update(Anne=_obs(c)["session_2_observation"].pop("Ann")),
+     r"observation\.session_2_observation\.Anne: 'Anne' is neither speaker_a 'Ann' nor speaker_b 'Bob'"),
+    (lambda c: _obs(c).update(session_9_observation={"Ann": [["Ann moved.", "D9:1"]]}),
+     r"observation\.session_9_observation: there is no session_9 with turns"),
+    (lambda c: _obs(c).update(session_4_observation={"Ann": [["Ann moved.", "D4:1"]]}),  # date, no turns
+     r"observation\.session_4_observation: there is no session_4"),
+    # an empty observation used to abort an ingest midway
+    (lambda c: _obs(c)["session_3_observation"]["Bob"].append(["  ", "D3:2"]),
+     r"observation\.session_3_observation\.Bob\[1\]\[0\]: empty observation text"),
+    (lambda c: c["conversation"].update(session_2_date_time="99:56 pm on 2 May, 2023"),
+     r"conversation\.session_2_date_time: expected a date like"),
+    (lambda c: c["conversation"]["session_3"][2].update(text="", blip_caption=None),
+     r"session_3\[2\]\.text: empty"),
+    (lambda c: c["conversation"].update(speaker_b="Ann"), r"conversation\.speaker_b: the same as speaker_a"),
+    (lambda c: c["qa"][1].update(answer=None), r"qa\[1\]\.answer: null"),
+    (lambda c: c["qa"][0].update(question=7), r"qa\[0\]\.question: expected str, got int 7"),
+])
+def test_malformed_locomo_is_refused_naming_file_and_field(tmp_path, mutate, match):
+    from tsubasa_fast.memory.locomo import LocomoFormatError
+
+    p = _write(tmp_path, mutate)
+    with pytest.raises(LocomoFormatError, match=match) as e:
+        load_locomo(p)
+    assert str(e.value).startswith(f"{p}: conversation[0] (conv-t).")
+
+
+def test_unreadable_locomo_files_name_the_file(tmp_path):
+    from tsubasa_fast.memory.locomo import LocomoFormatError
+
+    p = tmp_path / "latin1.json"
+    p.write_bytes('[{"sample_id": "caf\u00e9"}]'.encode("latin-1"))
+    with pytest.raises(LocomoFormatError, match=rf"{p}: not valid UTF-8 \(byte 19"):
+        load_locomo(p)
+    p = tmp_path / "deep.json"
+    p.write_text("[" * 100_000)
+    with pytest.raises(LocomoFormatError, match=rf"{p}: JSON nested too deeply"):
+        load_locomo(p)
+
+
+def test_bad_locomo_writes_nothing(tmp_path, capsys):
+    from tsubasa_fast.cli import main
+
+    p = _write(tmp_path, lambda c: _obs(c)["session_3_observation"]["Bob"].append(["", "D3:2"]))
+    store = tmp_path / "store"
+    assert main(["memory", "ingest", "--store", str(store), "--locomo", str(p), "--source", "observations",
+                 "--embedder", "hashing"]) == 2
+    assert "empty observation text" in capsys.readouterr().err
+    assert not store.exists()

@@ -3,13 +3,43 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
 
-from ..memory.store import open_store
+from ..memory.store import MemoryStoreError, open_store
 from . import group
 from . import positive_int as _positive
+
+
+def _non_negative_float(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
+    if not x >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {value!r}")
+    return x
+
+
+def _lock_timeout_arg(p) -> None:
+    p.add_argument("--lock-timeout", type=_non_negative_float, default=30.0, metavar="SECONDS",
+                   help="how long to wait for another process's write lock (default 30)")
+
+
+def _store_errors(fn):
+    """A locked or corrupt store is one line on stderr (exit status 2), not a traceback."""
+    @functools.wraps(fn)
+    def run(args):
+        try:
+            return fn(args)
+        except MemoryStoreError as e:
+            if isinstance(e, (ValueError, KeyError)):
+                raise  # printed by the top-level handler
+            print(f"tsubasa-fast: error: {e}", file=sys.stderr)
+            return 2
+    return run
 
 
 def register(subparsers) -> None:
@@ -32,7 +62,8 @@ def register(subparsers) -> None:
     p.add_argument("--max-new-tokens", type=_positive, default=384, help="generation limit for the LLM")
     p.add_argument("--date-prefix", action=argparse.BooleanOptionalAction, default=None,
                    help="prefix memory texts with the session date (default: on for utterances only)")
-    p.set_defaults(func=cmd_ingest)
+    _lock_timeout_arg(p)
+    p.set_defaults(func=_store_errors(cmd_ingest))
 
     p = mem.add_parser("search", help="search one user's live memories",
                        description="Top-k live memories of one user by cosine similarity.")
@@ -43,26 +74,27 @@ def register(subparsers) -> None:
                    help="ranking: dense cosine, hybrid BM25+cosine, or hybrid with date matching")
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     p.add_argument("query", help="query text")
-    p.set_defaults(func=cmd_search)
+    p.set_defaults(func=_store_errors(cmd_search))
 
     p = mem.add_parser("history", help="show every version of a memory record",
                        description="The version chain of a record, oldest first.")
     p.add_argument("--store", required=True, type=Path, help="store directory")
     p.add_argument("--json", action="store_true", help="print JSON lines")
     p.add_argument("id", type=_positive, help="record id (any version in the chain)")
-    p.set_defaults(func=cmd_history)
+    p.set_defaults(func=_store_errors(cmd_history))
 
     p = mem.add_parser("export", help="export every record version as JSON lines")
     p.add_argument("--store", required=True, type=Path, help="store directory")
-    p.add_argument("--user", default=None, help="only this user")
+    p.add_argument("--user", default=None, help="only this user (default: every user)")
     p.add_argument("out", type=Path, help="output .jsonl file")
-    p.set_defaults(func=cmd_export)
+    p.set_defaults(func=_store_errors(cmd_export))
 
     p = mem.add_parser("import", help="import records from an export (idempotent)")
     p.add_argument("--store", required=True, type=Path, help="store directory")
     p.add_argument("--embedder", choices=("minilm", "hashing"), default=None, help="embedder for a new store")
     p.add_argument("file", type=Path, help=".jsonl file written by `memory export`")
-    p.set_defaults(func=cmd_import)
+    _lock_timeout_arg(p)
+    p.set_defaults(func=_store_errors(cmd_import))
 
     ev = group(subparsers, "eval", "evaluate memory and models")
     p = ev.add_parser("retrieval", help="recall@k of LoCoMo evidence among retrieved memories",
@@ -82,7 +114,7 @@ def register(subparsers) -> None:
     p.add_argument("--speaker-boost", type=float, default=0.0,
                    help="score bonus for the store of the one speaker a question names (default 0)")
     p.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write the results as JSON")
-    p.set_defaults(func=cmd_eval_retrieval)
+    p.set_defaults(func=_store_errors(cmd_eval_retrieval))
 
 
 def cmd_ingest(args) -> int:
@@ -103,7 +135,7 @@ def cmd_ingest(args) -> int:
         chat = ChatLM.load(args.model, max_new_tokens=args.max_new_tokens)
     extractor = ObservationExtractor(chat) if args.source == "llm" else None
     manager = make_manager(manager_name, chat=chat)
-    store = open_store(args.store, args.embedder)
+    store = open_store(args.store, args.embedder, lock_timeout=args.lock_timeout)
     stats = IngestStats()
     try:
         with tqdm(total=sum(len(c.sessions) for c in convs), desc="ingest", unit="session") as bar:
@@ -166,6 +198,8 @@ def cmd_history(args) -> int:
 
 
 def cmd_export(args) -> int:
+    if args.user is not None and not args.user.strip():
+        raise ValueError("--user: empty user id; give a user id, or omit --user to export every user")
     store = open_store(args.store, must_exist=True)
     try:
         n = store.export_jsonl(args.out, args.user)
@@ -178,12 +212,13 @@ def cmd_export(args) -> int:
 def cmd_import(args) -> int:
     if not args.file.is_file():
         raise FileNotFoundError(f"file: no such file {args.file}")
-    store = open_store(args.store, args.embedder)
+    store = open_store(args.store, args.embedder, lock_timeout=args.lock_timeout)
     try:
-        n = store.import_jsonl(args.file)
+        r = store.import_file(args.file)
     finally:
         store.close()
-    print(f"imported {n} records into {args.store}")
+    print(f"imported {r.records} records and {r.events} decisions into {args.store} "
+          f"({r.records_present} records and {r.events_present} decisions were already there)")
     return 0
 
 

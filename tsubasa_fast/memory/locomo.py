@@ -18,20 +18,18 @@ points at what was *not* said).
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Annotated, Any, Callable, Iterable, Sequence
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAdapter, ValidationError
+
+from ..fileio import read_json
 
 CATEGORY_NAMES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
 _DIA = re.compile(r"D(\d+):(\d+)")
-_DATE = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*([ap]m)\s+on\s+(\d{1,2})\s+([A-Za-z]+),?\s+(\d{4})\s*$", re.I)
-_MONTHS = {m.lower(): i for i, m in enumerate(
-    ["January", "February", "March", "April", "May", "June", "July", "August", "September",
-     "October", "November", "December"], 1)}
-_MONTHS.update({k[:3]: v for k, v in list(_MONTHS.items())})
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
 
@@ -107,17 +105,20 @@ class Conversation:
         raise KeyError(f"{self.sample_id} has no session {number}")
 
 
+_DATE_FORMATS = ("%I:%M %p on %d %B, %Y", "%I:%M %p on %d %B %Y", "%I:%M %p on %d %b, %Y", "%I:%M %p on %d %b %Y")
+
+
 def parse_locomo_date(value: str) -> _dt.datetime:
-    """``"1:56 pm on 8 May, 2023"`` -> ``datetime(2023, 5, 8, 13, 56)``."""
-    m = _DATE.match(value) if isinstance(value, str) else None
-    if not m:
-        raise ValueError(f"expected a date like '1:56 pm on 8 May, 2023', got {value!r}")
-    hour, minute, ampm, day, month, year = m.groups()
-    mon = _MONTHS.get(month.lower()) or _MONTHS.get(month.lower()[:3])
-    if mon is None:
-        raise ValueError(f"unknown month {month!r} in {value!r}")
-    hour = int(hour) % 12 + (12 if ampm.lower() == "pm" else 0)
-    return _dt.datetime(int(year), mon, int(day), hour, int(minute))
+    """``"1:56 pm on 8 May, 2023"`` -> ``datetime(2023, 5, 8, 13, 56)`` (strptime: "99:56 pm"
+    or "31 June" are errors, not guesses)."""
+    if isinstance(value, str):
+        text = " ".join(value.split())
+        for fmt in _DATE_FORMATS:
+            try:
+                return _dt.datetime.strptime(text, fmt)
+            except ValueError:
+                continue
+    raise ValueError(f"expected a date like '1:56 pm on 8 May, 2023', got {value!r}")
 
 
 def normalise_dia_ids(value: Any, where: str) -> tuple[list[str], list[str]]:
@@ -136,97 +137,163 @@ def normalise_dia_ids(value: Any, where: str) -> tuple[list[str], list[str]]:
     return list(dict.fromkeys(ids)), bad
 
 
-def _req(obj: dict, key: str, typ, where: str):
-    if not isinstance(obj, dict):
-        raise LocomoFormatError(f"{where}: expected an object, got {type(obj).__name__}")
-    if key not in obj:
-        raise LocomoFormatError(f"{where}.{key}: missing")
-    val = obj[key]
-    if not isinstance(val, typ):
-        names = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)
-        raise LocomoFormatError(f"{where}.{key}: expected {names}, got {type(val).__name__} {val!r:.60}")
-    return val
+# ------------------------------------------------------------- input models
+def _non_blank(v: str) -> str:
+    if not v.strip():
+        raise ValueError("empty string")
+    return v
 
 
-def _parse_conversation(item: Any, where: str) -> Conversation:
-    if not isinstance(item, dict):
-        raise LocomoFormatError(f"{where}: expected an object, got {type(item).__name__}")
-    sample_id = _req(item, "sample_id", str, where)
-    where = f"{where} ({sample_id})"
-    conv = _req(item, "conversation", dict, where)
-    cw = f"{where}.conversation"
-    speaker_a = _req(conv, "speaker_a", str, cw)
-    speaker_b = _req(conv, "speaker_b", str, cw)
-    warnings: list[str] = []
-    sessions: list[Session] = []
+def _category(v: int) -> int:
+    if v not in CATEGORY_NAMES:
+        raise ValueError(f"expected 1-5, got {v}")
+    return v
+
+
+_Text = Annotated[StrictStr, AfterValidator(_non_blank)]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="allow")  # the dataset carries more (img_url, query, ...)
+
+
+class _SampleIn(_In):
+    sample_id: _Text
+
+
+class _ItemIn(_In):
+    sample_id: _Text
+    conversation: dict[str, Any]
+    qa: list[dict[str, Any]]
+    observation: dict[str, Any] | None = None
+    session_summary: dict[str, Any] | None = None
+
+
+class _SpeakersIn(_In):
+    speaker_a: _Text
+    speaker_b: _Text
+
+
+class _TurnIn(_In):
+    speaker: StrictStr
+    dia_id: StrictStr
+    text: StrictStr
+    blip_caption: StrictStr | None = None
+
+
+class _QAIn(_In):
+    question: _Text
+    category: Annotated[StrictInt, AfterValidator(_category)]
+    answer: Any = None
+    adversarial_answer: Any = None
+    evidence: list[Any] = Field(default_factory=list)
+
+
+_TURNS = TypeAdapter(list[_TurnIn])
+_EXPECTED = {"string_type": "str", "int_type": "int", "list_type": "a list", "dict_type": "an object",
+             "model_type": "an object", "model_attributes_type": "an object", "bool_type": "bool"}
+
+
+def _validate(adapter, obj: Any, where: str):
+    """``adapter.validate_python(obj)``; the first error becomes a LocomoFormatError naming the field."""
+    try:
+        return adapter.validate_python(obj)
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
+        got = err.get("input")
+        if err["type"] == "missing":
+            msg = "missing"
+        elif err["type"] in _EXPECTED:
+            msg = f"expected {_EXPECTED[err['type']]}, got {type(got).__name__} {got!r:.60}"
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+        raise LocomoFormatError(f"{where}{loc}: {msg}") from None
+
+
+_ADAPTERS = {m: TypeAdapter(m) for m in (_SampleIn, _ItemIn, _SpeakersIn, _QAIn)}
+
+
+def _model(model, obj: Any, where: str):
+    return _validate(_ADAPTERS[model], obj, where)
+
+
+def _parse_sessions(conv: dict, speakers: tuple[str, str], cw: str) -> list[Session]:
+    sessions = []
     numbers = sorted(int(m.group(1)) for k in conv if (m := re.fullmatch(r"session_(\d+)", k)))
     for n in numbers:
         sw = f"{cw}.session_{n}"
-        turns_raw = conv[f"session_{n}"]
-        if not isinstance(turns_raw, list):
-            raise LocomoFormatError(f"{sw}: expected a list of turns, got {type(turns_raw).__name__}")
-        if not turns_raw:
+        turns_in = _validate(_TURNS, conv[f"session_{n}"], sw)
+        if not turns_in:
             continue
-        date_raw = _req(conv, f"session_{n}_date_time", str, cw)
+        if f"session_{n}_date_time" not in conv:
+            raise LocomoFormatError(f"{cw}.session_{n}_date_time: missing")
+        date_raw = conv[f"session_{n}_date_time"]
         try:
             date = parse_locomo_date(date_raw)
         except ValueError as e:
             raise LocomoFormatError(f"{cw}.session_{n}_date_time: {e}") from None
         turns = []
-        for t, turn in enumerate(turns_raw):
+        for t, turn in enumerate(turns_in):
             tw = f"{sw}[{t}]"
-            speaker = _req(turn, "speaker", str, tw)
-            if speaker not in (speaker_a, speaker_b):
-                raise LocomoFormatError(f"{tw}.speaker: {speaker!r} is neither speaker_a {speaker_a!r} "
-                                        f"nor speaker_b {speaker_b!r}")
-            dia = _req(turn, "dia_id", str, tw)
-            ids, _ = normalise_dia_ids(dia, f"{tw}.dia_id")
+            if turn.speaker not in speakers:
+                raise LocomoFormatError(f"{tw}.speaker: {turn.speaker!r} is neither speaker_a {speakers[0]!r} "
+                                        f"nor speaker_b {speakers[1]!r}")
+            ids, _ = normalise_dia_ids(turn.dia_id, f"{tw}.dia_id")
             if len(ids) != 1:
-                raise LocomoFormatError(f"{tw}.dia_id: expected one id like 'D{n}:{t + 1}', got {dia!r}")
-            text = _req(turn, "text", str, tw)
-            caption = turn.get("blip_caption")
-            if caption is not None and not isinstance(caption, str):
-                raise LocomoFormatError(f"{tw}.blip_caption: expected str, got {type(caption).__name__}")
-            turns.append(Turn(speaker, ids[0], text, caption))
+                raise LocomoFormatError(f"{tw}.dia_id: expected one id like 'D{n}:{t + 1}', got {turn.dia_id!r}")
+            if not turn.text.strip() and not (turn.blip_caption or "").strip():
+                raise LocomoFormatError(f"{tw}.text: empty (and no blip_caption): nothing was said")
+            turns.append(Turn(turn.speaker, ids[0], turn.text, turn.blip_caption))
         sessions.append(Session(n, date_raw, date, tuple(turns)))
     if not sessions:
         raise LocomoFormatError(f"{cw}: no session_N with turns")
+    return sessions
 
-    qa_list = []
-    for q, qa in enumerate(_req(item, "qa", list, where)):
+
+def _parse_qa(items: list[dict], where: str, warnings: list[str]) -> list[QA]:
+    out = []
+    for q, raw in enumerate(items):
         qw = f"{where}.qa[{q}]"
-        question = _req(qa, "question", str, qw)
-        category = _req(qa, "category", int, qw)
-        if category not in CATEGORY_NAMES:
-            raise LocomoFormatError(f"{qw}.category: expected 1-5, got {category}")
-        answer = qa.get("answer")
-        if answer is None and category != 5:
+        qa = _model(_QAIn, raw, qw)
+        if "answer" not in raw and qa.category != 5:
             raise LocomoFormatError(f"{qw}.answer: missing (only category 5 may omit it)")
-        if answer is not None and not isinstance(answer, (str, int, float)):
-            raise LocomoFormatError(f"{qw}.answer: expected str or number, got {type(answer).__name__}")
-        adv = qa.get("adversarial_answer")
-        evidence_raw = qa.get("evidence", [])
-        if not isinstance(evidence_raw, list):
-            raise LocomoFormatError(f"{qw}.evidence: expected a list, got {type(evidence_raw).__name__}")
-        evidence, bad = normalise_dia_ids(evidence_raw, f"{qw}.evidence")
+        for name in ("answer", "adversarial_answer"):
+            value = getattr(qa, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int, float))):
+                raise LocomoFormatError(f"{qw}.{name}: expected str or number, got {type(value).__name__}")
+        if qa.answer is None and qa.category != 5:
+            raise LocomoFormatError(f"{qw}.answer: null (only category 5 may omit it)")
+        evidence, bad = normalise_dia_ids(qa.evidence, f"{qw}.evidence")
         if bad:
             warnings.append(f"{qw}.evidence: dropped unparsable entries {bad}")
-        qa_list.append(QA(question, None if answer is None else str(answer), tuple(evidence), category,
-                          None if adv is None else str(adv)))
+        out.append(QA(qa.question, None if qa.answer is None else str(qa.answer), tuple(evidence), qa.category,
+                      None if qa.adversarial_answer is None else str(qa.adversarial_answer)))
+    return out
 
+
+def _parse_observations(obs_raw: dict, sessions: list[Session], speakers: tuple[str, str], where: str,
+                        warnings: list[str]) -> dict[int, dict[str, list[tuple[str, list[str]]]]]:
+    """Observations per session and speaker; a key that names no session or speaker is an
+    error (it used to drop the observations silently)."""
+    known = {s.number for s in sessions}
     observations: dict[int, dict[str, list[tuple[str, list[str]]]]] = {}
-    obs_raw = item.get("observation", {}) or {}
-    if not isinstance(obs_raw, dict):
-        raise LocomoFormatError(f"{where}.observation: expected an object, got {type(obs_raw).__name__}")
     for key, per_speaker in obs_raw.items():
         ow = f"{where}.observation.{key}"
         m = re.fullmatch(r"session_(\d+)_observation", key)
         if not m:
             raise LocomoFormatError(f"{ow}: expected keys like 'session_3_observation'")
+        number = int(m.group(1))
+        if number not in known:
+            raise LocomoFormatError(f"{ow}: there is no session_{number} with turns (sessions: "
+                                    f"{', '.join(map(str, sorted(known)))})")
         if not isinstance(per_speaker, dict):
             raise LocomoFormatError(f"{ow}: expected an object keyed by speaker, got {type(per_speaker).__name__}")
-        sess = observations.setdefault(int(m.group(1)), {})
+        sess = observations.setdefault(number, {})
         for speaker, items in per_speaker.items():
+            if speaker not in speakers:
+                raise LocomoFormatError(f"{ow}.{speaker}: {speaker!r} is neither speaker_a {speakers[0]!r} "
+                                        f"nor speaker_b {speakers[1]!r}")
             if not isinstance(items, list):
                 raise LocomoFormatError(f"{ow}.{speaker}: expected a list of [text, dia_id] pairs")
             out = sess.setdefault(speaker, [])
@@ -234,35 +301,63 @@ def _parse_conversation(item: Any, where: str) -> Conversation:
                 pw = f"{ow}.{speaker}[{i}]"
                 if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str)):
                     raise LocomoFormatError(f"{pw}: expected [text, dia_id], got {pair!r:.80}")
+                if not pair[0].strip():
+                    raise LocomoFormatError(f"{pw}[0]: empty observation text")
                 ids, bad = normalise_dia_ids(pair[1], pw + "[1]")
                 if bad:
                     warnings.append(f"{pw}: dropped unparsable dia_ids {bad}")
                 out.append((pair[0], ids))
+    return observations
+
+
+def _parse_conversation(item: Any, where: str) -> Conversation:
+    sample_id = _model(_SampleIn, item, where).sample_id
+    where = f"{where} ({sample_id})"
+    cw = f"{where}.conversation"
+    if isinstance(item.get("conversation"), dict):  # the speakers first: every other check needs them
+        _model(_SpeakersIn, item["conversation"], cw)
+    it = _model(_ItemIn, item, where)
+    sp = _model(_SpeakersIn, it.conversation, cw)
+    speakers = (sp.speaker_a, sp.speaker_b)
+    if sp.speaker_a == sp.speaker_b:
+        raise LocomoFormatError(f"{cw}.speaker_b: the same as speaker_a ({sp.speaker_a!r})")
+    warnings: list[str] = []
+    sessions = _parse_sessions(it.conversation, speakers, cw)
+    qa_list = _parse_qa(it.qa, where, warnings)
+    observations = _parse_observations(it.observation or {}, sessions, speakers, where, warnings)
     summaries = {}
-    for key, text in (item.get("session_summary") or {}).items():
+    for key, text in (it.session_summary or {}).items():
         m = re.fullmatch(r"session_(\d+)_summary", key)
         if m and isinstance(text, str):
             summaries[int(m.group(1))] = text
-    return Conversation(sample_id, speaker_a, speaker_b, sessions, qa_list, observations, summaries, warnings)
+    return Conversation(sample_id, sp.speaker_a, sp.speaker_b, sessions, qa_list, observations, summaries, warnings)
 
 
 def load_locomo(path: str | os.PathLike, conversations: Sequence[str] | None = None) -> list[Conversation]:
-    """Load and validate a locomo10.json-format file (any path), optionally a subset by sample_id."""
+    """Load and validate a locomo10.json-format file (any path), optionally a subset by sample_id.
+
+    Everything is checked before anything is returned, so an ingest never stops midway on
+    bad input; every error names the file and the field.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--locomo: no such file {path}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise LocomoFormatError(f"{path}: not valid JSON ({e})") from None
+        data = read_json(path)
+    except ValueError as e:
+        raise LocomoFormatError(str(e)) from None
     if not isinstance(data, list):
         raise LocomoFormatError(f"{path}: top level must be a list of conversations, got {type(data).__name__}")
     try:
         convs = [_parse_conversation(item, f"conversation[{i}]") for i, item in enumerate(data)]
     except LocomoFormatError as e:
         raise LocomoFormatError(f"{path}: {e}") from None
+    ids = [c.sample_id for c in convs]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise LocomoFormatError(f"{path}: sample_id {dup[0]!r} appears more than once")
     if conversations:
-        known = {c.sample_id for c in convs}
+        known = set(ids)
         missing = [c for c in conversations if c not in known]
         if missing:
             raise ValueError(f"--conversation: {missing} not in {path} (has {sorted(known)})")
