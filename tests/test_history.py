@@ -299,3 +299,7 @@ def test_history_only_imports_the_memory_loader():
         elif isinstance(node, ast.Import):
             ours.update(a.name for a in node.names if a.name.startswith("tsubasa_fast"))
     assert ours == {"memory.locomo", "errors"}
+
+
+def test_deeply_nested_json_is_a_clear_error(tmp_path):
+    assert "nested too deeply" in _err(tmp_path, "[" * 100_000)

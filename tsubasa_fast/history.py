@@ -116,6 +116,8 @@ def load_history(path: str | os.PathLike, user: str | None = None) -> tuple[Conv
         if e.msg == "Extra data":  # several JSON values: JSONL under another name
             return _from_jsonl(path, raw, user)
         raise HistoryFormatError(f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno})") from None
+    except RecursionError:
+        raise HistoryFormatError(f"{path}: JSON nested too deeply to parse") from None
     if isinstance(data, list) and data and isinstance(data[0], dict) and "conversation" in data[0]:
         return _from_locomo(path, user)
     if isinstance(data, list):

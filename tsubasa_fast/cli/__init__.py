@@ -14,6 +14,7 @@ import logging
 import sys
 
 from ..errors import InputError, StageError
+from ..memory.store_db import MemoryStoreError
 
 # Command-group modules, in the order they appear in --help. Add new groups here.
 GROUPS = ("memory", "synth", "distill", "personalize", "eval_qa")
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, StageError) as e:
+    except (ValueError, FileNotFoundError, KeyError, StageError, MemoryStoreError) as e:
         print(f"tsubasa-fast: error: {error_message(e, parser, argv)}", file=sys.stderr)
         return 2
 
