@@ -72,38 +72,51 @@ def test_named_speaker():
 
 
 def _conversation_store(store):
-    """Two users; Ann's observation cites an utterance that names the guitar, its text does not."""
-    turns = [{"dia_id": "D1:1", "speaker": "Ann", "text": "I bought a Fender guitar yesterday!"},
-             {"dia_id": "D1:2", "speaker": "Bob", "text": "Nice. I adopted a beagle."}]
-    for user in ("c:Ann", "c:Bob"):
-        store.put_raw_session(f"raw:c:1:{user}", user, {"date_time": "x", "turns": turns},
-                              observed_at="2023-05-08T13:56:00")
+    """Two users, two sessions. Ann's observation cites an utterance that names the guitar, its
+    text does not; Bob's utterance memory answers a question about the beagle it never names."""
+    sessions = [[{"dia_id": "D1:1", "speaker": "Ann", "text": "I bought a Fender guitar yesterday!"},
+                 {"dia_id": "D1:2", "speaker": "Bob", "text": "Nice. I adopted a beagle.",
+                  "blip_caption": "a photo of a puppy"}],
+                [{"dia_id": "D2:1", "speaker": "Ann", "text": "Where does your beagle run?"},
+                 {"dia_id": "D2:2", "speaker": "Bob", "text": "my dog loves the park"}]]
+    for n, turns in enumerate(sessions, 1):
+        for user in ("c:Ann", "c:Bob"):
+            store.put_raw_session(f"raw:c:{n}:{user}", user, {"date_time": "x", "turns": turns},
+                                  observed_at=f"2023-0{4 + n}-08T13:56:00")
     a = store.add("c:Ann", "Ann got a new instrument.", observed_at="2023-05-08",
                   source={"kind": "observations", "dia_ids": ["D1:1"]})
-    b = store.add("c:Bob", "Bob has a dog.", observed_at="2023-06-09",
+    b = store.add("c:Bob", "Bob has a dog.", observed_at="2023-05-08",
                   source={"kind": "observations", "dia_ids": ["D1:2"]})
-    u = store.add("c:Bob", "[9 June 2023] Bob: my dog loves the park", observed_at="2023-06-09",
-                  source={"kind": "utterances", "dia_ids": ["D2:1"]})
+    u = store.add("c:Bob", "[8 June 2023] Bob: my dog loves the park", observed_at="2023-06-08",
+                  source={"kind": "utterances", "dia_ids": ["D2:2"]})
     return a, b, u
 
 
-def test_lexical_text_carries_date_and_cited_utterances(store):
+def test_lexical_text_carries_date_cited_utterances_and_the_turns_they_answer(store):
     a, b, u = _conversation_store(store)
     turns = session_turns(store, "c:Ann")
-    assert turns == {"D1:1": "Ann: I bought a Fender guitar yesterday!", "D1:2": "Bob: Nice. I adopted a beagle."}
+    assert turns == {"D1:1": ("Ann: I bought a Fender guitar yesterday!", None),
+                     "D1:2": ("Bob: Nice. I adopted a beagle. [shares a photo of a puppy]", "D1:1"),
+                     "D2:1": ("Ann: Where does your beagle run?", None),
+                     "D2:2": ("Bob: my dog loves the park", "D2:1")}
     assert lexical_text(a, turns) == "8 May 2023 Ann got a new instrument. Ann: I bought a Fender guitar yesterday!"
-    # an utterance memory is its own source: no expansion, and its [date] prefix is not doubled
-    assert lexical_text(u, turns) == "9 June 2023 Bob: my dog loves the park"
+    assert lexical_text(b, turns) == ("8 May 2023 Bob has a dog. Ann: I bought a Fender guitar yesterday! "
+                                      "Bob: Nice. I adopted a beagle. [shares a photo of a puppy]")
+    # an utterance memory is its own source: only the turn it answers, and its [date] is not doubled
+    assert lexical_text(u, turns) == "8 June 2023 Bob: my dog loves the park Ann: Where does your beagle run?"
 
 
 def test_provenance_finds_the_memory_its_text_does_not_name(store):
-    a, b, _ = _conversation_store(store)
+    _conversation_store(store)
     lexical = Retriever(store, "hybrid", alpha=0.0)  # BM25 alone: only the cited utterance names it
     hits = lexical.search_users(["c:Ann", "c:Bob"], "Which guitar did Ann buy?", 3)
-    assert len(hits) == 3 and hits[0].text == "Ann got a new instrument." and hits[0].user_id == "c:Ann"
-    assert hits[0].score > 0 and hits[1].score == hits[2].score == 0
-    hits = lexical.search("c:Bob", "beagle", 1)
-    assert hits[0].text == "Bob has a dog." and hits[0].dia_ids == ("D1:2",)
+    assert hits[0].text == "Ann got a new instrument." and hits[0].user_id == "c:Ann"
+    # Bob's observation reaches the guitar through the turn it answers, in a longer text: second
+    assert hits[1].text == "Bob has a dog." and hits[0].score > hits[1].score > hits[2].score
+    hits = lexical.search("c:Bob", "puppy", 2)
+    assert hits[0].text == "Bob has a dog." and hits[0].dia_ids == ("D1:2",) and hits[1].score == 0
+    hits = lexical.search("c:Bob", "Where does the beagle run?", 2)
+    assert hits[0].dia_ids == ("D2:2",) and hits[0].score > hits[1].score > 0
 
 
 def test_pool_scores_are_the_hand_fused_scores(store):
@@ -120,7 +133,7 @@ def test_pool_scores_are_the_hand_fused_scores(store):
     want = {}
     for (text, rec), s in zip(recs.items(), lex):
         cos = float(store.embedder.embed([rec.text])[0].astype(np.float64) @ qv)
-        june = rec.observed_at.startswith("2023-06")
+        june = rec.observed_at.startswith("2023-06")  # only the utterance memory
         want[text] = 0.5 * cos + 0.5 * s / (s + 5.0) + 0.1 * june + (0.2 if rec.user_id == "c:Bob" else 0)
     assert [h.text for h in hits] == sorted(want, key=lambda t: -want[t])
     for h in hits:

@@ -9,11 +9,11 @@ Modes:
 * ``date`` (default): hybrid plus ``date_boost`` for records whose date falls in a month / year
   the question names ("in May 2023"; a named day adds the other half of the boost).
 
-The lexical text of a record is its text, its date ("8 May 2023") and, for memories distilled
-from a conversation (observations, LLM extractions), the utterances it cites (its ``dia_ids``,
-read from the raw sessions the store keeps): document expansion by provenance, so a question
-phrased in the speaker's words finds the memory written in the extractor's. The dense side is
-the store's own vectors. Ranking covers all live records of the users searched, so every call
+The lexical text of a record is its text, its date ("8 May 2023"), the utterances it cites (its
+``dia_ids``, read from the raw sessions the store keeps) and the turn each of those replies to:
+document expansion by provenance, so a question phrased in the speakers' words finds a memory
+written in the extractor's, and an answer is found through the question that prompted it. The
+dense side is the store's own vectors. Ranking covers all live records of the users searched, so every call
 returns exactly min(k, live) results.
 
 :func:`search_conversation` ranks both speakers' memories in one pool (one BM25 index, one
@@ -71,23 +71,39 @@ def human_date(iso: str | None) -> str:
     return f"{d.day} {d.strftime('%B %Y')}"
 
 
-def lexical_text(record: Record, turns: dict[str, str]) -> str:
-    """What BM25 indexes for a record: its date, its text and the utterances it cites."""
+def lexical_text(record: Record, turns: dict[str, tuple[str, str | None]]) -> str:
+    """What BM25 indexes for a record: its date, its text, the utterances it cites and the turn
+    each of them answers (an answer's words are often in the question it replies to).
+
+    ``turns`` maps dia_id -> (``Speaker: text``, dia_id of the previous turn or None), see
+    :func:`session_turns`. An utterance memory is its own cited turn: only the previous one is added.
+    """
     parts = [human_date(record.observed_at), _DATE_PREFIX.sub("", record.text)]
-    if record.source.get("kind") != "utterances":
-        parts += [turns[d] for d in record.dia_ids if d in turns]
+    own = record.source.get("kind") == "utterances"
+    seen: set[str] = set()
+    for d in record.dia_ids:
+        if d not in turns:
+            continue
+        prev = turns[d][1]
+        for x in ([prev] if prev else []) + ([] if own else [d]):
+            if x not in seen:
+                seen.add(x)
+                parts.append(turns[x][0])
     return " ".join(p for p in parts if p)
 
 
-def session_turns(store: MemoryStore, user_id: str) -> dict[str, str]:
-    """dia_id -> ``Speaker: text [shares caption]`` over the raw sessions stored for a user."""
-    out: dict[str, str] = {}
+def session_turns(store: MemoryStore, user_id: str) -> dict[str, tuple[str, str | None]]:
+    """dia_id -> (``Speaker: text [shares caption]``, the previous turn's dia_id in its session)
+    over the raw sessions stored for a user."""
+    out: dict[str, tuple[str, str | None]] = {}
     for raw in store.raw_sessions(user_id):
+        prev = None
         for t in raw["payload"].get("turns", []):
             text = t.get("text") or ""
             if t.get("blip_caption"):
                 text = f"{text} [shares {t['blip_caption']}]"
-            out[t["dia_id"]] = f"{t.get('speaker', '')}: {text}"
+            out[t["dia_id"]] = (f"{t.get('speaker', '')}: {text}", prev)
+            prev = t["dia_id"]
     return out
 
 
