@@ -15,7 +15,6 @@ dev file, for each retrieval variant.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import tempfile
 import time
@@ -124,7 +123,7 @@ def bench_ingest(locomo: Path) -> dict:
 
 
 VARIANTS = [("dense", 1.0, 0.0), ("hybrid", 0.5, 0.0), ("hybrid", 0.5, 0.1), ("hybrid", 0.7, 0.1),
-            ("date", 0.5, 0.1)]
+            ("date", 0.5, 0.1)]  # the last is the default of `eval retrieval`
 STORES = [("utterances", "utterances", "static", True), ("observations", "observations", "static", False),
           ("evolved (rule)", "observations", "rule", False)]
 
@@ -133,8 +132,8 @@ def bench_recall(locomo: Path) -> list[dict]:
     from tsubasa_fast.memory import MemoryStore, MiniLMEmbedder
     from tsubasa_fast.memory.evolution import make_manager
     from tsubasa_fast.memory.ingest import ingest_conversation
-    from tsubasa_fast.memory.locomo import evaluate_retrieval, load_locomo, merged_search
-    from tsubasa_fast.memory.retrieval import Retriever
+    from tsubasa_fast.memory.locomo import evaluate_retrieval, load_locomo
+    from tsubasa_fast.memory.retrieval import Retriever, conversation_merge
 
     convs = load_locomo(locomo)
     emb = MiniLMEmbedder()
@@ -147,7 +146,7 @@ def bench_recall(locomo: Path) -> list[dict]:
                 ingest_conversation(store, c, source, m, date_prefix=prefix)
             for mode, alpha, boost in VARIANTS:
                 r = evaluate_retrieval(convs, Retriever(store, mode, alpha=alpha),
-                                       merge=functools.partial(merged_search, speaker_boost=boost))
+                                       merge=conversation_merge(boost))
                 rows.append({"memories": label, "live": store.count(), "retrieval": mode, "alpha": alpha,
                              "speaker_boost": boost, **{k: round(v, 3) for k, v in r["overall"].items()},
                              "tokens@3": round(r["mean_retrieved_tokens"]["3"], 1)})

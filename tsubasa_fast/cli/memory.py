@@ -108,11 +108,13 @@ def register(subparsers) -> None:
     p.add_argument("-k", nargs="+", type=_positive, default=[1, 3, 5, 10], help="k values (default 1 3 5 10)")
     p.add_argument("--categories", nargs="+", type=int, default=[1, 2, 3, 4], choices=(1, 2, 3, 4, 5),
                    help="question categories (default 1 2 3 4)")
-    p.add_argument("--retrieval", choices=("dense", "hybrid", "date"), default="dense",
-                   help="ranking variant (default dense)")
+    p.add_argument("--retrieval", choices=("dense", "hybrid", "date"), default="date",
+                   help="ranking: dense cosine, hybrid BM25+cosine, or hybrid with date matching (default date)")
+    p.add_argument("--fusion", choices=("convex", "rrf"), default="convex",
+                   help="how hybrid fuses cosine and BM25: weighted sum or reciprocal rank fusion (default convex)")
     p.add_argument("--alpha", type=float, default=0.5, help="dense weight for hybrid ranking (default 0.5)")
-    p.add_argument("--speaker-boost", type=float, default=0.0,
-                   help="score bonus for the store of the one speaker a question names (default 0)")
+    p.add_argument("--speaker-boost", type=float, default=0.1,
+                   help="score bonus for the memories of the one speaker a question names (default 0.1)")
     p.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write the results as JSON")
     p.set_defaults(func=_store_errors(cmd_eval_retrieval))
 
@@ -223,10 +225,8 @@ def cmd_import(args) -> int:
 
 
 def cmd_eval_retrieval(args) -> int:
-    import functools
-
-    from ..memory.locomo import evaluate_retrieval, format_report, load_locomo, merged_search
-    from ..memory.retrieval import Retriever
+    from ..memory.locomo import evaluate_retrieval, format_report, load_locomo
+    from ..memory.retrieval import Retriever, conversation_merge
 
     if not 0 <= args.alpha <= 1:
         raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
@@ -237,12 +237,13 @@ def cmd_eval_retrieval(args) -> int:
         if len(missing) == sum(len(c.user_ids) for c in convs):
             raise ValueError(f"--store {args.store} holds no memories for these conversations; run "
                              f"`tsubasa-fast memory ingest` first")
-        search = Retriever(store, args.retrieval, alpha=args.alpha)
+        search = Retriever(store, args.retrieval, alpha=args.alpha, fusion=args.fusion)
         result = evaluate_retrieval(convs, search, args.k, args.categories, progress=sys.stderr.isatty(),
-                                    merge=functools.partial(merged_search, speaker_boost=args.speaker_boost))
+                                    merge=conversation_merge(args.speaker_boost))
     finally:
         store.close()
-    result["config"] = {"retrieval": args.retrieval, "alpha": args.alpha, "speaker_boost": args.speaker_boost,
+    result["config"] = {"retrieval": args.retrieval, "fusion": args.fusion, "alpha": args.alpha,
+                        "speaker_boost": args.speaker_boost,
                         "categories": args.categories}
     print(format_report(result))
     if args.json:

@@ -1,130 +1,261 @@
-"""Retrieval variants over a MemoryStore, as ``search(user_id, query, k) -> [Retrieved]``.
+"""Ranking a user's live memories for a query: dense cosine fused with BM25 (bm25s).
 
-* ``dense``: the store's cosine search (exact / HNSW).
-* ``hybrid``: dense cosine fused with BM25 over the user's live records
-  (score = alpha * cosine + (1 - alpha) * bm25 / max bm25).
-* ``date``: hybrid plus a boost for records whose date matches a month / year named in the
-  question ("in May 2023", "in 2022").
+Modes:
 
-The lexical index is rebuilt per user when the store's live set changes (cheap: LoCoMo users
-have hundreds of records). Ranking is done on all live records of the user, so every
-variant returns exactly min(k, live) results.
+* ``dense``: the store's cosine search (exact / HNSW) alone.
+* ``hybrid``: cosine fused with BM25 over the users' live records. Fusion ``convex`` (default):
+  ``alpha * cosine + (1 - alpha) * s / (s + half)`` where ``s`` is the BM25 score, a saturation
+  that keeps scores of different users' stores on one scale; ``rrf``: reciprocal rank fusion.
+* ``date`` (default): hybrid plus ``date_boost`` for records whose date falls in a month / year
+  the question names ("in May 2023"; a named day adds the other half of the boost).
+
+The lexical text of a record is its text, its date ("8 May 2023"), the utterances it cites (its
+``dia_ids``, read from the raw sessions the store keeps) and the turn each of those replies to:
+document expansion by provenance, so a question phrased in the speakers' words finds a memory
+written in the extractor's, and an answer is found through the question that prompted it. The
+dense side is the store's own vectors. Ranking covers all live records of the users searched, so every call
+returns exactly min(k, live) results.
+
+:func:`search_conversation` ranks both speakers' memories in one pool (one BM25 index, one
+score scale) with ``speaker_boost`` for the speaker a question names; it is the merge used by
+``eval retrieval``.
 """
 
 from __future__ import annotations
 
-import math
+import datetime as _dt
+import logging
 import re
-from collections import Counter
-from typing import Callable
+from typing import Callable, Sequence
 
+import bm25s
 import numpy as np
+import Stemmer
 
-from .locomo import Retrieved
-from .store import MemoryStore
+from .locomo import Conversation, Retrieved
+from .store import MemoryStore, Record
 
-_WORD = re.compile(r"[a-z0-9]+")
-_STOP = set("""a an the and or but of to in on at for with from by as is are was were be been it its this that
-these those he she they them his her their i you we my our your has have had do does did what when where
-which who whom how why would could should will can may might""".split())
+logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets its own logger to DEBUG on import
+
+MODES = ("dense", "hybrid", "date")
+FUSIONS = ("convex", "rrf")
+# Defaults: the best configuration measured on locomo_dev.json (benchmarks/README.md, Memory).
+DEFAULT_MODE = "date"
+DEFAULT_ALPHA = 0.5
+DEFAULT_SPEAKER_BOOST = 0.1
+DEFAULT_DATE_BOOST = 0.1
+LEX_HALF = 5.0  # BM25 score that maps to 0.5 in the convex fusion
+RRF_K = 60  # the constant of Cormack et al. (2009)
+BM25_K1, BM25_B = 1.2, 0.75
+
+# NLTK's English list (bm25s ships it): drops question words and pronouns, which the
+# 33-word Lucene list keeps ("what did she ..." would otherwise match every utterance).
+STOPWORDS = sorted(bm25s.stopwords.STOPWORDS_EN_PLUS)
+_STEMMER = Stemmer.Stemmer("english")
 _MONTHS = ["january", "february", "march", "april", "may", "june", "july", "august", "september",
            "october", "november", "december"]
+_DATE_PREFIX = re.compile(r"^\[[^\]]*\]\s*")
 
 
-def _stem(w: str) -> str:
-    for suf in ("ing", "ed", "es", "s"):
-        if len(w) > len(suf) + 3 and w.endswith(suf):
-            return w[: -len(suf)]
-    return w
+def tokenize(texts: Sequence[str]) -> list[list[str]]:
+    """Lower-cased word tokens, English stop words removed, Snowball-stemmed (bm25s + PyStemmer)."""
+    return bm25s.tokenize(list(texts), stopwords=STOPWORDS, stemmer=_STEMMER, return_ids=False,
+                          show_progress=False)
 
 
-def terms(text: str) -> list[str]:
-    return [_stem(w) for w in _WORD.findall(text.lower()) if w not in _STOP]
+def human_date(iso: str | None) -> str:
+    """``2023-05-08`` -> ``8 May 2023`` (empty for no date)."""
+    if not iso:
+        return ""
+    d = _dt.date.fromisoformat(iso[:10])
+    return f"{d.day} {d.strftime('%B %Y')}"
 
 
-class _BM25:
-    def __init__(self, docs: list[list[str]], k1: float = 1.2, b: float = 0.75):
-        self.k1, self.b = k1, b
-        self.tf = [Counter(d) for d in docs]
-        self.len = np.array([len(d) for d in docs], dtype=np.float32)
-        self.avg = float(self.len.mean()) if len(docs) else 1.0
-        df = Counter(t for d in self.tf for t in d)
-        n = len(docs)
-        self.idf = {t: math.log(1 + (n - f + 0.5) / (f + 0.5)) for t, f in df.items()}
+def lexical_text(record: Record, turns: dict[str, tuple[str, str | None]]) -> str:
+    """What BM25 indexes for a record: its date, its text, the utterances it cites and the turn
+    each of them answers (an answer's words are often in the question it replies to).
 
-    def scores(self, query: list[str]) -> np.ndarray:
-        out = np.zeros(len(self.tf), dtype=np.float32)
-        norm = self.k1 * (1 - self.b + self.b * self.len / max(self.avg, 1e-9))
-        for t in set(query):
-            idf = self.idf.get(t)
-            if idf is None:
-                continue
-            f = np.array([tf.get(t, 0) for tf in self.tf], dtype=np.float32)
-            out += idf * f * (self.k1 + 1) / (f + norm)
+    ``turns`` maps dia_id -> (``Speaker: text``, dia_id of the previous turn or None), see
+    :func:`session_turns`. An utterance memory is its own cited turn: only the previous one is added.
+    """
+    parts = [human_date(record.observed_at), _DATE_PREFIX.sub("", record.text)]
+    own = record.source.get("kind") == "utterances"
+    seen: set[str] = set()
+    for d in record.dia_ids:
+        if d not in turns:
+            continue
+        prev = turns[d][1]
+        for x in ([prev] if prev else []) + ([] if own else [d]):
+            if x not in seen:
+                seen.add(x)
+                parts.append(turns[x][0])
+    return " ".join(p for p in parts if p)
+
+
+def session_turns(store: MemoryStore, user_id: str) -> dict[str, tuple[str, str | None]]:
+    """dia_id -> (``Speaker: text [shares caption]``, the previous turn's dia_id in its session)
+    over the raw sessions stored for a user."""
+    out: dict[str, tuple[str, str | None]] = {}
+    for raw in store.raw_sessions(user_id):
+        prev = None
+        for t in raw["payload"].get("turns", []):
+            text = t.get("text") or ""
+            if t.get("blip_caption"):
+                text = f"{text} [shares {t['blip_caption']}]"
+            out[t["dia_id"]] = (f"{t.get('speaker', '')}: {text}", prev)
+            prev = t["dia_id"]
+    return out
+
+
+def saturate(bm25: np.ndarray, half: float = LEX_HALF) -> np.ndarray:
+    """BM25 -> [0, 1): ``s / (s + half)``; a fixed map, so two stores' scores stay comparable."""
+    return bm25 / (bm25 + half)
+
+
+def convex_fusion(dense: np.ndarray, lex: np.ndarray, alpha: float, half: float = LEX_HALF) -> np.ndarray:
+    """``alpha * cosine + (1 - alpha) * saturate(bm25)``."""
+    return alpha * dense + (1 - alpha) * saturate(lex, half)
+
+
+def rrf_fusion(dense: np.ndarray, lex: np.ndarray, alpha: float, k: int = RRF_K) -> np.ndarray:
+    """Weighted reciprocal rank fusion: ``alpha / (k + rank_dense) + (1 - alpha) / (k + rank_bm25)``,
+    ranks from 1, tied scores sharing the best rank (records no query term matches all tie);
+    scaled by ``k`` so a score near 1 is top of both."""
+    def ranks(x: np.ndarray) -> np.ndarray:
+        return 1 + len(x) - np.searchsorted(np.sort(x), x, side="right")
+    return k * (alpha / (k + ranks(dense)) + (1 - alpha) / (k + ranks(lex)))
+
+
+def date_match(query: str, dates: Sequence[str | None]) -> np.ndarray:
+    """1 for dates in the month / year the query names (0.5 + 0.5 if it also names the day,
+    0.5 if only the day differs), 0 elsewhere or when the query names no month or year."""
+    q = query.lower()
+    years = {int(y) for y in re.findall(r"\b(19\d\d|20\d\d)\b", q)}
+    months = {i + 1 for i, m in enumerate(_MONTHS) if re.search(rf"\b{m}\b", q)}
+    days = {int(d) for d in re.findall(r"\b([0-3]?\d)(?:st|nd|rd|th)?\b", q) if 1 <= int(d) <= 31}
+    out = np.zeros(len(dates), dtype=np.float64)
+    if not years and not months:
         return out
+    for i, iso in enumerate(dates):
+        if not iso:
+            continue
+        d = _dt.date.fromisoformat(iso[:10])
+        if (years and d.year not in years) or (months and d.month not in months):
+            continue
+        out[i] = (0.5 + 0.5 * (d.day in days)) if (days and months) else 1.0
+    return out
+
+
+def named_speaker(question: str, speakers: Sequence[str]) -> int | None:
+    """Index of the one speaker the question names (whole word, any case), else None."""
+    named = [i for i, s in enumerate(speakers) if re.search(rf"\b{re.escape(s)}\b", question, re.I)]
+    return named[0] if len(named) == 1 else None
 
 
 class Retriever:
-    """Dense, hybrid or date-aware ranking over one store."""
+    """Dense, hybrid or date-aware ranking over one store (see the module docstring)."""
 
-    def __init__(self, store: MemoryStore, mode: str = "dense", alpha: float = 0.5, date_boost: float = 0.1):
-        if mode not in ("dense", "hybrid", "date"):
-            raise ValueError(f"--retrieval: unknown mode {mode!r}; expected dense, hybrid or date")
+    def __init__(self, store: MemoryStore, mode: str = DEFAULT_MODE, alpha: float = DEFAULT_ALPHA,
+                 date_boost: float = DEFAULT_DATE_BOOST, fusion: str = "convex"):
+        if mode not in MODES:
+            raise ValueError(f"mode: unknown retrieval mode {mode!r}; expected one of {MODES}")
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion: unknown fusion {fusion!r}; expected one of {FUSIONS}")
         if not 0 <= alpha <= 1:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-        self.store, self.mode, self.alpha, self.date_boost = store, mode, alpha, date_boost
-        self._cache: dict[str, tuple] = {}
+        if date_boost < 0:
+            raise ValueError(f"date_boost must be >= 0, got {date_boost}")
+        self.store, self.mode, self.alpha, self.date_boost, self.fusion = store, mode, alpha, date_boost, fusion
+        self._cache: dict[tuple[str, ...], tuple] = {}
 
-    def _user(self, user_id: str):
-        count = self.store.count(user_id, live_only=False)
-        hit = self._cache.get(user_id)
-        if hit is not None and hit[0] == count:
+    def _pool(self, user_ids: tuple[str, ...]):
+        """Live records of the users, their positions and a BM25 index; rebuilt on any write."""
+        stamp = tuple(self.store.count(u, live_only=False) for u in user_ids)
+        hit = self._cache.get(user_ids)
+        if hit is not None and hit[0] == stamp:
             return hit[1]
-        recs = self.store.all(user_id)
-        data = (recs, {r.id: i for i, r in enumerate(recs)}, _BM25([terms(r.text) for r in recs]))
-        self._cache[user_id] = (count, data)
+        recs, owner = [], []
+        for n, u in enumerate(user_ids):
+            turns = session_turns(self.store, u) if self.mode != "dense" else {}
+            got = self.store.all(u)
+            recs += [(r, lexical_text(r, turns)) for r in got]
+            owner += [n] * len(got)
+        bm25 = None
+        if recs and self.mode != "dense":
+            bm25 = bm25s.BM25(k1=BM25_K1, b=BM25_B)
+            bm25.index(tokenize([t for _, t in recs]), show_progress=False)
+        data = ([r for r, _ in recs], np.array(owner, dtype=np.int64), bm25)
+        self._cache[user_ids] = (stamp, data)
         return data
 
     def __call__(self, user_id: str, query: str, k: int) -> list[Retrieved]:
         return self.search(user_id, query, k)
 
     def search(self, user_id: str, query: str, k: int) -> list[Retrieved]:
-        if self.mode == "dense":
-            return [Retrieved(h.record.text, tuple(h.record.dia_ids), h.score, user_id)
-                    for h in self.store.search(user_id, query, k)]
-        recs, pos, bm25 = self._user(user_id)
+        """Top-k live memories of one user."""
+        return self.search_users([user_id], query, k)
+
+    def search_users(self, user_ids: Sequence[str], query: str, k: int,
+                     boosts: Sequence[float] | None = None) -> list[Retrieved]:
+        """Top-k over the union of several users' live memories, ranked in one pool;
+        ``boosts[i]`` is added to the scores of ``user_ids[i]``'s records."""
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError(f"query must be a non-empty string, got {query!r}")
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        users = tuple(user_ids)
+        if boosts is not None and len(boosts) != len(users):
+            raise ValueError(f"boosts: {len(boosts)} values for {len(users)} users")
+        recs, owner, bm25 = self._pool(users)
         if not recs:
             return []
-        ids, cos = self.store.search_ids(user_id, self.store.embed_query(query), len(recs))
-        dense = np.zeros(len(recs), dtype=np.float32)
-        for rid, s in zip(ids.tolist(), cos.tolist()):
-            if rid in pos:
-                dense[pos[rid]] = s
-        lex = bm25.scores(terms(query))
-        # normalise BM25 by a per-query constant shared by both speakers' stores
-        lex = lex / (lex + 5.0)
-        score = self.alpha * dense + (1 - self.alpha) * lex
-        if self.mode == "date":
-            score = score + self.date_boost * self._date_match(query, recs)
+        score = self.scores(users, recs, bm25, query)
+        if boosts is not None:
+            score = score + np.asarray(boosts, dtype=np.float64)[owner]
         top = np.argsort(-score, kind="stable")[:k]
-        return [Retrieved(recs[i].text, tuple(recs[i].dia_ids), float(score[i]), user_id) for i in top]
+        return [Retrieved(recs[i].text, tuple(recs[i].dia_ids), float(score[i]), recs[i].user_id) for i in top]
 
-    @staticmethod
-    def _date_match(query: str, recs) -> np.ndarray:
-        q = query.lower()
-        years = set(re.findall(r"\b(19\d\d|20\d\d)\b", q))
-        months = {i + 1 for i, m in enumerate(_MONTHS) if re.search(rf"\b{m}\b", q)}
-        out = np.zeros(len(recs), dtype=np.float32)
-        if not years and not months:
-            return out
-        for i, r in enumerate(recs):
-            if not r.observed_at:
-                continue
-            y, m = int(r.observed_at[:4]), int(r.observed_at[5:7])
-            ok = (not years or str(y) in years) and (not months or m in months)
-            out[i] = 1.0 if ok else 0.0
-        return out
+    def scores(self, users: tuple[str, ...], recs: list[Record], bm25, query: str) -> np.ndarray:
+        """The fused score of every pooled record for the query (float64)."""
+        pos = {r.id: i for i, r in enumerate(recs)}
+        qvec = self.store.embed_query(query)
+        dense = np.zeros(len(recs), dtype=np.float64)
+        for u in users:
+            ids, cos = self.store.search_ids(u, qvec, max(1, self.store.count(u)))
+            for rid, s in zip(ids.tolist(), cos.tolist()):
+                if rid in pos:
+                    dense[pos[rid]] = s
+        if self.mode == "dense":
+            return dense
+        q = tokenize([query])[0]
+        lex = np.asarray(bm25.get_scores(q), dtype=np.float64) if q else np.zeros(len(recs))
+        if self.fusion == "rrf":
+            score = rrf_fusion(dense, lex, self.alpha)
+        else:
+            score = convex_fusion(dense, lex, self.alpha)
+        if self.mode == "date" and self.date_boost:
+            score = score + self.date_boost * date_match(query, [r.observed_at for r in recs])
+        return score
 
 
-def make_search(store: MemoryStore, mode: str = "dense", **kwargs) -> Callable[[str, str, int], list[Retrieved]]:
+def search_conversation(retriever: Retriever, conv: Conversation, question: str, k: int,
+                        speaker_boost: float = DEFAULT_SPEAKER_BOOST) -> list[Retrieved]:
+    """Top-k over both speakers' memories in one pool; ``speaker_boost`` to the one speaker the
+    question names. The ``merge`` for :func:`tsubasa_fast.memory.locomo.evaluate_retrieval`."""
+    who = named_speaker(question, conv.speakers)
+    boosts = [speaker_boost if i == who else 0.0 for i in range(len(conv.speakers))]
+    return retriever.search_users(conv.user_ids, question, k, boosts)
+
+
+def conversation_merge(speaker_boost: float = DEFAULT_SPEAKER_BOOST) -> Callable:
+    """A ``merge(search, conv, question, k)`` for evaluate_retrieval that ranks in one pool
+    (``search`` must be a :class:`Retriever`)."""
+    def merge(search, conv: Conversation, question: str, k: int) -> list[Retrieved]:
+        if not isinstance(search, Retriever):
+            raise TypeError(f"conversation_merge needs a Retriever, got {type(search).__name__}")
+        return search_conversation(search, conv, question, k, speaker_boost)
+    return merge
+
+
+def make_search(store: MemoryStore, mode: str = DEFAULT_MODE, **kwargs) -> Callable[[str, str, int], list[Retrieved]]:
     return Retriever(store, mode, **kwargs)
