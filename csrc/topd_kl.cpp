@@ -139,7 +139,10 @@ TSF_INLINE double kl_row(const KLArgs& a, int64_t r, int64_t& nbad, Scratch& sc)
 
   // ---- the loss, in float64
   double loss = double(a.cst[r]);
-  for (int64_t j = 0; j < d; ++j) loss -= double(w[j]) * ((zj[j] - md) - log_s);
+  // z - m is a C (float32 unless float64) quantity on every backend: past its range it is
+  // -inf here too, and the row's loss becomes +inf (the caller reports the overflow)
+  auto shifted = [md](double z) { return double(C(z - md)); };
+  for (int64_t j = 0; j < d; ++j) loss -= double(w[j]) * (shifted(zj[j]) - log_s);
   double base = double(a.wsum[r]);
   double ratio = 0.0;  // p_tail / Q_rest when the bucket tail is active
   if (a.p_tail) {
@@ -156,7 +159,7 @@ TSF_INLINE double kl_row(const KLArgs& a, int64_t r, int64_t& nbad, Scratch& sc)
     }
   }
   if (label >= 0) {
-    loss -= a.ce_weight * ((z_label - md) - log_s);
+    loss -= a.ce_weight * (shifted(z_label) - log_s);
     base += a.ce_weight;
   }
   if (!g) return loss;
