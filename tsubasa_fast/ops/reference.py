@@ -90,9 +90,9 @@ def topd_kl(
     # log q = (z - m) - log sum exp(z - m): exact for logits of any finite size (torch's
     # log_softmax is the same formula but sums the exps less accurately in float32)
     shifted = z - z.detach().amax(dim=-1, keepdim=True)  # invariant to the shift: no grad
-    log_q_all = shifted - torch.logsumexp(shifted, dim=-1, keepdim=True)
+    log_s = torch.logsumexp(shifted, dim=-1, keepdim=True)
     idx = teacher_indices.long()
-    log_q = log_q_all.gather(-1, idx)
+    log_q = shifted.gather(-1, idx) - log_s
     lp = teacher_logprobs.to(z.dtype)
     if tail == "renorm":
         log_w = lp - torch.logsumexp(lp, dim=-1, keepdim=True)
@@ -102,23 +102,24 @@ def topd_kl(
         loss = (w * (lp - log_q)).sum(-1)
         if tail == "bucket":
             p_tail = (1.0 - w.sum(-1)).clamp_min(0.0)
-            log_q_tail = log_rest_mass(log_q_all, idx).clamp_min(math.log(TAIL_EPS))
+            log_q_rest = log_rest_mass(shifted, idx) - log_s.squeeze(-1)
+            log_q_tail = log_q_rest.clamp_min(math.log(TAIL_EPS))
             loss = loss + torch.xlogy(p_tail, p_tail) - p_tail * log_q_tail
     if ce_weight:
         if labels is None:
             raise ValueError("labels is required when ce_weight > 0")
         use = labels != IGNORE_INDEX
-        ce = -log_q_all.gather(-1, labels.long().clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        ce = (log_s - shifted.gather(-1, labels.long().clamp_min(0).unsqueeze(-1))).squeeze(-1)
         loss = loss + ce_weight * torch.where(use, ce, torch.zeros_like(ce))
     return loss
 
 
-def log_rest_mass(log_q_all: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """log sum_{v not in set(idx)} q_v per row, from the log-probabilities outside the set.
-
-    -inf where nothing is left outside the set (then with a zero, not NaN, gradient)."""
-    in_set = torch.zeros_like(log_q_all, dtype=torch.bool).scatter_(-1, idx, True)
-    rest = log_q_all.masked_fill(in_set, float("-inf"))
+def log_rest_mass(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """log sum_{v not in set(idx)} exp(x_v) per row: the sum runs over the entries outside
+    the set (with x = log q it is log Q_rest). -inf where nothing is left outside the set
+    (then with a zero, not NaN, gradient)."""
+    in_set = torch.zeros_like(x, dtype=torch.bool).scatter_(-1, idx, True)
+    rest = x.masked_fill(in_set, float("-inf"))
     empty = ~torch.isfinite(rest).any(dim=-1)
     out = torch.logsumexp(rest.masked_fill(empty.unsqueeze(-1), 0.0), dim=-1)
     return out.masked_fill(empty, float("-inf"))
