@@ -180,17 +180,20 @@ def bench_topd_kl(n, backends, device, dtype, repeats, compile_naive=True):
         tf.topd_kl_loss(x, idx, lp, backend=b).backward()
         x.grad = None
 
-    def ours_from_clone(b):  # as a training step sees it: fresh logits, consumed by the loss
-        z = logits.clone().requires_grad_()
-        tf.topd_kl_loss(z, idx, lp, backend=b).backward()
+    def ours_from_clone(b, inplace):  # as a training step sees it: fresh logits (a temporary)
+        tf.topd_kl_loss(x.clone(), idx, lp, backend=b, inplace_backward=inplace).backward()
+        x.grad = None
 
     impls = [Impl("naive torch", naive)]
     if compiled is not None:
         impls.append(Impl("torch.compile(naive)", naive_compiled))
     impls.append(Impl(COPY_FLOOR, lambda: out.copy_(logits)))
     impls += [Impl(b, lambda b=b: ours(b)) for b in backends]
-    impls += [Impl(f"{b} incl. logits.clone()", lambda b=b: ours_from_clone(b))
-              for b in backends if b != "torch"]
+    for b in backends:
+        if b != "torch":
+            impls.append(Impl(f"{b} incl. logits.clone()", lambda b=b: ours_from_clone(b, False)))
+            impls.append(Impl(f"{b} inplace_backward incl. logits.clone()",
+                              lambda b=b: ours_from_clone(b, True)))
     measure(impls, device, repeats, warmup=2 if compiled is not None else 1)
     return impls
 

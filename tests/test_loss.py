@@ -565,3 +565,26 @@ def test_row9_minus_inf_at_a_teacher_index_or_label_is_an_error(backend):
     bias[fidx[0, 0]] = float("-inf")
     with pytest.raises(ValueError, match=r"the student logits\) is -inf at teacher token"):
         tf.fused_linear_topd_kl_loss(h, w, fidx, flp, bias=bias, backend=backend)
+
+
+def test_inplace_backward_writes_the_gradient_into_the_logits(backend):
+    x, idx, lp = make_case(7, 1000, 5, seed=41)
+    want, wgrad = _math_grad(x, idx, lp, tail="bucket", temperature=1.2)
+    leaf = x.clone().requires_grad_()
+    z = leaf * 1.0  # a temporary, like an lm_head output
+    loss = tf.topd_kl_loss(z, idx, lp, tail="bucket", temperature=1.2, backend=backend,
+                           inplace_backward=True)
+    loss.backward()
+    assert_loss_close(loss.detach(), want)
+    assert_grad_close(leaf.grad, wgrad)
+    assert_grad_close(z.detach(), wgrad)  # z's storage now holds the gradient
+    # a graph that saved the logits refuses to run instead of using the overwritten values
+    leaf2 = x.clone().requires_grad_()
+    e = leaf2.exp()  # exp saves its output
+    tf.topd_kl_loss(e, idx, lp, backend=backend, inplace_backward=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        e.sum().backward()
+    bad = x.clone()
+    bad[3, 5] = float("nan")
+    with pytest.raises(ValueError, match="student_logits gives a non-finite loss at flattened position 3"):
+        tf.topd_kl_loss(bad.requires_grad_() * 1.0, idx, lp, backend=backend, inplace_backward=True)

@@ -369,14 +369,28 @@ class _TopDKLFunction(torch.autograd.Function):
     """Loss and gradient in one kernel call; backward only scales the saved gradient."""
 
     @staticmethod
-    def forward(ctx, logits, targets: TopDTargets, temperature, reduction, impl, lead_shape):
+    def forward(ctx, logits, targets: TopDTargets, temperature, reduction, impl, lead_shape, inplace):
         count = int(targets.row_mask.sum())
         scale = _grad_scale(reduction, count)
-        grad = torch.empty_like(logits)
-        rows = impl.topd_kl(logits, targets, temperature, scale, grad)
-        _check_rows(rows, targets, "student_logits", lambda p: logits[p], temperature, rows.dtype)
+        if inplace:
+            rows = impl.topd_kl(logits, targets, temperature, scale, logits)
+            # any graph that saved these logits now fails loudly instead of reading a gradient
+            torch.autograd.graph.increment_version(logits)
+            pos = _first_bad_row(rows, targets.row_mask)
+            if pos is not None:
+                raise ValueError(
+                    f"student_logits gives a non-finite loss at flattened position {pos} (NaN or "
+                    "+inf logits, -inf at a teacher index or the CE label, or a loss too large "
+                    "for its dtype); with inplace_backward=True the logits were overwritten, so "
+                    "call again without it for the exact cause"
+                )
+            ctx.save_for_backward(logits)  # saved after the bump: unpacks cleanly
+        else:
+            grad = torch.empty_like(logits)
+            rows = impl.topd_kl(logits, targets, temperature, scale, grad)
+            _check_rows(rows, targets, "student_logits", lambda p: logits[p], temperature, rows.dtype)
+            ctx.save_for_backward(grad)
         ctx.reduction = reduction
-        ctx.save_for_backward(grad)
         return _reduce(rows, reduction, scale, lead_shape)
 
     @staticmethod
@@ -387,7 +401,7 @@ class _TopDKLFunction(torch.autograd.Function):
             grad = _scaled(grad, grad_output.reshape(-1, 1))
         elif not _is_one(grad_output):
             grad = _scaled(grad, grad_output)
-        return grad, None, None, None, None, None
+        return grad, None, None, None, None, None, None
 
 
 def topd_kl_loss(
@@ -402,6 +416,7 @@ def topd_kl_loss(
     labels: torch.Tensor | None = None,
     ce_weight: float = 0.0,
     backend: str = "auto",
+    inplace_backward: bool = False,
 ) -> torch.Tensor:
     """Forward KL(teacher || student) on the teacher's top-d support.
 
@@ -418,6 +433,13 @@ def topd_kl_loss(
     own mean over the labelled positions; multiply by n_unmasked / n_labelled to get that.
     With every position masked the loss is 0 with zero gradients. Returns float64 for
     float64 logits, else float32.
+
+    ``inplace_backward=True`` writes the gradient into the logits' own storage instead of a
+    new [N, V] buffer (no extra memory, no first-touch page faults): use it when the logits
+    are a temporary (an lm_head output) that nothing reads afterwards. Their version counter
+    is bumped, so autograd raises instead of computing wrong gradients if some other op saved
+    them. A row with a non-finite loss still raises ValueError, but by then the logits are
+    overwritten and the message cannot say which cause it was.
     """
     _check_float("student_logits", student_logits)
     if student_logits.dim() < 2:
@@ -437,7 +459,8 @@ def topd_kl_loss(
     if not flat.is_contiguous():
         flat = flat.contiguous()
     if _wants_grad(student_logits):
-        return _TopDKLFunction.apply(flat, targets, temperature, reduction, impl, lead)
+        return _TopDKLFunction.apply(flat, targets, temperature, reduction, impl, lead,
+                                     bool(inplace_backward))
     # No autograd: the loss only, no [N, V] gradient buffer and no gradient pass.
     flat = flat.detach()
     scale = _grad_scale(reduction, int(targets.row_mask.sum()))
