@@ -4,6 +4,9 @@ For select_topd, topd_kl (forward + backward) and fused-linear topd_kl (forward 
 per backend, at V=151,936 and d=5: median time over repeated runs, peak memory above the
 inputs, and the ratio against a naive torch eager implementation measured in the same run
 (implementations are interleaved round-robin so machine noise hits all of them alike).
+The topd_kl case also times ``torch.compile`` of the naive code and the memory floor, one
+``out.copy_(logits)`` of the N x V logits into a preallocated buffer (the kernel must read
+the logits and write an N x V gradient), and reports every row as a multiple of it.
 On CUDA it adds Liger-Kernel's fused linear JSD when installed and the share of the 2-pass
 GEMM bound (4*N*H*V FLOP). Triton under the CPU interpreter is not timed (meaningless).
 """
@@ -25,6 +28,7 @@ import tsubasa_fast as tf
 
 VOCAB = 151_936
 D = 5
+COPY_FLOOR = "copy floor: out.copy_(logits)"
 
 
 # ------------------------------------------------------------------------------ measuring
@@ -155,21 +159,42 @@ def bench_select(n, backends, device, dtype, repeats):
     return impls
 
 
-def bench_topd_kl(n, backends, device, dtype, repeats):
+def bench_topd_kl(n, backends, device, dtype, repeats, compile_naive=True):
     logits, idx, lp = _inputs(n, VOCAB, device, dtype)
     x = logits.clone().requires_grad_()
+    out = torch.empty_like(logits)
+    out.copy_(logits)  # touch every page once: the floor is the copy, not page faults
 
     # Each run drops its gradient at the end, so the next run's peak starts from the inputs.
     def naive():
         naive_topd_kl(x, idx, lp).backward()
         x.grad = None
 
+    compiled = torch.compile(naive_topd_kl) if compile_naive else None
+
+    def naive_compiled():
+        compiled(x, idx, lp).backward()
+        x.grad = None
+
     def ours(b):
         tf.topd_kl_loss(x, idx, lp, backend=b).backward()
         x.grad = None
 
-    impls = [Impl("naive torch", naive)] + [Impl(b, lambda b=b: ours(b)) for b in backends]
-    measure(impls, device, repeats)
+    def ours_from_clone(b, inplace):  # as a training step sees it: fresh logits (a temporary)
+        tf.topd_kl_loss(x.clone(), idx, lp, backend=b, inplace_backward=inplace).backward()
+        x.grad = None
+
+    impls = [Impl("naive torch", naive)]
+    if compiled is not None:
+        impls.append(Impl("torch.compile(naive)", naive_compiled))
+    impls.append(Impl(COPY_FLOOR, lambda: out.copy_(logits)))
+    impls += [Impl(b, lambda b=b: ours(b)) for b in backends]
+    for b in backends:
+        if b != "torch":
+            impls.append(Impl(f"{b} incl. logits.clone()", lambda b=b: ours_from_clone(b, False)))
+            impls.append(Impl(f"{b} inplace_backward incl. logits.clone()",
+                              lambda b=b: ours_from_clone(b, True)))
+    measure(impls, device, repeats, warmup=2 if compiled is not None else 1)
     return impls
 
 
@@ -220,6 +245,7 @@ def _liger_impl(h, w, idx, lp):
 
 def _rows(op, shape, impls, flop=None, device_name=""):
     base = statistics.median(impls[0].times)
+    floor = next((statistics.median(i.times) for i in impls if i.name == COPY_FLOOR), None)
     out = []
     for impl in impls:
         med = statistics.median(impl.times)
@@ -235,6 +261,8 @@ def _rows(op, shape, impls, flop=None, device_name=""):
                                              if impl.peak_mib >= 2 else "-"),
             "device": device_name,
         }
+        if floor is not None:
+            row["x_copy_floor"] = round(med / floor, 2)
         if flop is not None:
             row["pct_of_2pass_bound"] = round(100 * flop / med / _peak_flops(), 1)
         out.append(row)
@@ -242,7 +270,10 @@ def _rows(op, shape, impls, flop=None, device_name=""):
 
 
 def _peak_flops() -> float:
-    """Dense bf16 tensor-core peak of the current GPU (FLOP/s), for the 2-pass bound."""
+    """Dense bf16 tensor-core peak of the current GPU (FLOP/s), for the 2-pass bound.
+    TSUBASA_PEAK_TFLOPS overrides the table (and covers GPUs not in it)."""
+    if os.environ.get("TSUBASA_PEAK_TFLOPS"):
+        return float(os.environ["TSUBASA_PEAK_TFLOPS"]) * 1e12
     name = torch.cuda.get_device_name()
     for key, tflops in (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("4090", 165e12)):
         if key in name:
@@ -252,7 +283,7 @@ def _peak_flops() -> float:
 
 def _print_table(rows):
     cols = ["op", "shape", "impl", "median_ms", "peak_mib", "speedup_vs_naive",
-            "memory_ratio_naive_over_impl"]
+            "memory_ratio_naive_over_impl", "x_copy_floor"]
     if any("pct_of_2pass_bound" in r for r in rows):
         cols.append("pct_of_2pass_bound")
     widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
@@ -272,6 +303,8 @@ def main(argv=None) -> None:
     ap.add_argument("--backends", nargs="+", default=None,
                     help="backends to time (default: all that run here; the torch fallback is "
                          "left out of the fused-linear case unless named, it is slow there)")
+    ap.add_argument("--no-compile", action="store_true", help="skip torch.compile(naive)")
+    ap.add_argument("--ns", type=int, nargs="+", default=None, help="token counts for select/topd_kl")
     ap.add_argument("--csv", default="benchmarks/results/loss.csv")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -288,13 +321,15 @@ def main(argv=None) -> None:
         ns, fused_shapes = [1024, 4096, 8192], [(4096, 1024), (8192, 2560), (16384, 4096)]
     else:
         ns, fused_shapes = [256, 1024], [(2048, 1024)]
+    if args.ns:
+        ns = args.ns
     only = set(args.only or ["select", "topd_kl", "fused"])
     rows = []
     for n in ns:
         if "select" in only:
             rows += _rows("select_topd", f"N={n}", bench_select(n, backends, device, dtype, args.repeats), device_name=dev_name)
         if "topd_kl" in only:
-            rows += _rows("topd_kl fwd+bwd", f"N={n}", bench_topd_kl(n, backends, device, dtype, args.repeats), device_name=dev_name)
+            rows += _rows("topd_kl fwd+bwd", f"N={n}", bench_topd_kl(n, backends, device, dtype, args.repeats, not args.no_compile), device_name=dev_name)
     if "fused" in only:
         for n, hdim in fused_shapes:
             flop = 4 * n * hdim * VOCAB if device.type == "cuda" else None

@@ -130,7 +130,9 @@ at::Tensor topd_kl(const at::Tensor& logits, const at::Tensor& indices, const at
                 "topd_kl: grad_out must be a contiguous CPU tensor with the logits' shape and "
                 "dtype");
   }
-  auto loss = at::empty({n}, logits.options().dtype(at::kFloat));
+  // float64 logits get a float64 loss (the f64 path computes everything in double)
+  auto loss = at::empty({n}, logits.options().dtype(
+                                 logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
   if (n == 0) return loss;
 
   tsf::KLArgs a{};
@@ -150,7 +152,7 @@ at::Tensor topd_kl(const at::Tensor& logits, const at::Tensor& indices, const at
   a.row_mask = mask.data_ptr<bool>();
   a.temperature = temperature;
   a.grad_scale = grad_scale;
-  a.loss = loss.data_ptr<float>();
+  a.loss = loss.data_ptr();
   std::atomic<int64_t> bad{0};
   at::parallel_for(0, n, grain_for(vocab), [&](int64_t b, int64_t e) {
     if (a.g && a.g != a.x) {

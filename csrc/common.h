@@ -47,7 +47,7 @@ struct KLArgs {
   const bool* row_mask;     // [N]
   double temperature;
   double grad_scale;
-  float* loss;              // [N]
+  void* loss;               // [N]: double for kF64 logits, else float
 };
 
 // Rows [r0, r1). Both return the number of rows skipped because of an out-of-range index.
@@ -73,10 +73,12 @@ typedef int64_t vl __attribute__((vector_size(64)));
 template <class C> struct VT;
 template <> struct VT<float> {
   typedef vf V;
+  typedef vi I;  // lane mask type of a comparison
   static constexpr int W = 16;
 };
 template <> struct VT<double> {
   typedef vd V;
+  typedef vl I;
   static constexpr int W = 8;
 };
 
@@ -226,6 +228,12 @@ TSF_INLINE void load_block(const typename Storage<DT>::T* __restrict src, int64_
     else v = src[i];
     dst[i] = DIV ? v / s : v * s;
   }
+}
+
+template <int DT> TSF_INLINE void store1(typename Storage<DT>::T* p, double v) {
+  if constexpr (DT == kBF16) *p = f32_to_bf16(float(v));
+  else if constexpr (DT == kF16) *p = f32_to_f16(float(v));
+  else *p = typename Storage<DT>::T(v);
 }
 
 template <int DT>

@@ -1,12 +1,16 @@
-// Sparse top-d KL: loss and gradient per row, two passes over the row.
+// Sparse top-d KL: loss and gradient per row, two passes over the row (formulas: ops/targets.py).
 //
-// Pass 1 (reads the row once): per L1-sized block, local max, then sum of exp with online rescaling
-// of the running sum (fp32 lanes inside a block, float64 across blocks) -> lse. A running
-// sum of x * 0 turns into NaN when the row holds a NaN or an infinity and is added to lse.
-// The d teacher logits and the label logit are then gathered (before any write: the
-// gradient may alias the logits). Pass 2 (only with a gradient): per block, read, compute
-// c * q_v, add the sparse terms that fall in the block (in fp32, before rounding to the
-// output dtype), write. Formulas: ops/targets.py.
+// Gathers first (the gradient may alias the logits): the d teacher logits and the label
+// logit, in float64, and the distinct teacher positions sorted. Pass 1 reads the row once
+// per L1-sized block: block max (teacher entries included), a lane check for NaN / +inf
+// (-inf is allowed: vocabulary masking), then the sum of exp(z - m) over the entries
+// *outside* the teacher set (fp32 lanes inside a block, float64 across blocks). The set's
+// own exps are added back in float64, so Q_rest (the bucket tail) is a sum, never 1 - Q_set.
+// log q = (z - m) - log s, so logits of any finite size are exact while representable.
+// For fp32 with a gradient, pass 1 also stores exp(z - m_b) into the gradient and pass 2
+// only rescales each block; pass 2 walks the blocks backwards, so it starts on the part of
+// the row still in L2. The d teacher positions (and the label) are then overwritten with
+// their whole value computed in float64 (no dense value plus a cancelling correction).
 #include <algorithm>
 #include <vector>
 
@@ -15,25 +19,34 @@
 namespace tsf {
 namespace {
 
-struct Corr {
+struct Ent {
   int64_t pos;
-  float delta;
+  double w;  // sum of the teacher weights at pos (duplicates merged)
+  double z;  // tempered logit at pos
+};
+
+struct Scratch {
+  std::vector<Ent> ent;
+  std::vector<double> zj;
+  std::vector<float> mb;
 };
 
 template <int DT>
-TSF_INLINE float kl_row(const KLArgs& a, int64_t r, int64_t& nbad) {
+TSF_INLINE double kl_row(const KLArgs& a, int64_t r, int64_t& nbad, Scratch& sc) {
   typedef typename Storage<DT>::T T;
   typedef typename Storage<DT>::C C;
   typedef typename VT<C>::V V;
+  typedef typename VT<C>::I I;
   constexpr int W = VT<C>::W;
   const int64_t vocab = a.vocab;
   const int64_t d = a.d;
   const T* x = static_cast<const T*>(a.x) + r * vocab;
   T* g = a.g ? static_cast<T*>(a.g) + r * vocab : nullptr;
+  const double nan = std::numeric_limits<double>::quiet_NaN();
 
   if (!a.row_mask[r]) {
     if (g) std::memset(static_cast<void*>(g), 0, size_t(vocab) * sizeof(T));
-    return 0.0f;
+    return 0.0;
   }
   const int64_t* idx = a.idx + r * d;
   const float* w = a.w + r * d;
@@ -43,68 +56,70 @@ TSF_INLINE float kl_row(const KLArgs& a, int64_t r, int64_t& nbad) {
   if (!ok) {
     ++nbad;
     if (g) std::memset(static_cast<void*>(g), 0, size_t(vocab) * sizeof(T));
-    return std::numeric_limits<float>::quiet_NaN();
+    return nan;
   }
 
   // ---- gathers first: the gradient may alias the logits
   const double temp = a.temperature;
-  double zsmall[128];
-  std::vector<double> zbig;
-  double* zj = zsmall;
-  if (d > 128) {
-    zbig.resize(size_t(d));
-    zj = zbig.data();
+  double* zj = sc.zj.data();
+  Ent* ent = sc.ent.data();
+  for (int64_t j = 0; j < d; ++j) {
+    zj[j] = double(load1<DT>(x + idx[j])) / temp;
+    ent[j] = Ent{idx[j], double(w[j]), zj[j]};
   }
-  for (int64_t j = 0; j < d; ++j) zj[j] = double(load1<DT>(x + idx[j])) / temp;
+  std::sort(ent, ent + d, [](const Ent& u, const Ent& v) { return u.pos < v.pos; });
+  int64_t ne = 0;
+  for (int64_t j = 0; j < d; ++j) {
+    if (ne && ent[ne - 1].pos == ent[j].pos) ent[ne - 1].w += ent[j].w;
+    else ent[ne++] = ent[j];
+  }
   const double z_label = label >= 0 ? double(load1<DT>(x + label)) / temp : 0.0;
 
   alignas(64) C buf[kBlock];
   const C inv_t = C(1.0 / a.temperature);
-  const C lowest = std::numeric_limits<C>::lowest();
-  // fp32 with a gradient: pass 1 also writes exp(z - m_b) (m_b: the running max at block b)
-  // into the gradient, and pass 2 only rescales it: one exp per element instead of two.
+  const C ninf = -std::numeric_limits<C>::infinity();
+  const V infv = splat<V>(std::numeric_limits<C>::infinity());
   constexpr bool kStoreExp = DT == kF32;
   const bool store_exp = kStoreExp && g != nullptr;
-  const int64_t nblocks = (vocab + kBlock - 1) / kBlock;
-  float mb_small[256];
-  std::vector<float> mb_big;
-  float* mb = mb_small;
-  if (store_exp && nblocks > 256) {
-    mb_big.resize(size_t(nblocks));
-    mb = mb_big.data();
-  }
+  float* mb = sc.mb.data();
 
-  // ---- pass 1: lse
+  // ---- pass 1: max, finiteness, sum of exp outside the set
   double s = 0.0;
-  C m = -std::numeric_limits<C>::infinity();
-  V nz = splat<V>(C(0));
-  for (int64_t b0 = 0; b0 < vocab; b0 += kBlock) {
+  C m = ninf;
+  I okv = splat<I>(int(-1));
+  int64_t ei = 0;
+  for (int64_t b0 = 0, b = 0; b0 < vocab; b0 += kBlock, ++b) {
     const int64_t n = std::min<int64_t>(kBlock, vocab - b0);
     const int64_t np = (n + W - 1) / W * W;
     load_block<DT, false>(x + b0, n, buf, inv_t);
-    for (int64_t i = n; i < np; ++i) buf[i] = lowest;
-    V vm = splat<V>(lowest);
+    for (int64_t i = n; i < np; ++i) buf[i] = ninf;
+    V vm = splat<V>(ninf);
     for (int64_t k = 0; k < np; k += W) {
-      V v = vload<V>(buf + k);
+      const V v = vload<V>(buf + k);
       vm = vmax(vm, v);
-      nz += v * C(0);
+      okv &= (I)(v < infv);  // false for NaN and +inf
     }
     const C bm = hmax<C>(vm);
     if (bm > m) {
-      s *= std::exp(double(m) - double(bm));
+      if (s != 0.0) s *= std::exp(double(m) - double(bm));
       m = bm;
+    }
+    for (; ei < ne && ent[ei].pos < b0 + n; ++ei) buf[ent[ei].pos - b0] = ninf;
+    if (store_exp) mb[b] = float(m);
+    if (m == ninf) {  // everything so far is -inf: nothing to add (and no exp(-inf + inf))
+      if (store_exp) std::memset(static_cast<void*>(g + b0), 0, size_t(n) * sizeof(T));
+      continue;
     }
     const V mv = splat<V>(m);
     V acc0 = splat<V>(C(0)), acc1 = splat<V>(C(0));
     int64_t k = 0;
-    if (kStoreExp && store_exp) {
+    if (store_exp) {
       for (; k < np; k += W) {
         const V e = vexp(vload<V>(buf + k) - mv);
         acc0 += e;
         vstore(buf + k, e);
       }
       store_block<DT>(buf, n, g + b0);
-      mb[b0 / kBlock] = float(m);
     } else {
       for (; k + 2 * W <= np; k += 2 * W) {
         acc0 += vexp(vload<V>(buf + k) - mv);
@@ -114,88 +129,103 @@ TSF_INLINE float kl_row(const KLArgs& a, int64_t r, int64_t& nbad) {
     }
     s += double(hsum<C>(acc0 + acc1));
   }
-  const double lse = double(m) + std::log(s) + double(hsum<C>(nz));
+  bool finite = true;
+  for (int l = 0; l < W; ++l) finite &= okv[l] != 0;
+  if (!finite || !(m > ninf)) return nan;  // NaN / +inf logit, or a row of -inf only
+  const double md = double(m);
+  double s_set = 0.0;
+  for (int64_t k = 0; k < ne; ++k) s_set += std::exp(ent[k].z - md);
+  const double log_s = std::log(s + s_set);
 
   // ---- the loss, in float64
-  double wz = 0.0;
-  for (int64_t j = 0; j < d; ++j) wz += double(w[j]) * (zj[j] - lse);
-  double loss = double(a.cst[r]) - wz;
-  double coef = double(a.wsum[r]);
-  double tail_sparse = 0.0;  // p_tail / Q_tail when the bucket tail is active
+  double loss = double(a.cst[r]);
+  // z - m is a C (float32 unless float64) quantity on every backend: past its range it is
+  // -inf here too, and the row's loss becomes +inf (the caller reports the overflow)
+  auto shifted = [md](double z) { return double(C(z - md)); };
+  for (int64_t j = 0; j < d; ++j) loss -= double(w[j]) * (shifted(zj[j]) - log_s);
+  double base = double(a.wsum[r]);
+  double ratio = 0.0;  // p_tail / Q_rest when the bucket tail is active
   if (a.p_tail) {
-    const bool* first = a.first + r * d;
     const double p = a.p_tail[r];
-    double q_set = 0.0;
-    for (int64_t j = 0; j < d; ++j)
-      if (first[j]) q_set += std::exp(zj[j] - lse);
-    const double q_tail = 1.0 - q_set;
-    if (q_tail > kTailEps) {
-      loss -= p * std::log(q_tail);
-      tail_sparse = p / q_tail;
-      coef -= tail_sparse * q_set;
+    const double log_rest = s > 0.0 ? std::log(s) - log_s : -std::numeric_limits<double>::infinity();
+    if (log_rest > std::log(kTailEps)) {
+      loss -= p * log_rest;
+      if (p > 0.0) {
+        base += p;
+        ratio = p * std::exp(-log_rest);
+      }
     } else {
       loss -= p * std::log(kTailEps);
     }
   }
   if (label >= 0) {
-    loss += a.ce_weight * (lse - z_label);
-    coef += a.ce_weight;
+    loss -= a.ce_weight * (shifted(z_label) - log_s);
+    base += a.ce_weight;
   }
-  if (!g) return float(loss);
+  if (!g) return loss;
 
-  // ---- sparse gradient terms, sorted by position
+  // ---- pass 2: dense gradient (base - ratio) * q_v * scale, blocks in reverse order
   const double scale = a.grad_scale / temp;
-  Corr small[130];
-  std::vector<Corr> big;
-  Corr* corr = small;
-  if (d + 1 > 130) {
-    big.resize(size_t(d) + 1);
-    corr = big.data();
-  }
-  int64_t nc = 0;
-  for (int64_t j = 0; j < d; ++j) {
-    double delta = -double(w[j]);
-    if (tail_sparse != 0.0 && a.first[r * d + j]) delta += tail_sparse * std::exp(zj[j] - lse);
-    corr[nc++] = Corr{idx[j], float(delta * scale)};
-  }
-  if (label >= 0) corr[nc++] = Corr{label, float(-a.ce_weight * scale)};
-  std::sort(corr, corr + nc, [](const Corr& u, const Corr& v) { return u.pos < v.pos; });
-
-  // ---- pass 2: gradient
+  const double dense = (base - ratio) * scale;
+  const int64_t nblocks = (vocab + kBlock - 1) / kBlock;
   if constexpr (kStoreExp) {
-    if (store_exp) {  // g holds exp(z - m_b): scale each block by c * exp(m_b - lse)
+    if (store_exp) {  // g holds exp(z - m_b): scale each block by dense * exp(m_b - m - log s)
       float* gf = reinterpret_cast<float*>(g);
-      for (int64_t b0 = 0; b0 < vocab; b0 += kBlock) {
+      for (int64_t b = nblocks - 1; b >= 0; --b) {
+        const int64_t b0 = b * kBlock;
         const int64_t n = std::min<int64_t>(kBlock, vocab - b0);
-        const float f = float(coef * scale * std::exp(double(mb[b0 / kBlock]) - lse));
+        const float f = float(dense * std::exp(double(mb[b]) - md - log_s));
         const vf fv = splat<vf>(f);
         int64_t k = 0;
         for (; k + 16 <= n; k += 16) vstore(gf + b0 + k, vload<vf>(gf + b0 + k) * fv);
         for (; k < n; ++k) gf[b0 + k] *= f;
       }
-      for (int64_t c = 0; c < nc; ++c) gf[corr[c].pos] += corr[c].delta;
-      return float(loss);
     }
   }
-  const V lv = splat<V>(C(lse));
-  const V cv = splat<V>(C(coef * scale));
-  int64_t ci = 0;
-  for (int64_t b0 = 0; b0 < vocab; b0 += kBlock) {
-    const int64_t n = std::min<int64_t>(kBlock, vocab - b0);
-    const int64_t np = (n + W - 1) / W * W;
-    load_block<DT, false>(x + b0, n, buf, inv_t);
-    for (int64_t i = n; i < np; ++i) buf[i] = lowest;
-    for (int64_t k = 0; k < np; k += W) vstore(buf + k, cv * vexp(vload<V>(buf + k) - lv));
-    for (; ci < nc && corr[ci].pos < b0 + n; ++ci) buf[corr[ci].pos - b0] += C(corr[ci].delta);
-    store_block<DT>(buf, n, g + b0);
+  if (!store_exp) {
+    const V sh = splat<V>(m);
+    const V ls = splat<V>(C(log_s));
+    const V dv = splat<V>(C(dense));
+    for (int64_t b = nblocks - 1; b >= 0; --b) {
+      const int64_t b0 = b * kBlock;
+      const int64_t n = std::min<int64_t>(kBlock, vocab - b0);
+      const int64_t np = (n + W - 1) / W * W;
+      load_block<DT, false>(x + b0, n, buf, inv_t);
+      for (int64_t i = n; i < np; ++i) buf[i] = ninf;
+      for (int64_t k = 0; k < np; k += W) vstore(buf + k, dv * vexp((vload<V>(buf + k) - sh) - ls));
+      store_block<DT>(buf, n, g + b0);
+    }
   }
-  return float(loss);
+  // ---- whole values at the teacher positions and the label, in float64
+  bool label_in_set = false;
+  for (int64_t k = 0; k < ne; ++k) {
+    const double q = std::exp((ent[k].z - md) - log_s);
+    double v = scale * (base * q - ent[k].w);
+    if (ent[k].pos == label) {
+      v -= scale * a.ce_weight;
+      label_in_set = true;
+    }
+    store1<DT>(g + ent[k].pos, v);
+  }
+  if (label >= 0 && !label_in_set) {
+    const double q = std::exp((z_label - md) - log_s);
+    store1<DT>(g + label, dense * q - scale * a.ce_weight);
+  }
+  return loss;
 }
 
 template <int DT>
 TSF_INLINE int64_t kl_rows_impl(const KLArgs& a, int64_t r0, int64_t r1) {
   int64_t nbad = 0;
-  for (int64_t r = r0; r < r1; ++r) a.loss[r] = kl_row<DT>(a, r, nbad);
+  Scratch sc;
+  sc.ent.resize(size_t(a.d));
+  sc.zj.resize(size_t(a.d));
+  sc.mb.resize(size_t((a.vocab + kBlock - 1) / kBlock));
+  for (int64_t r = r0; r < r1; ++r) {
+    const double v = kl_row<DT>(a, r, nbad, sc);
+    if constexpr (DT == kF64) static_cast<double*>(a.loss)[r] = v;
+    else static_cast<float*>(a.loss)[r] = float(v);
+  }
   return nbad;
 }
 

@@ -36,11 +36,19 @@ def test_teacher_beyond_student_vocab_is_ignored_only_when_masked(backend, case)
     assert torch.isfinite(tf.topd_kl_loss(x, idx, lp, mask=mask, backend=backend))
 
 
-@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
-def test_nonfinite_student_logits(backend, case, value):
+@pytest.mark.parametrize("value,what", [(float("nan"), "NaN"), (float("inf"), r"\+inf")])
+def test_nonfinite_student_logits(backend, case, value, what):
     x, idx, lp = case
     x[4, 17] = value
-    _raises("student_logits", tf.topd_kl_loss, x, idx, lp, backend=backend)
+    _raises(f"student_logits contains {what} \\(at flattened position 4\\)", tf.topd_kl_loss,
+            x, idx, lp, backend=backend)
+    # -inf is allowed off the teacher's entries (test_loss.py checks the values) ...
+    x[4, 17] = 0.0
+    x[4, next(c for c in range(100) if c not in idx[4].tolist())] = float("-inf")
+    assert torch.isfinite(tf.topd_kl_loss(x, idx, lp, backend=backend))
+    # ... and an error at one of them
+    x[4, idx[4, 0]] = float("-inf")
+    _raises("student_logits is -inf at teacher token", tf.topd_kl_loss, x, idx, lp, backend=backend)
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])

@@ -6,9 +6,16 @@
   teacher's top-d support (math in ``ops/reference.py``).
 
 Every function validates its input (a bad argument raises ValueError naming it) and runs on
-the backend picked by ``ops.dispatch.resolve_backend``. Gradients are computed in the forward
-pass (one [N, V] buffer for ``topd_kl_loss``; none for the fused-linear variant, which sweeps
-the lm_head chunk by chunk and only ever holds one chunk of logits).
+the backend picked by ``ops.dispatch.resolve_backend``. When autograd will want them,
+gradients are computed in the forward pass (one [N, V] buffer for ``topd_kl_loss``; none for
+the fused-linear variant, which sweeps the lm_head chunk by chunk and only ever holds one
+chunk of logits); under ``torch.no_grad`` or with no input requiring grad there is no
+gradient work at all. Backward never modifies a saved or returned tensor, so
+``retain_graph``, repeated ``torch.autograd.grad`` and ``jacobian`` are exact.
+
+Losses are float64 for float64 inputs (the torch backend then computes in float64) and
+float32 otherwise. A row whose loss is not finite raises ValueError saying why: NaN or +inf
+logits, -inf at a teacher index or at the CE label, or a loss too large for its dtype.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .ops.dispatch import resolve_backend
-from .ops.reference import IGNORE_INDEX, TAIL_MODES
+from .ops.reference import IGNORE_INDEX, TAIL_MODES, compute_dtype
 from .ops.targets import TopDTargets, prepare_targets
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -82,10 +89,43 @@ def _check_finite_rows(values: torch.Tensor, row_mask: torch.Tensor | None, name
         raise ValueError(f"{name} contains NaN or inf (first at flattened position {pos})")
 
 
+def _first_bad_row(rows: torch.Tensor, row_mask: torch.Tensor) -> int | None:
+    bad = ~torch.isfinite(rows) & row_mask
+    return int(bad.nonzero()[0, 0]) if bool(bad.any()) else None
+
+
+def _explain_bad_row(name: str, z: torch.Tensor, pos: int, targets: TopDTargets, temperature: float,
+                     dtype: torch.dtype) -> ValueError:
+    """Why the loss of row ``pos`` (its logits: z) is not finite, as a true message."""
+    row = targets.rows(torch.tensor([pos], device=z.device))
+    where = f"at flattened position {pos}"
+    if bool(torch.isnan(z).any()):
+        return ValueError(f"{name} contains NaN ({where})")
+    if bool((z == float("inf")).any()):
+        return ValueError(f"{name} contains +inf ({where})")
+    at_teacher = z[row.indices[0]] == float("-inf")
+    if bool(at_teacher.any()):
+        tok = int(row.indices[0][at_teacher][0])
+        return ValueError(
+            f"{name} is -inf at teacher token {tok} ({where}): the teacher puts mass on a token "
+            "the student rules out, so the KL is infinite (-inf is allowed only where the "
+            "teacher has no entry)"
+        )
+    if row.labels is not None and int(row.labels[0]) >= 0 and bool(z[int(row.labels[0])] == float("-inf")):
+        return ValueError(f"{name} is -inf at the CE label {int(row.labels[0])} ({where})")
+    zt = z.double() / temperature
+    return ValueError(
+        f"the loss {where} overflows {dtype}: {name} / temperature spans "
+        f"[{float(zt.min()):.3g}, {float(zt.max()):.3g}], too wide for {dtype}; scale the "
+        "logits down or pass float64"
+    )
+
+
 def _targets_for(
     lead_shape: torch.Size,
     vocab: int,
     device: torch.device,
+    student_dtype: torch.dtype,
     teacher_indices,
     teacher_logprobs,
     *,
@@ -144,7 +184,8 @@ def _targets_for(
         student=torch.empty(0, device=device), teacher_indices=teacher_indices,
         teacher_logprobs=teacher_logprobs, mask=mask, labels=labels,
     )
-    idx = teacher_indices.reshape(n, d)
+    # int64 before any comparison: an int16 / uint8 tensor compared with V would wrap V
+    idx = teacher_indices.reshape(n, d).long()
     lp = teacher_logprobs.reshape(n, d)
     out_of_range = ((idx < 0) | (idx >= vocab)).any(dim=-1) & row_mask
     if bool(out_of_range.any()):
@@ -163,7 +204,7 @@ def _targets_for(
         )
     flat_labels = None
     if labels is not None and ce_weight > 0:
-        flat_labels = labels.reshape(n)
+        flat_labels = labels.reshape(n).long()
         bad = ((flat_labels < 0) | (flat_labels >= vocab)) & (flat_labels != IGNORE_INDEX) & row_mask
         if bool(bad.any()):
             pos = int(bad.nonzero()[0, 0])
@@ -172,7 +213,8 @@ def _targets_for(
                 f"a token id in [0, {vocab}) or {IGNORE_INDEX} (ignored)"
             )
     return prepare_targets(
-        idx, lp, tail=tail, row_mask=row_mask, labels=flat_labels, ce_weight=ce_weight
+        idx, lp, tail=tail, row_mask=row_mask, labels=flat_labels, ce_weight=ce_weight,
+        raw_dtype=compute_dtype(student_dtype),
     )
 
 
@@ -186,17 +228,36 @@ def _grad_scale(reduction: str, count: int) -> float:
     return 1.0 / count if (reduction == "mean" and count > 0) else 1.0
 
 
+def _wants_grad(*tensors) -> bool:
+    """Whether autograd will ask for a gradient of any of these (False under no_grad)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def _is_one(grad_output: torch.Tensor) -> bool:
-    """True for the usual `loss.backward()` seed on CPU, where rescaling the saved [N, V]
-    gradient by 1 would be a wasted full pass (on a GPU the check would cost a sync)."""
-    return grad_output.device.type == "cpu" and grad_output.numel() == 1 and grad_output.item() == 1.0
+    """True for the usual `loss.backward()` seed: the saved gradient is returned as it is
+    (no [N, V] rescaling pass, no copy). On a GPU the check costs one sync per backward."""
+    return grad_output.numel() == 1 and bool(grad_output == 1)
+
+
+def _scaled(grad: torch.Tensor | None, factor: torch.Tensor) -> torch.Tensor | None:
+    """grad * factor as a new tensor: the saved gradient is never modified, so a second
+    backward (retain_graph, autograd.grad twice, jacobian) sees it unchanged."""
+    return None if grad is None else grad * factor.to(grad.dtype)
 
 
 def _reduce(rows: torch.Tensor, reduction: str, scale: float, lead_shape) -> torch.Tensor:
+    """Reduces in float64 (a float32 running sum of large rows would overflow) and checks
+    that the result fits the loss dtype."""
     if reduction == "none":
         return rows.reshape(lead_shape)
-    total = rows.sum()
-    return total * scale if reduction == "mean" else total
+    total = rows.sum(dtype=torch.float64)
+    out = (total * scale if reduction == "mean" else total).to(rows.dtype)
+    if not bool(torch.isfinite(out)):
+        raise ValueError(
+            f"the {reduction} of the per-position losses ({float(total):.3g}) overflows {rows.dtype}; "
+            "use reduction='mean' or float64 inputs"
+        )
+    return out
 
 
 def _check_linear(hidden, weight, bias) -> tuple[int, int]:
@@ -297,18 +358,39 @@ def fused_linear_select_topd(
 # --------------------------------------------------------------------------- topd_kl_loss
 
 
+def _check_rows(rows, targets, name, logits_of_row, temperature, dtype) -> None:
+    """Raises a ValueError saying why, when an unmasked row's loss is not finite."""
+    pos = _first_bad_row(rows, targets.row_mask)
+    if pos is not None:
+        raise _explain_bad_row(name, logits_of_row(pos), pos, targets, temperature, dtype)
+
+
 class _TopDKLFunction(torch.autograd.Function):
-    """Loss and gradient in one kernel call; backward only rescales the saved gradient."""
+    """Loss and gradient in one kernel call; backward only scales the saved gradient."""
 
     @staticmethod
-    def forward(ctx, logits, targets: TopDTargets, temperature, reduction, impl, lead_shape):
+    def forward(ctx, logits, targets: TopDTargets, temperature, reduction, impl, lead_shape, inplace):
         count = int(targets.row_mask.sum())
         scale = _grad_scale(reduction, count)
-        grad = torch.empty_like(logits) if logits.requires_grad else None
-        rows = impl.topd_kl(logits, targets, temperature, scale, grad)
-        _check_finite_rows(rows, targets.row_mask, "student_logits")
+        if inplace:
+            rows = impl.topd_kl(logits, targets, temperature, scale, logits)
+            # any graph that saved these logits now fails loudly instead of reading a gradient
+            torch.autograd.graph.increment_version(logits)
+            pos = _first_bad_row(rows, targets.row_mask)
+            if pos is not None:
+                raise ValueError(
+                    f"student_logits gives a non-finite loss at flattened position {pos} (NaN or "
+                    "+inf logits, -inf at a teacher index or the CE label, or a loss too large "
+                    "for its dtype); with inplace_backward=True the logits were overwritten, so "
+                    "call again without it for the exact cause"
+                )
+            ctx.save_for_backward(logits)  # saved after the bump: unpacks cleanly
+        else:
+            grad = torch.empty_like(logits)
+            rows = impl.topd_kl(logits, targets, temperature, scale, grad)
+            _check_rows(rows, targets, "student_logits", lambda p: logits[p], temperature, rows.dtype)
+            ctx.save_for_backward(grad)
         ctx.reduction = reduction
-        ctx.save_for_backward(grad)
         return _reduce(rows, reduction, scale, lead_shape)
 
     @staticmethod
@@ -316,10 +398,10 @@ class _TopDKLFunction(torch.autograd.Function):
     def backward(ctx, grad_output):
         (grad,) = ctx.saved_tensors
         if ctx.reduction == "none":
-            grad.mul_(grad_output.reshape(-1, 1).to(grad.dtype))
+            grad = _scaled(grad, grad_output.reshape(-1, 1))
         elif not _is_one(grad_output):
-            grad.mul_(grad_output.to(grad.dtype))
-        return grad, None, None, None, None, None
+            grad = _scaled(grad, grad_output)
+        return grad, None, None, None, None, None, None
 
 
 def topd_kl_loss(
@@ -334,14 +416,30 @@ def topd_kl_loss(
     labels: torch.Tensor | None = None,
     ce_weight: float = 0.0,
     backend: str = "auto",
+    inplace_backward: bool = False,
 ) -> torch.Tensor:
     """Forward KL(teacher || student) on the teacher's top-d support.
 
-    student_logits: (..., V), differentiable. teacher_indices / teacher_logprobs: (..., d)
-    from ``select_topd`` at the temperature you distil at (used as given). ``temperature``
-    divides the student logits (the CE term sees the same tempered logits). ``mask``
-    (bool, leading dims; False = ignored). "mean" averages over unmasked positions; with
-    every position masked the loss is 0 with zero gradients. Returns a float32 tensor.
+    student_logits: (..., V), differentiable; -inf entries (vocabulary masking) are allowed
+    where the teacher has no entry. teacher_indices (any integer dtype) / teacher_logprobs:
+    (..., d) from ``select_topd`` at the temperature you distil at (used as given).
+    ``temperature`` divides the student logits (the CE term sees the same tempered logits).
+    ``mask`` (bool, leading dims; False = ignored).
+
+    Normalisation: "mean" divides the sum over unmasked positions by their number, for the
+    KL *and* the CE term. The CE part is therefore
+    ``ce_weight * F.cross_entropy(z, labels, reduction="sum") / n_unmasked`` (z = logits / T,
+    labels of -100 add nothing but still count in n_unmasked), not ``F.cross_entropy``'s
+    own mean over the labelled positions; multiply by n_unmasked / n_labelled to get that.
+    With every position masked the loss is 0 with zero gradients. Returns float64 for
+    float64 logits, else float32.
+
+    ``inplace_backward=True`` writes the gradient into the logits' own storage instead of a
+    new [N, V] buffer (no extra memory, no first-touch page faults): use it when the logits
+    are a temporary (an lm_head output) that nothing reads afterwards. Their version counter
+    is bumped, so autograd raises instead of computing wrong gradients if some other op saved
+    them. A row with a non-finite loss still raises ValueError, but by then the logits are
+    overwritten and the message cannot say which cause it was.
     """
     _check_float("student_logits", student_logits)
     if student_logits.dim() < 2:
@@ -353,32 +451,44 @@ def topd_kl_loss(
     vocab = student_logits.shape[-1]
     lead = student_logits.shape[:-1]
     targets = _targets_for(
-        lead, vocab, student_logits.device, teacher_indices, teacher_logprobs,
-        tail=tail, mask=mask, labels=labels, ce_weight=ce_weight,
+        lead, vocab, student_logits.device, student_logits.dtype, teacher_indices,
+        teacher_logprobs, tail=tail, mask=mask, labels=labels, ce_weight=ce_weight,
     )
     impl = resolve_backend(backend, student_logits.device)
     flat = student_logits.reshape(-1, vocab)
     if not flat.is_contiguous():
         flat = flat.contiguous()
-    return _TopDKLFunction.apply(flat, targets, temperature, reduction, impl, lead)
+    if _wants_grad(student_logits):
+        return _TopDKLFunction.apply(flat, targets, temperature, reduction, impl, lead,
+                                     bool(inplace_backward))
+    # No autograd: the loss only, no [N, V] gradient buffer and no gradient pass.
+    flat = flat.detach()
+    scale = _grad_scale(reduction, int(targets.row_mask.sum()))
+    rows = impl.topd_kl(flat, targets, temperature, scale, None)
+    _check_rows(rows, targets, "student_logits", lambda p: flat[p], temperature, rows.dtype)
+    return _reduce(rows, reduction, scale, lead)
 
 
 # ------------------------------------------------------------------ fused linear + topd KL
+
+_FUSED_NAME = "hidden @ weight.T (the student logits)"
 
 
 def _fused_sweep(hidden, weight, bias, targets, temperature, impl, step, scale, row_scale, needs):
     """One sweep over the unmasked rows: loss per row and, if asked, the gradients.
 
     Each chunk's logits buffer is overwritten in place with its gradient, then turned into
-    grad_hidden (dZ W) and, only when the head is trainable, grad_weight (dZ^T X, fp32).
+    grad_hidden (dZ W) and, only when the head is trainable, grad_weight (dZ^T X, in the
+    compute dtype: float32, or float64 for float64 inputs).
     """
     need_h, need_w, need_b = needs
     n = hidden.shape[0]
+    acc = compute_dtype(hidden.dtype)
     rows = targets.row_mask.nonzero().squeeze(1)
-    loss = torch.zeros(n, dtype=torch.float32, device=hidden.device)
+    loss = torch.zeros(n, dtype=acc, device=hidden.device)
     grad_h = torch.zeros_like(hidden) if need_h else None
-    grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-    grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
+    grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+    grad_b = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b else None
     any_grad = need_h or need_w or need_b
     for s in range(0, rows.numel(), step):
         r = rows[s : s + step]
@@ -395,20 +505,22 @@ def _fused_sweep(hidden, weight, bias, targets, temperature, impl, step, scale, 
         if need_w:
             grad_w.add_(logits.t() @ x)
         if need_b:
-            grad_b.add_(logits.sum(0, dtype=torch.float32))
+            grad_b.add_(logits.sum(0, dtype=acc))
     return loss, grad_h, grad_w, grad_b
+
+
+def _fused_check(loss, targets, hidden, weight, bias, temperature):
+    def logits_of_row(p):
+        return F.linear(hidden[p : p + 1], weight, bias)[0]
+
+    _check_rows(loss, targets, _FUSED_NAME, logits_of_row, temperature, loss.dtype)
 
 
 class _FusedLinearTopDKLFunction(torch.autograd.Function):
     """mean/sum: gradients computed in the forward sweep. none: recomputed in backward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, temperature, reduction, impl, step, lead):
-        needs = (
-            hidden.requires_grad,
-            weight.requires_grad,
-            bias is not None and bias.requires_grad,
-        )
+    def forward(ctx, hidden, weight, bias, targets, temperature, reduction, impl, step, lead, needs):
         count = int(targets.row_mask.sum())
         scale = _grad_scale(reduction, count)
         eager = reduction != "none"
@@ -419,12 +531,14 @@ class _FusedLinearTopDKLFunction(torch.autograd.Function):
             hidden_d, weight_d, bias_d, targets, temperature, impl, step, scale, None,
             needs if eager else (False, False, False),
         )
-        _check_finite_rows(loss, targets.row_mask, "hidden @ weight.T (the student logits)")
+        _fused_check(loss, targets, hidden_d, weight_d, bias_d, temperature)
         ctx.reduction = reduction
         ctx.needs = needs
         ctx.param_dtype = weight.dtype
         if eager:
-            ctx.grads = (gh, gw, gb)
+            # saved tensors (not ctx attributes): released after a backward without
+            # retain_graph, so AccumulateGrad can take them over without a copy
+            ctx.save_for_backward(gh, gw, gb)
         else:
             ctx.recompute = (hidden_d, weight_d, bias_d, targets, temperature, impl, step)
         return _reduce(loss, reduction, scale, lead)
@@ -436,17 +550,15 @@ class _FusedLinearTopDKLFunction(torch.autograd.Function):
             hidden, weight, bias, targets, temperature, impl, step = ctx.recompute
             _, gh, gw, gb = _fused_sweep(
                 hidden, weight, bias, targets, temperature, impl, step, 1.0,
-                grad_output.reshape(-1).float(), ctx.needs,
+                grad_output.reshape(-1), ctx.needs,
             )
         else:
-            gh, gw, gb = ctx.grads
-            g = grad_output.float()
-            gh = None if gh is None else gh.mul_(g.to(gh.dtype))
-            gw = None if gw is None else gw.mul_(g)
-            gb = None if gb is None else gb.mul_(g)
+            gh, gw, gb = ctx.saved_tensors
+            if not _is_one(grad_output):
+                gh, gw, gb = (_scaled(t, grad_output) for t in (gh, gw, gb))
         gw = None if gw is None else gw.to(ctx.param_dtype)
         gb = None if gb is None else gb.to(ctx.param_dtype)
-        return gh, gw, gb, None, None, None, None, None, None
+        return gh, gw, gb, None, None, None, None, None, None, None
 
 
 def fused_linear_topd_kl_loss(
@@ -469,19 +581,31 @@ def fused_linear_topd_kl_loss(
 
     hidden: (..., H), weight: (V, H). Differentiable with respect to ``hidden``, and to
     ``weight`` / ``bias`` only when they require grad: a frozen head (QLoRA) costs no V x H
-    gradient buffer and no weight-gradient FLOPs. Masked positions are skipped entirely.
+    gradient buffer and no weight-gradient FLOPs, and under ``torch.no_grad`` nothing but
+    the loss is computed. Masked positions are skipped entirely. The CE term is normalised
+    as in ``topd_kl_loss`` (over unmasked positions, not over labelled ones).
     """
     vocab, width = _check_linear(hidden, weight, bias)
     reduction = _check_reduction(reduction)
     temperature = _check_temperature(temperature)
     lead = hidden.shape[:-1]
     targets = _targets_for(
-        lead, vocab, hidden.device, teacher_indices, teacher_logprobs,
+        lead, vocab, hidden.device, hidden.dtype, teacher_indices, teacher_logprobs,
         tail=tail, mask=mask, labels=labels, ce_weight=ce_weight,
     )
     impl = resolve_backend(backend, hidden.device)
     flat = hidden.reshape(-1, width)
     step = _chunk_rows(chunk_size, int(targets.row_mask.sum()), vocab, hidden.dtype, hidden.device)
-    return _FusedLinearTopDKLFunction.apply(
-        flat, weight, bias, targets, temperature, reduction, impl, step, lead
-    )
+    needs = tuple(_wants_grad(t) for t in (hidden, weight, bias))
+    if any(needs):
+        return _FusedLinearTopDKLFunction.apply(
+            flat, weight, bias, targets, temperature, reduction, impl, step, lead, needs
+        )
+    # No autograd: one loss-only sweep, no gradient buffers.
+    flat, weight = flat.detach(), weight.detach()
+    bias = None if bias is None else bias.detach()
+    scale = _grad_scale(reduction, int(targets.row_mask.sum()))
+    loss, _, _, _ = _fused_sweep(flat, weight, bias, targets, temperature, impl, step, scale,
+                                 None, (False, False, False))
+    _fused_check(loss, targets, flat, weight, bias, temperature)
+    return _reduce(loss, reduction, scale, lead)

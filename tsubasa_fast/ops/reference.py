@@ -11,13 +11,22 @@ vocabulary, S = the teacher's d entries (idx_j, lp_j). Per-position loss:
 * tail="none":   w = exp(lp) (raw),                    L = sum_j w_j (lp_j - log q_idx_j)
 * tail="bucket": "none" plus a rest-of-vocabulary category on both sides,
   L += P_tail log(P_tail / Q_tail), P_tail = max(1 - sum_j w_j, 0),
-  Q_tail = max(1 - sum_{v in set(idx)} q_v, TAIL_EPS) (each distinct index counted once).
+  Q_tail = max(sum_{v not in set(idx)} q_v, TAIL_EPS): the student's mass outside the set,
+  summed from the exps outside the set (log-sum-exp in log space), never as 1 - Q_set, which
+  cancels in float32 once the student is confident on the set.
 * ce_weight > 0 adds ce_weight * (-log q_label) where label != IGNORE_INDEX.
+
+log q is computed as (z - max) - log sum exp(z - max), so logits of any finite
+magnitude give the right answer while it is representable. Student logits of -inf are
+allowed (vocabulary masking): they get q = 0 and a zero gradient; at a teacher index or at
+the CE label they make the loss +inf (the caller rejects that).
 
 Duplicate teacher indices are separate entries: their terms (and gradients) add up.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -78,9 +87,12 @@ def topd_kl(
     if tail not in TAIL_MODES:
         raise ValueError(f"tail must be one of {TAIL_MODES}, got {tail!r}")
     z = student_logits.to(compute_dtype(student_logits.dtype)) / temperature
-    lse = torch.logsumexp(z, dim=-1, keepdim=True)
+    # log q = (z - m) - log sum exp(z - m): exact for logits of any finite size (torch's
+    # log_softmax is the same formula but sums the exps less accurately in float32)
+    shifted = z - z.detach().amax(dim=-1, keepdim=True)  # invariant to the shift: no grad
+    log_s = torch.logsumexp(shifted, dim=-1, keepdim=True)
     idx = teacher_indices.long()
-    log_q = z.gather(-1, idx) - lse
+    log_q = shifted.gather(-1, idx) - log_s
     lp = teacher_logprobs.to(z.dtype)
     if tail == "renorm":
         log_w = lp - torch.logsumexp(lp, dim=-1, keepdim=True)
@@ -89,15 +101,25 @@ def topd_kl(
         w = lp.exp()
         loss = (w * (lp - log_q)).sum(-1)
         if tail == "bucket":
-            q_set = (log_q.exp() * first_occurrence(idx)).sum(-1)
-            q_tail = (1.0 - q_set).clamp_min(TAIL_EPS)
             p_tail = (1.0 - w.sum(-1)).clamp_min(0.0)
-            loss = loss + torch.xlogy(p_tail, p_tail) - p_tail * q_tail.log()
+            log_q_rest = log_rest_mass(shifted, idx) - log_s.squeeze(-1)
+            log_q_tail = log_q_rest.clamp_min(math.log(TAIL_EPS))
+            loss = loss + torch.xlogy(p_tail, p_tail) - p_tail * log_q_tail
     if ce_weight:
         if labels is None:
             raise ValueError("labels is required when ce_weight > 0")
         use = labels != IGNORE_INDEX
-        z_label = z.gather(-1, labels.long().clamp_min(0).unsqueeze(-1))
-        ce = (lse - z_label).squeeze(-1)
+        ce = (log_s - shifted.gather(-1, labels.long().clamp_min(0).unsqueeze(-1))).squeeze(-1)
         loss = loss + ce_weight * torch.where(use, ce, torch.zeros_like(ce))
     return loss
+
+
+def log_rest_mass(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """log sum_{v not in set(idx)} exp(x_v) per row: the sum runs over the entries outside
+    the set (with x = log q it is log Q_rest). -inf where nothing is left outside the set
+    (then with a zero, not NaN, gradient)."""
+    in_set = torch.zeros_like(x, dtype=torch.bool).scatter_(-1, idx, True)
+    rest = x.masked_fill(in_set, float("-inf"))
+    empty = ~torch.isfinite(rest).any(dim=-1)
+    out = torch.logsumexp(rest.masked_fill(empty.unsqueeze(-1), 0.0), dim=-1)
+    return out.masked_fill(empty, float("-inf"))

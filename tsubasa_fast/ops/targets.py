@@ -1,17 +1,24 @@
 """Teacher top-d targets prepared for the kernels (small [N, d] tensors, cheap to build).
 
 The kernels never see the tail mode: every mode reduces to per-entry weights w_j and a few
-per-row constants, so one kernel serves all three (formulas in ``reference.py``):
+per-row constants, so one kernel serves all three (formulas in ``reference.py``). With
+z = logits / T, m = max_v z_v, s = sum_v exp(z_v - m) and log q_v = (z_v - m) - log s:
 
-    loss_n = const_n - sum_j w_j (z_idx_j - lse) + tail_n + ce_weight * (lse - z_label)
-    tail_n = -p_tail * log(max(1 - Q_S, TAIL_EPS)),  Q_S = sum_{j: first_j} q_idx_j  (bucket only)
-    dL/dz_v = (wsum + ce + tail_coef) * q_v - sum_{j: idx_j = v} w_j
-              + [bucket, Q_tail > TAIL_EPS] (p_tail / Q_tail) * q_v * [v in set(idx)]
-              - ce_weight * [v = label]
-    tail_coef = -(p_tail / Q_tail) * Q_S when the tail is active, else 0
+    loss_n = const_n - sum_j w_j log q_idx_j + tail_n + ce_weight * (-log q_label)
+    tail_n = -p_tail * max(log Q_rest, log TAIL_EPS)                 (bucket only)
+    Q_rest = sum_{v not in set(idx)} q_v, from the exps outside the set (never 1 - Q_set)
 
-where z = logits / T and the gradient with respect to the logits is dL/dz / T. A label < 0
-means "no CE term at this row". Masked rows (row_mask False) have loss 0 and gradient 0.
+Gradient, with base = wsum + ce_weight [label >= 0] + p_tail [tail active] and
+ratio = p_tail / Q_rest [tail active] (active: bucket, p_tail > 0, Q_rest > TAIL_EPS):
+
+    dL/dz_v = (base - ratio) q_v                                   v not in set(idx)
+    dL/dz_v = base q_v - sum_{j: idx_j = v} w_j                     v in set(idx)
+              - ce_weight [v = label]                               (both cases)
+
+The in-set values are computed whole (not as a dense value plus a correction) so the large
+ratio never cancels against itself. The gradient with respect to the logits is dL/dz / T.
+A label < 0 means "no CE term at this row". Masked rows (row_mask False) have loss 0 and
+gradient 0.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ class TopDTargets:
     """Teacher entries for N rows, in raw form (for the reference) and kernel form."""
 
     indices: torch.Tensor  # int64 [N, d]
-    logprobs: torch.Tensor  # float32 [N, d], as given by the user
+    logprobs: torch.Tensor  # [N, d] as given, float32 (float64 for float64 students)
     tail: str
     weights: torch.Tensor  # float32 [N, d]
     const: torch.Tensor  # float32 [N]: sum_j w_j log w_j (+ P_tail log P_tail)
@@ -72,8 +79,12 @@ def prepare_targets(
     row_mask: torch.Tensor,
     labels: torch.Tensor | None = None,
     ce_weight: float = 0.0,
+    raw_dtype: torch.dtype = torch.float32,
 ) -> TopDTargets:
-    """Builds kernel-ready targets from validated [N, d] teacher entries."""
+    """Builds kernel-ready targets from validated [N, d] teacher entries.
+
+    The kernel form (weights, const, ...) is float32; ``raw_dtype`` keeps the raw log-probs
+    in float64 for a float64 student, so the torch path computes all of it in float64."""
     if tail not in TAIL_MODES:
         raise ValueError(f"tail must be one of {TAIL_MODES}, got {tail!r}")
     idx = indices.long().contiguous()
@@ -95,7 +106,7 @@ def prepare_targets(
         ce_labels = labels.long().masked_fill(labels == IGNORE_INDEX, -1).contiguous()
     return TopDTargets(
         indices=idx,
-        logprobs=lp,
+        logprobs=logprobs.to(raw_dtype).contiguous(),
         tail=tail,
         weights=w.contiguous(),
         const=const.contiguous(),

@@ -43,7 +43,7 @@ def topd_kl(
     grad_scale: float,
     grad_out: torch.Tensor | None,
 ) -> torch.Tensor:
-    loss = torch.zeros(logits.shape[0], dtype=torch.float32, device=logits.device)
+    loss = torch.zeros(logits.shape[0], dtype=reference.compute_dtype(logits.dtype), device=logits.device)
     rows = targets.row_mask.nonzero().squeeze(1)
     if grad_out is not None:
         # Masked rows get a zero gradient (grad_out may alias logits: zero them first,
@@ -65,7 +65,9 @@ def topd_kl(
             if grad_out is not None:
                 (g,) = torch.autograd.grad(rows_loss.sum(), x)
                 grad_out.index_copy_(0, r, (g * grad_scale).to(grad_out.dtype))
-        # Same contract as the kernels: a NaN or inf anywhere in a row makes its loss NaN.
-        rows_loss = rows_loss.detach().float().masked_fill(~torch.isfinite(x).all(-1), float("nan"))
+        # Same contract as the kernels: a NaN or +inf anywhere in a row makes its loss NaN
+        # (-inf logits are allowed; at a teacher index they make the loss +inf by themselves).
+        bad = (torch.isnan(x) | (x == float("inf"))).any(-1)
+        rows_loss = rows_loss.detach().to(loss.dtype).masked_fill(bad, float("nan"))
         loss.index_copy_(0, r, rows_loss)
     return loss

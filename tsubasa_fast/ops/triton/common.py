@@ -38,15 +38,12 @@ def lse_step(x, valid, m, s, check):
 
 
 @triton.jit
-def online_lse(row_ptr, V, inv_temp, BLOCK_V: tl.constexpr):
-    """log-sum-exp of row / T in one sweep; NaN when the row holds a NaN or inf logit."""
-    offs = tl.arange(0, BLOCK_V)
-    m = -float("inf")
-    s = 0.0
-    check = 0.0
-    for start in range(0, V, BLOCK_V):
-        cols = start + offs
-        valid = cols < V
-        x = tl.load(row_ptr + cols, mask=valid, other=-float("inf")).to(tl.float32) * inv_temp
-        m, s, check = lse_step(x, valid, m, s, check)
-    return m + tl.log(s) + check
+def masked_lse_step(x, x_sum, m, s, check):
+    """As lse_step, but -inf logits are allowed (they add nothing) and the sum runs over
+    x_sum (x with some entries set to -inf) while the max runs over x. check turns NaN on a
+    NaN or +inf logit only. A row that is -inf so far keeps m = -inf and s = 0 (no NaN)."""
+    check += tl.sum(tl.where(x == -float("inf"), 0.0, x) * 0.0, 0)
+    new_m = tl.maximum(m, tl.max(x, 0))
+    safe = tl.where(new_m == -float("inf"), 0.0, new_m)
+    s = s * tl.exp(m - safe) + tl.sum(tl.exp(x_sum - safe), 0)
+    return new_m, s, check
