@@ -19,8 +19,8 @@ def register(subparsers) -> None:
         description="Per conversation: build the memory (raw utterances, the dataset's observations, or "
                     "the evolved store for rag-evolved and tsubasa), for tsubasa synthesise QA and distil one "
                     "adapter, then "
-                    "answer the dataset's questions from the top-k memories of both speakers (hybrid "
-                    "retrieval) and score them. Categories: 1 multi-hop, 2 temporal, 3 open-domain, "
+                    "answer the dataset's questions from the top-k memories of both speakers (ranked "
+                    "in one pool) and score them. Categories: 1 multi-hop, 2 temporal, 3 open-domain, "
                     "4 single-hop (overall), 5 adversarial (separately).")
     p.add_argument("--locomo", required=True, type=Path, help="LoCoMo JSON file (locomo10.json format)")
     p.add_argument("--conversation", nargs="+", metavar="ID", help="sample ids (default: all)")

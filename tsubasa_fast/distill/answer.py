@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..llm import ChatLM
+from ..memory.retrieval import DEFAULT_MODE
 from .grounding import memory_retriever
 from .prompts import student_messages
 from .student import AdapterMismatchError, Student, StudentConfig, adapter_meta
@@ -18,7 +19,7 @@ from .student import AdapterMismatchError, Student, StudentConfig, adapter_meta
 @dataclass
 class AnswerConfig:
     k: int = 3
-    retrieval: str = "hybrid"
+    retrieval: str = DEFAULT_MODE  # the best measured (benchmarks/README.md)
     grounding: bool = True  # False: the question alone
     max_new_tokens: int = 32
 

@@ -16,8 +16,8 @@ Methods:
 run with seeds ``seed, seed + 1, ...`` and reports the mean, the standard deviation and each
 seed's overall scores.
 
-Retrieval is hybrid over both speakers' stores, merged by score (as the retrieval evaluation
-does). Scores come from :mod:`.metrics`; category 5 is scored with the adversarial rule and
+Retrieval is the retrieval evaluation's default: both speakers' memories ranked in one pool
+(``memory.retrieval.search_conversation``). Scores come from :mod:`.metrics`; category 5 is scored with the adversarial rule and
 reported separately. Everything is written under ``work_dir`` for inspection.
 """
 
@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import InputError, StageError
+from ..memory.retrieval import DEFAULT_MODE
 from ..progress import progress_bar
 from .metrics import CATEGORY_NAMES, adversarial_correct, aggregate_scores, score_answer
 
@@ -57,7 +58,7 @@ class QAEvalConfig:
     device: str | None = None
     load_in_4bit: bool | None = None
     embedder: str = "minilm"
-    retrieval: str = "hybrid"
+    retrieval: str = DEFAULT_MODE  # the best measured (benchmarks/README.md)
     limit: int | None = None  # answer only the first N questions per conversation
     max_new_tokens: int = 32
     date_in_prompt: bool = True  # prefix undated memories with their session date in the prompt
@@ -232,8 +233,8 @@ class QAEvaluator:
     def _run_seed(self, conversations, seed: int, root: Path, judge):
         from ..distill.prompts import student_messages
         from ..llm import ChatLM
-        from ..memory.locomo import count_tokens, merged_search
-        from ..memory.retrieval import Retriever
+        from ..memory.locomo import count_tokens
+        from ..memory.retrieval import Retriever, search_conversation
 
         c = self.config
         rows: list[dict] = []
@@ -248,7 +249,7 @@ class QAEvaluator:
                 search = Retriever(store, c.retrieval)
 
                 def retrieve(question: str, _conv=conv, _search=search) -> list[str]:
-                    return [self._dated(_conv, h) for h in merged_search(_search, _conv, question, c.k)]
+                    return [self._dated(_conv, h) for h in search_conversation(_search, _conv, question, c.k)]
 
                 info = {"memory": {**stats.as_dict(), "live_records": store.count()}, "seed": seed}
                 if c.method == "tsubasa":
@@ -311,7 +312,7 @@ class QAEvaluator:
             "'not mentioned' (its question gets the hint:" + ADVERSARIAL_HINT + ")",
             (f"closed book: no memories in the answer prompt (the question alone); {c.method} model"
              if c.closed_book else
-             f"retrieval: {c.retrieval}, top-{c.k} over both speakers' stores merged by score"
+             f"retrieval: {c.retrieval}, top-{c.k} over both speakers' memories ranked in one pool"
              + ("; memories without a date get their session's date in the prompt" if c.date_in_prompt else "")),
             "f1: Mem0-style set token F1; f1_stemmed: LoCoMo's stemmed F1; bleu1: sentence BLEU-1",
         ]
