@@ -7,11 +7,20 @@ import inspect
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Qwen3ForCausalLM
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    Qwen3ForCausalLM,
+)
 
 from tsubasa_fast import select_topd
 from tsubasa_fast.distill.data import collate, encode
-from tsubasa_fast.integrations import SUPPORTED_MODEL_TYPES, apply_topd_kl, remove_topd_kl
+from tsubasa_fast.integrations import (
+    SUPPORTED_MODEL_TYPES,
+    apply_topd_kl,
+    remove_topd_kl,
+)
 from tsubasa_fast.ops import reference
 
 D = 8
@@ -169,6 +178,8 @@ def test_reductions_and_num_items_in_batch():
         rows = model(**inputs, **teacher, reduction="none").loss
         total = model(**inputs, **teacher).loss
         per_item = model(**inputs, **teacher, reduction="mean", num_items_in_batch=torch.tensor(40)).loss
+        as_tuple = model(**inputs, **teacher, return_dict=False)
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == 1 and torch.equal(as_tuple[0], total)
     want_rows = reference_loss(logits, idx, lp, batch["target_mask"], reduction="none")
     assert rows.shape == (2, 12) and rel_err(rows, want_rows) < REL
     assert bool((rows[~batch["target_mask"]] == 0).all())
