@@ -70,6 +70,8 @@ class SynthConfig:
                                         # in the context (0 turns it off); catches invented answers
                                         # the same small model then "confirms" when re-asked
     check_answerable: bool = True       # filter (b) on/off (needs an LLM)
+    check_well_formed: bool = True      # the malformed-pair check (pair_check); off only for ablations
+                                        # and pipeline tests on random models (reported as skipped)
     strip_question_words: bool = True   # filter (b): also score the re-answer without question words
     max_new_tokens: int = 80            # generation limit for writing pairs
     answer_max_new_tokens: int = 24     # generation limit for the answerability re-ask
@@ -648,6 +650,7 @@ def synthesize(store: MemoryStore, user: str, chat: ChatFn | None, config: Synth
         "dropped": {"too_long": 0, "ungrounded": 0, "conversation_time": 0, "duplicate": 0,
                     "unanswerable": 0, "answer_check_error": 0, "malformed": 0},
         "malformed_rules": dict.fromkeys(PAIR_RULES, 0),
+        "well_formed_check": "on" if cfg.check_well_formed else "skipped",
         "answerability": "llm" if check else "skipped", "answerability_skipped": 0,
         "answer_f1_mean": None, "config": asdict(cfg),
         "dropped_examples": {k: [] for k in ("too_long", "ungrounded", "conversation_time", "duplicate",
@@ -700,7 +703,8 @@ def synthesize(store: MemoryStore, user: str, chat: ChatFn | None, config: Synth
                 if not qnorm or qnorm in seen:
                     drop("duplicate", question, answer)
                     continue
-                problems = pair_problems(question, answer, context, user, max_words=cfg.max_answer_words)
+                problems = (pair_problems(question, answer, context, user, max_words=cfg.max_answer_words)
+                            if cfg.check_well_formed else [])
                 if problems:
                     for rule in problems:
                         report["malformed_rules"][rule] += 1
