@@ -180,7 +180,7 @@ _MANAGER_SYSTEM = (
 MANAGER_TEXT_CHARS = 400  # the longest UPDATE / RECONCILE text the grammar lets the model write
 
 
-def manager_schema(n_memories: int) -> dict:
+def manager_schema(n_memories: int, max_text_chars: int = MANAGER_TEXT_CHARS) -> dict:
     """JSON schema of one decision over ``n_memories`` numbered candidates (the grammar of the LLM manager).
 
     ADD carries no target and no text (the observation is stored as is); UPDATE / RECONCILE name a
@@ -198,7 +198,7 @@ def manager_schema(n_memories: int) -> dict:
     return {"anyOf": [
         choice({"const": "ADD"}, {"type": "null"}, empty),
         choice({"enum": ["UPDATE", "RECONCILE"]}, target,
-               {"type": "string", "pattern": '^[^"\\\\\\n]{8,%d}$' % MANAGER_TEXT_CHARS}),
+               {"type": "string", "pattern": '^[^"\\\\\\n]{8,%d}$' % max_text_chars}),
         choice({"const": "IGNORE"}, {"anyOf": [target, {"type": "null"}]}, empty),
     ]}
 
@@ -210,17 +210,19 @@ class LLMManager:
     valid decision) or a plain ``messages -> str`` callable (validated; an invalid reply falls
     back to the rule manager). ``stats``: decisions per op, ``constrained`` / ``unconstrained``
     calls and ``fallback`` (replies that were invalid, or cut off by the token limit).
+    The token budget is ``max_text_chars`` + 48, so a reply can only be cut off if the model
+    spends more than one token per character of its text.
     """
 
     name = "llm"
 
     def __init__(self, chat: Callable[[list[dict]], str], top_s: int = 10,
-                 fallback: RuleManager | None = None, max_new_tokens: int = 160):
+                 fallback: RuleManager | None = None, max_text_chars: int = MANAGER_TEXT_CHARS):
         if top_s < 1:
             raise ValueError(f"top_s must be >= 1, got {top_s}")
-        if max_new_tokens < 16:
-            raise ValueError(f"max_new_tokens must be >= 16, got {max_new_tokens}")
-        self.chat, self.top_s, self.max_new_tokens = chat, top_s, max_new_tokens
+        if not 8 <= max_text_chars <= 4000:
+            raise ValueError(f"max_text_chars must be in 8..4000, got {max_text_chars}")
+        self.chat, self.top_s, self.max_text_chars = chat, top_s, max_text_chars
         self.fallback = fallback or RuleManager()
         self.stats: dict = {**{op: 0 for op in OPS}, "constrained": 0, "unconstrained": 0, "fallback": 0}
 
@@ -244,8 +246,8 @@ class LLMManager:
         try:
             if callable(getattr(self.chat, "structured", None)):
                 self.stats["constrained"] += 1
-                obj = self.chat.structured(messages, manager_schema(len(memories)),
-                                           max_new_tokens=self.max_new_tokens)
+                obj = self.chat.structured(messages, manager_schema(len(memories), self.max_text_chars),
+                                           max_new_tokens=self.max_text_chars + 48)
                 d = decision_from_reply(obj, memories)
             else:
                 self.stats["unconstrained"] += 1

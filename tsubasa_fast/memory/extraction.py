@@ -4,7 +4,7 @@ Per (session, target speaker) the LLM gets the session date and the numbered utt
 one worked example) and answers a JSON list ``[{"dia_id": ..., "text": ...}, ...]``. The reply
 is generated under the JSON schema of :func:`extraction_schema` (tsubasa_fast.structured), so
 it is valid by construction: 1-6 items, each ``dia_id`` one of the speaker's own turns, each
-``text`` a sentence of 12-160 characters that starts with the speaker's name (no id lists, no
+``text`` one sentence of at most 140 characters that starts with the speaker's name (no id lists, no
 fragments, no first person). Relative dates the model leaves in ("yesterday", "last year") are
 resolved against the session date; repeated texts are dropped (counted).
 
@@ -104,7 +104,8 @@ def extraction_schema(session: Session, speaker: str, max_items: int = MAX_ITEMS
     ids = [t.dia_id for t in session.turns if t.speaker == speaker]
     if not ids:
         raise ValueError(f"speaker {speaker!r} has no turn in session {session.number}")
-    lo, hi = max(1, MIN_CHARS - len(speaker) - 1), MAX_CHARS - len(speaker) - 1
+    # body lengths such that name + "'s " + body + "." stays within MIN_CHARS..MAX_CHARS
+    lo, hi = max(1, MIN_CHARS - len(speaker) - 2), MAX_CHARS - len(speaker) - 4
     pattern = "^" + re.escape(speaker) + "('s)? " + '[^."\\\\\\n]' + f"{{{lo},{hi}}}" + "[.]$"
     text = {"type": "string", "pattern": pattern}
     item = {"type": "object", "additionalProperties": False, "required": ["dia_id", "text"],
@@ -151,6 +152,8 @@ class ObservationExtractor:
             raise ValueError(f"max_items must be in 1..50, got {max_items}")
         self.chat, self.retries, self.name, self.max_items = chat, retries, name, max_items
         self.repetition_penalty = repetition_penalty
+        # room for the longest valid reply at one token per character (a real model needs ~1/4)
+        self.max_new_tokens = max_items * (MAX_CHARS + 24) + 8
         self.stats = {"sessions": 0, "observations": 0, "constrained": 0, "unconstrained": 0,
                       "retries": 0, "skipped": 0, "duplicates": 0}
 
@@ -171,7 +174,8 @@ class ObservationExtractor:
             try:
                 if self.constrained:
                     self.stats["constrained"] += 1
-                    items = self.chat.structured(messages, schema, repetition_penalty=self.repetition_penalty)
+                    items = self.chat.structured(messages, schema, max_new_tokens=self.max_new_tokens,
+                                                 repetition_penalty=self.repetition_penalty)
                 else:
                     self.stats["unconstrained"] += 1
                     reply = self.chat(messages)
