@@ -56,8 +56,9 @@ def test_random_model_output_is_schema_valid_greedy_sampled_and_batched(tiny):
     for obj in got:
         jsonschema.validate(obj, SCHEMA)
         assert re.fullmatch(r"Ann [a-z ]{2,20}", obj["name"])
-    facts = generate_batch(model, tok, [MSG, other], Fact, max_new_tokens=100)
-    assert all(isinstance(f, Fact) and f.op in ("ADD", "IGNORE") for f in facts)
+    fact, desc = generate_batch(model, tok, [MSG, other], [Fact, SCHEMA], max_new_tokens=200)  # one per row
+    assert isinstance(fact, Fact) and fact.op in ("ADD", "IGNORE") and len(fact.text) <= 30
+    jsonschema.validate(desc, SCHEMA)
 
 
 def test_bad_schemas_are_rejected_before_generation(tiny):
@@ -65,7 +66,9 @@ def test_bad_schemas_are_rejected_before_generation(tiny):
     with pytest.raises(SchemaError, match="schema: not a valid JSON schema"):
         generate(model, tok, MSG, {"type": "strnig"})
     with pytest.raises(SchemaError, match="schema: expected a pydantic model class or a JSON-schema dict"):
-        generate(model, tok, MSG, [{"type": "string"}])
+        generate(model, tok, MSG, "a string")
+    with pytest.raises(ValueError, match="schema: 2 schemas for a batch of 1 chats"):
+        generate_batch(model, tok, [MSG], [SCHEMA, SCHEMA])
     with pytest.raises(SchemaError, match="schema"):  # valid JSON schema, but a regex the grammar lacks
         generate(model, tok, MSG, {"type": "string", "pattern": "(?<=a)b"})
     with pytest.raises(ValueError, match="max_new_tokens must be positive"):

@@ -144,11 +144,15 @@ class GrammarLogitsProcessor:
     the CPU (bitmask from llguidance) and applied on the logits' device, so CPU and GPU both work.
     """
 
-    def __init__(self, grammar: Grammar, ll_tokenizer: Any, batch_size: int, prompt_len: int, eos_id: int):
+    def __init__(self, grammars: Grammar | Sequence[Grammar], ll_tokenizer: Any, batch_size: int,
+                 prompt_len: int, eos_id: int):
         import llguidance
 
-        self.matchers = [llguidance.LLMatcher(ll_tokenizer, grammar.grammar, log_level=0)
-                         for _ in range(batch_size)]
+        if isinstance(grammars, Grammar):
+            grammars = [grammars] * batch_size
+        if len(grammars) != batch_size:
+            raise ValueError(f"{len(grammars)} grammars for a batch of {batch_size}")
+        self.matchers = [llguidance.LLMatcher(ll_tokenizer, g.grammar, log_level=0) for g in grammars]
         for m in self.matchers:
             if m.is_error():
                 raise SchemaError(f"schema: {m.get_error()}")
@@ -188,7 +192,7 @@ def generate_batch(model: Any, tokenizer: Any, batch: Sequence[list[dict]], sche
                    repetition_penalty: float | None = None) -> list[Any]:
     """One validated object per chat in ``batch`` (left-padded, decoded together under the grammar).
 
-    Raises :class:`SchemaError` for an unusable schema (before any generation) and
+    ``schema``: one schema for every row, or a list of schemas, one per row. Raises :class:`SchemaError` for an unusable schema (before any generation) and
     :class:`StructuredOutputError` if a reply did not finish within ``max_new_tokens``.
     """
     import torch
@@ -197,7 +201,12 @@ def generate_batch(model: Any, tokenizer: Any, batch: Sequence[list[dict]], sche
         raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
     if not batch:
         return []
-    grammar = grammar_for(schema)
+    if isinstance(schema, (list, tuple)):
+        if len(schema) != len(batch):
+            raise ValueError(f"schema: {len(schema)} schemas for a batch of {len(batch)} chats")
+        grammars = [grammar_for(s) for s in schema]
+    else:
+        grammars = [grammar_for(schema)] * len(batch)
     eos_id = tokenizer.eos_token_id
     if eos_id is None:
         raise SchemaError("tokenizer: no eos_token_id to end a constrained reply with")
@@ -211,7 +220,7 @@ def generate_batch(model: Any, tokenizer: Any, batch: Sequence[list[dict]], sche
     finally:
         tokenizer.padding_side = side
     enc = {k: v.to(model.device) for k, v in enc.items()}
-    proc = GrammarLogitsProcessor(grammar, ll_tok, len(texts), enc["input_ids"].shape[1], eos_id)
+    proc = GrammarLogitsProcessor(grammars, ll_tok, len(texts), enc["input_ids"].shape[1], eos_id)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
     gen: dict = dict(max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos_id,
                      logits_processor=[proc])
@@ -232,7 +241,7 @@ def generate_batch(model: Any, tokenizer: Any, batch: Sequence[list[dict]], sche
         if not m.is_accepting():
             raise StructuredOutputError(f"reply cut off at max_new_tokens={max_new_tokens} before the "
                                         f"schema was complete: {text[-80:]!r}")
-        results.append(grammar.validate(text))
+        results.append(grammars[row].validate(text))
     return results
 
 

@@ -37,11 +37,12 @@ def test_extract_validates_and_retries(locomo_file):
     assert ex.stats["duplicates"] == 1 and ex.stats["observations"] == 2
     prompt = ex.chat.calls[0][-1]["content"]
     assert "Session date: 1 May 2023" in prompt and "[D1:1] Ann:" in prompt
-    bad = [json.dumps([{"dia_id": "D1:2", "text": "Ann went to class."}]),  # D1:2 is Bob's turn
-           json.dumps([{"dia_id": "D1:1", "text": "I went to class."}]),    # first person, not standalone
-           json.dumps([{"dia_id": "D1:1", "text": "Ann"}]),                 # a fragment
-           json.dumps(["D1:1", "D1:3"]),                                     # an id list (seen with SmolLM2)
-           json.dumps([])]
+    ok = {"dia_id": "D1:3", "text": "Ann likes clay."}
+    bad = [json.dumps([ok, {"dia_id": "D1:2", "text": "Ann went to class."}]),  # D1:2 is Bob's turn
+           json.dumps([ok, {"dia_id": "D1:1", "text": "I went to class."}]),    # first person, not standalone
+           json.dumps([ok, {"dia_id": "D1:1", "text": "Ann"}]),                 # a fragment
+           json.dumps(["D1:1", "D1:3"]),                                         # an id list (seen with SmolLM2)
+           json.dumps([ok])]                                                     # fewer than min_items
     for reply in bad:
         ex2 = ObservationExtractor(Scripted([reply, reply]))
         assert ex2.extract(s1, "Ann") is None and ex2.stats["skipped"] == 1 and ex2.stats["retries"] == 1, reply
@@ -52,7 +53,8 @@ def test_extraction_schema_names_the_speaker_and_their_turns(locomo_file):
     schema = extraction_schema(conv.sessions[0], "Bob")
     item = schema["items"]["properties"]
     assert item["dia_id"]["enum"] == ["D1:2", "D1:4"]
-    assert schema["minItems"] == 1 and schema["maxItems"] == 5
+    assert schema["minItems"] == 2 and schema["maxItems"] == 5  # min_items 3, capped by Bob's 2 turns
+    assert extraction_schema(conv.sessions[0], "Bob", min_items=1)["minItems"] == 1
     text = re.compile(item["text"]["pattern"])
     assert text.search("Bob's sister moved to Leeds in May 2023.")
     for wrong in ("Ann moved to Leeds.", "Bob moved. Then he left.", 'Bob said "hi" to me.', "Bob " + "x" * 200 + "."):

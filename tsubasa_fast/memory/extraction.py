@@ -3,7 +3,7 @@
 Per (session, target speaker) the LLM gets the session date and the numbered utterances (after
 one worked example) and answers a JSON list ``[{"dia_id": ..., "text": ...}, ...]``. The reply
 is generated under the JSON schema of :func:`extraction_schema` (tsubasa_fast.structured), so
-it is valid by construction: 1-6 items, each ``dia_id`` one of the speaker's own turns, each
+it is valid by construction: 3-5 items (fewer if the speaker has fewer turns), each ``dia_id`` one of the speaker's own turns, each
 ``text`` one sentence of at most 140 characters that starts with the speaker's name (no id lists, no
 fragments, no first person). Relative dates the model leaves in ("yesterday", "last year") are
 resolved against the session date; repeated texts are dropped (counted).
@@ -20,10 +20,10 @@ import datetime as _dt
 import logging
 import re
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 from ..structured import StructuredOutputError, parse_reply
-from .locomo import Session, Turn
+from .locomo import Session
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ _EXAMPLE_REPLY = (
     '{"dia_id": "D4:3", "text": "Priya signed up for a pottery class in Leeds that starts on 4 March 2022."}, '
     '{"dia_id": "D4:5", "text": "Priya\'s sister Asha is moving in with Priya in May 2022."}]')
 MAX_ITEMS = 5
+MIN_ITEMS = 3  # left to itself SmolLM2-135M closes the list after one fact
 MIN_CHARS, MAX_CHARS = 12, 140
 REPETITION_PENALTY = 1.2  # a 135M model otherwise repeats its first sentence
 
@@ -95,8 +96,10 @@ def build_prompt(session: Session, speaker: str) -> list[dict]:
             {"role": "user", "content": user}]
 
 
-def extraction_schema(session: Session, speaker: str, max_items: int = MAX_ITEMS) -> dict:
-    """JSON schema of a reply about ``speaker``: 1..max_items facts, each tied to one of their turns.
+def extraction_schema(session: Session, speaker: str, max_items: int = MAX_ITEMS, min_items: int = MIN_ITEMS) -> dict:
+    """JSON schema of a reply about ``speaker``: min_items..max_items facts, each tied to one of their turns.
+
+    (min_items is capped by the speaker's number of turns.)
 
     ``text`` must start with the speaker's name (optionally possessive) and hold no quote,
     backslash or newline: a standalone third-person sentence, never an id list or a fragment.
@@ -110,7 +113,8 @@ def extraction_schema(session: Session, speaker: str, max_items: int = MAX_ITEMS
     text = {"type": "string", "pattern": pattern}
     item = {"type": "object", "additionalProperties": False, "required": ["dia_id", "text"],
             "properties": {"dia_id": {"enum": ids}, "text": text}}
-    return {"type": "array", "minItems": 1, "maxItems": max_items, "items": item}
+    return {"type": "array", "minItems": max(1, min(min_items, len(ids), max_items)), "maxItems": max_items,
+            "items": item}
 
 
 def _extracted(items: list[dict], session: Session) -> tuple[list[Extracted], int]:
@@ -145,11 +149,14 @@ class ObservationExtractor:
     """
 
     def __init__(self, chat: Callable, retries: int = 1, name: str = "llm", max_items: int = MAX_ITEMS,
-                 repetition_penalty: float | None = REPETITION_PENALTY):
+                 min_items: int = MIN_ITEMS, repetition_penalty: float | None = REPETITION_PENALTY):
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
         if not 1 <= max_items <= 50:
             raise ValueError(f"max_items must be in 1..50, got {max_items}")
+        if not 1 <= min_items <= max_items:
+            raise ValueError(f"min_items must be in 1..max_items ({max_items}), got {min_items}")
+        self.min_items = min_items
         self.chat, self.retries, self.name, self.max_items = chat, retries, name, max_items
         self.repetition_penalty = repetition_penalty
         # room for the longest valid reply at one token per character (a real model needs ~1/4)
@@ -166,7 +173,7 @@ class ObservationExtractor:
         if not any(t.speaker == speaker for t in session.turns):
             return []
         messages = build_prompt(session, speaker)
-        schema = extraction_schema(session, speaker, self.max_items)
+        schema = extraction_schema(session, speaker, self.max_items, self.min_items)
         self.stats["sessions"] += 1
         tries = 1 if self.constrained else self.retries + 1
         for attempt in range(tries):
