@@ -84,18 +84,19 @@ def test_llm_ingest_caches_extraction_and_keeps_raw(store, locomo_file):
     (conv,) = load_locomo(locomo_file)
     replies = []
     for s in conv.sessions:
-        replies += [json.dumps([{"text": f"Ann fact number {s.number}.", "dia_id": f"D{s.number}:1"}]), "garbage",
+        replies += [json.dumps([{"text": f"Ann fact number {s.number}.", "dia_id": f"D{s.number}:1"},
+                                {"text": f"Ann other fact {s.number}.", "dia_id": f"D{s.number}:3"}]), "garbage",
                     "garbage"]  # Bob's extraction fails twice -> skipped
     chat = Scripted(replies)
     ex = ObservationExtractor(chat)
     st = ingest_conversation(store, conv, "llm", make_manager("static"), extractor=ex)
-    assert st.applied == 3 and st.skipped_sessions == 3 and ex.stats["skipped"] == 3
+    assert st.applied == 6 and st.skipped_sessions == 3 and ex.stats["skipped"] == 3
     assert len(store.raw_sessions("conv-t:Bob")) == 3  # nothing Bob said is lost
     assert any(e["op"] == "EXTRACTION_SKIPPED" for e in store.events("conv-t:Bob"))
     n_calls = len(chat.calls)
     chat.replies = ["garbage"] * 10
     again = ingest_conversation(store, conv, "llm", make_manager("static"), extractor=ex)
-    assert again.applied == 0 and again.replayed == 3
+    assert again.applied == 0 and again.replayed == 6
     assert len(chat.calls) == n_calls + 6  # Ann's sessions cached; only the skipped ones retried
 
 
@@ -124,3 +125,20 @@ def test_malformed_extraction_falls_back_to_the_users_utterances(tmp_path):
     assert store.count(conv.user_id(speaker)) == len(own) and store.users() == [conv.user_id(speaker)]
     assert sorted(r.dia_ids[0] for r in store.all(conv.user_id(speaker))) == sorted(t.dia_id for t in own)
     store.close()
+
+
+@pytest.mark.slow
+def test_smollm2_extraction_under_the_grammar_is_valid(locomo_file):
+    """The default model (SmolLM2-135M) on one short session: only valid observations, no retry, no skip."""
+    from tsubasa_fast.llm import ChatLM
+
+    (conv,) = load_locomo(locomo_file)
+    session = conv.sessions[0]
+    ex = ObservationExtractor(ChatLM.load(None), max_items=3, min_items=2)
+    out = ex.extract(session, "Ann")
+    own = {t.dia_id for t in session.turns if t.speaker == "Ann"}
+    assert 2 <= len(out) + ex.stats["duplicates"] <= 3 and out
+    for e in out:
+        assert re.fullmatch(r"Ann('s)? [^.\"\\\n]+\.", e.text) and len(e.text) <= 140, e.text
+        assert e.dia_ids[0] in own
+    assert ex.stats["constrained"] == 1 and ex.stats["skipped"] == ex.stats["retries"] == 0
