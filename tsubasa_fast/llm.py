@@ -3,6 +3,9 @@
 `ChatLM` wraps a ``(model, tokenizer)`` pair from :mod:`tsubasa_fast.models` behind one
 call, ``chat(messages) -> str``, so the memory pipeline (extractor, LLM manager) can take
 any ``Callable[[list[dict]], str]`` and tests can pass a scripted fake instead.
+``ChatLM.structured(messages, schema)`` decodes under a JSON-schema grammar
+(:mod:`tsubasa_fast.structured`): stages that need structure use it whenever they hold a
+ChatLM, so their replies cannot be malformed.
 """
 
 from __future__ import annotations
@@ -60,6 +63,19 @@ class ChatLM:
 
     def __call__(self, messages: list[dict], max_new_tokens: int | None = None) -> str:
         return self.chat(messages, max_new_tokens)
+
+    def structured(self, messages: list[dict], schema: Any, max_new_tokens: int | None = None, **gen) -> Any:
+        """The reply decoded under ``schema``'s grammar, validated (see :func:`structured.generate`)."""
+        return self.structured_batch([messages], schema, max_new_tokens, **gen)[0]
+
+    def structured_batch(self, batch: list[list[dict]], schema: Any, max_new_tokens: int | None = None,
+                         **gen) -> list:
+        """:meth:`structured` for several chats at once (one padded batch); ``gen``: e.g. repetition_penalty."""
+        from .structured import generate_batch
+
+        return generate_batch(self.model, self.tokenizer, batch, schema,
+                              max_new_tokens=max_new_tokens or self.max_new_tokens,
+                              temperature=self.temperature, **gen)
 
     def chat(self, messages: list[dict], max_new_tokens: int | None = None) -> str:
         import torch

@@ -6,8 +6,9 @@ Three managers behind one interface, ``decide(store, obs) -> Decision``:
   near-duplicate -> IGNORE; same subject with a changed state -> RECONCILE (dated narrative
   keeping both states); same subject with new detail -> UPDATE (merged text); else ADD.
 * :class:`LLMManager` - the paper's manager: the LLM sees the numbered live memories (the
-  top-s most similar when the user has many) and answers JSON; unparsable output or an
-  invalid index falls back to the rule manager (counted in ``stats``).
+  top-s most similar when the user has many) and answers under a JSON-schema grammar
+  (:func:`manager_schema`), so a ChatLM's decision is always valid; an unconstrained chat's
+  invalid reply falls back to the rule manager (counted in ``stats``).
 * :class:`StaticManager` - append everything (the paper's ablation).
 
 :func:`apply_decision` writes the decision to the store; every decision, IGNORE included,
@@ -169,25 +170,61 @@ def _human(date: str | None) -> str | None:
 
 
 _MANAGER_SYSTEM = (
-    "You maintain a list of memories about a person. For a new observation choose exactly one "
-    "operation: ADD (new information), UPDATE (it adds detail to memory i; give the merged memory), "
-    "RECONCILE (it changes or contradicts memory i; give a dated narrative keeping both states), "
-    "IGNORE (already captured or trivial). Answer with JSON only, e.g. "
-    '{"op": "UPDATE", "index": 2, "text": "..."} or {"op": "ADD"}.')
+    "You maintain a list of numbered memories about a person. For a new observation choose exactly "
+    "one operation: ADD (new information), UPDATE (it adds detail to memory number target; text is the "
+    "merged memory, keeping the dates of both), RECONCILE (it changes the state in memory number target; "
+    "text is a dated narrative keeping the earlier and the current state), IGNORE (already captured). "
+    'Answer with JSON {"op": ..., "target": number or null, "text": ...}, for example '
+    '{"op": "RECONCILE", "target": 2, "text": "On 3 May 2023 Ann lived in Leeds; on 9 June 2023 she '
+    'moved to Bristol."} or {"op": "ADD", "target": null, "text": ""}.')
+MANAGER_TEXT_CHARS = 400  # the longest UPDATE / RECONCILE text the grammar lets the model write
+
+
+def manager_schema(n_memories: int, max_text_chars: int = MANAGER_TEXT_CHARS) -> dict:
+    """JSON schema of one decision over ``n_memories`` numbered candidates (the grammar of the LLM manager).
+
+    ADD carries no target and no text (the observation is stored as is); UPDATE / RECONCILE name a
+    candidate 1..n and give the rewritten memory; IGNORE may name the memory that already holds it.
+    """
+    if n_memories < 1:
+        raise ValueError(f"n_memories must be >= 1, got {n_memories}")
+    target = {"type": "integer", "minimum": 1, "maximum": n_memories}
+    empty = {"type": "string", "maxLength": 0}
+
+    def choice(op, tgt, text):
+        return {"type": "object", "additionalProperties": False, "required": ["op", "target", "text"],
+                "properties": {"op": op, "target": tgt, "text": text}}
+
+    return {"anyOf": [
+        choice({"const": "ADD"}, {"type": "null"}, empty),
+        choice({"enum": ["UPDATE", "RECONCILE"]}, target,
+               {"type": "string", "pattern": '^[^"\\\\\\n]{8,%d}$' % max_text_chars}),
+        choice({"const": "IGNORE"}, {"anyOf": [target, {"type": "null"}]}, empty),
+    ]}
 
 
 class LLMManager:
-    """The paper's LLM memory manager, with a rule-manager fallback on invalid output."""
+    """The paper's LLM memory manager: decides under the grammar of :func:`manager_schema`.
+
+    ``chat``: a :class:`tsubasa_fast.llm.ChatLM` (constrained decoding: the reply is always a
+    valid decision) or a plain ``messages -> str`` callable (validated; an invalid reply falls
+    back to the rule manager). ``stats``: decisions per op, ``constrained`` / ``unconstrained``
+    calls and ``fallback`` (replies that were invalid, or cut off by the token limit).
+    The token budget is ``max_text_chars`` + 48, so a reply can only be cut off if the model
+    spends more than one token per character of its text.
+    """
 
     name = "llm"
 
     def __init__(self, chat: Callable[[list[dict]], str], top_s: int = 10,
-                 fallback: RuleManager | None = None):
+                 fallback: RuleManager | None = None, max_text_chars: int = MANAGER_TEXT_CHARS):
         if top_s < 1:
             raise ValueError(f"top_s must be >= 1, got {top_s}")
-        self.chat, self.top_s = chat, top_s
+        if not 8 <= max_text_chars <= 4000:
+            raise ValueError(f"max_text_chars must be in 8..4000, got {max_text_chars}")
+        self.chat, self.top_s, self.max_text_chars = chat, top_s, max_text_chars
         self.fallback = fallback or RuleManager()
-        self.stats: dict = {**{op: 0 for op in OPS}, "fallback": 0}
+        self.stats: dict = {**{op: 0 for op in OPS}, "constrained": 0, "unconstrained": 0, "fallback": 0}
 
     def prompt(self, memories: list[Record], obs: Observation) -> list[dict]:
         lines = [f"{i}. [{m.observed_at or 'undated'}] {m.text}" for i, m in enumerate(memories, 1)]
@@ -205,10 +242,17 @@ class LLMManager:
         else:
             memories = [h.record for h in store.search(
                 obs.user_id, obs.vec if obs.vec is not None else obs.text, k=self.top_s)]
-        reply = self.chat(self.prompt(memories, obs))
+        messages = self.prompt(memories, obs)
         try:
-            d = parse_manager_reply(reply, memories, obs)
-        except ValueError as e:
+            if callable(getattr(self.chat, "structured", None)):
+                self.stats["constrained"] += 1
+                obj = self.chat.structured(messages, manager_schema(len(memories), self.max_text_chars),
+                                           max_new_tokens=self.max_text_chars + 48)
+                d = decision_from_reply(obj, memories)
+            else:
+                self.stats["unconstrained"] += 1
+                d = parse_manager_reply(self.chat(messages), memories, obs)
+        except ValueError as e:  # StructuredOutputError is a ValueError
             self.stats["fallback"] += 1
             d = self.fallback._decide(store, obs)
             d.reason = f"llm output invalid ({e}); rule: {d.reason}"
@@ -217,18 +261,22 @@ class LLMManager:
 
 
 def parse_manager_reply(reply: str, memories: list[Record], obs: Observation) -> Decision:
-    """Validate an LLM manager reply; raises ValueError naming what is wrong."""
-    obj = json_in_reply(reply, dict)
+    """Validate an unconstrained chat's reply (the JSON object in it); raises ValueError naming what is wrong."""
+    return decision_from_reply(json_in_reply(reply, dict), memories)
+
+
+def decision_from_reply(obj: dict, memories: list[Record]) -> Decision:
+    """A decision object (``op``, ``target`` - or ``index`` - and ``text``) -> :class:`Decision`."""
     op = str(obj.get("op", "")).strip().upper()
     if op not in OPS:
         raise ValueError(f"op {obj.get('op')!r} is not one of {OPS}")
     if op == "ADD":
         return Decision("ADD", reason="llm", decision_source="llm")
-    index = obj.get("index")
-    if not isinstance(index, int) or not 1 <= index <= len(memories):
+    index = obj.get("target", obj.get("index"))
+    if not isinstance(index, int) or isinstance(index, bool) or not 1 <= index <= len(memories):
         if op == "IGNORE" and index is None:
             return Decision("IGNORE", reason="llm", decision_source="llm")
-        raise ValueError(f"index {index!r} is not in 1..{len(memories)}")
+        raise ValueError(f"target {index!r} is not in 1..{len(memories)}")
     target = memories[index - 1]
     if op == "IGNORE":
         return Decision("IGNORE", target.id, reason="llm", decision_source="llm")
