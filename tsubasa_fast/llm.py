@@ -15,6 +15,8 @@ import os
 import re
 from typing import Any
 
+from .chat import chat_prompt_ids
+
 _JSON_SPANS = {list: re.compile(r"\[.*\]", re.S), dict: re.compile(r"\{.*\}", re.S)}
 _KIND_NAMES = {list: "JSON list", dict: "JSON object"}
 
@@ -80,9 +82,8 @@ class ChatLM:
     def chat(self, messages: list[dict], max_new_tokens: int | None = None) -> str:
         import torch
 
-        ids = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-        ids = {k: v.to(self.model.device) for k, v in ids.items()}
+        prompt = torch.tensor([chat_prompt_ids(self.tokenizer, messages)], device=self.model.device)
+        ids = {"input_ids": prompt, "attention_mask": torch.ones_like(prompt)}
         gen = dict(max_new_tokens=max_new_tokens or self.max_new_tokens,
                    pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
         if self.temperature > 0:

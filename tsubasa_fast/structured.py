@@ -23,6 +23,8 @@ import json
 import threading
 from typing import Any, Sequence
 
+from .chat import chat_prompt_text
+
 __all__ = ["SchemaError", "StructuredOutputError", "Grammar", "grammar_for", "generate",
            "generate_batch", "parse_reply"]
 
@@ -184,7 +186,7 @@ class GrammarLogitsProcessor:
 
 
 def _render(tokenizer: Any, messages: list[dict]) -> str:
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return chat_prompt_text(tokenizer, messages)
 
 
 def generate_batch(model: Any, tokenizer: Any, batch: Sequence[list[dict]], schema: Any, *,
