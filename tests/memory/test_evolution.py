@@ -27,23 +27,29 @@ def test_rule_manager_decisions(store):
     d, b = _run(store, m, "Ann moved from Boston to Denver with her cat Tom", "k3", date="2023-06-01",
                 dia=("D5:2",))
     assert d.op == "RECONCILE" and d.target_id == a.id
-    assert "Boston with her cat Tom" in b.text and "Denver" in b.text  # both states kept, dated
-    assert "2023-01-05" in b.text or "5 January 2023" in b.text
+    # both states kept, each with its date; the earlier one in the past tense
+    assert b.text == ("Ann lived in Boston with her cat Tom (5 January 2023); "
+                      "Ann moved from Boston to Denver with her cat Tom (1 June 2023).")
     assert b.dia_ids == ["D1:1", "D5:2"] and store.get(a.id).status == "superseded"
-    d, c = _run(store, m, "Ann's cat Tom in Denver is a grey tabby", "k4")
-    assert d.op in ("UPDATE", "ADD")
+    # adds detail to the one memory naming both Tom and Denver (hashing cosine is only 0.31)
+    d, c = _run(store, m, "Ann's cat Tom in Denver is a grey tabby", "k4", date="2023-07-02")
+    assert d.op == "UPDATE" and d.target_id == b.id
+    assert c.text == b.text[:-1] + "; Ann's cat Tom in Denver is a grey tabby (2 July 2023)."
     d, e = _run(store, m, "Bob collects vintage stamps from Peru", "k5")
     assert d.op == "ADD"
-    assert m.stats["ADD"] >= 2 and m.stats["IGNORE"] == 1 and m.stats["RECONCILE"] == 1
+    assert m.stats == {"ADD": 2, "UPDATE": 1, "RECONCILE": 1, "IGNORE": 1}
     ops = [ev["op"] for ev in store.events("u")]
-    assert ops[:3] == ["ADD", "IGNORE", "RECONCILE"]  # every decision logged, IGNORE included
+    assert ops == ["ADD", "IGNORE", "RECONCILE", "UPDATE", "ADD"]  # every decision logged, IGNORE included
+    assert [r.text for r in store.all("u")] == [c.text, "Bob collects vintage stamps from Peru"]
 
 
 def test_rule_manager_update_merges(store):
     m = RuleManager(duplicate=0.99, same_subject=0.5)
     _, a = _run(store, m, "Ann plays tennis on weekends", "k1")
-    d, b = _run(store, m, "Ann plays tennis on weekends at the club with her sister", "k2")
-    assert d.op == "UPDATE" and b.supersedes == a.id and "sister" in b.text
+    d, b = _run(store, m, "Ann plays tennis on weekends at the club with her sister", "k2", date="2023-06-18")
+    assert d.op == "UPDATE" and b.supersedes == a.id
+    # the new text covers the old one: it replaces it, and the dates of both stay
+    assert b.text == "Ann plays tennis on weekends at the club with her sister (8 May 2023, 18 June 2023)."
 
 
 def test_rule_manager_rejects_bad_thresholds():
