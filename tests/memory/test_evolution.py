@@ -121,3 +121,16 @@ def test_ingest_reports_each_decision_as_it_happens(tmp_path):
     assert len(seen) == stats.applied > 0 and all(op == "ADD" for _, op in seen)
     assert len({k for k, _ in seen}) == len(seen)
     store.close()
+
+
+def test_rule_manager_reconciles_the_clause_that_held_the_state(store):
+    """A detail appended by an UPDATE does not hide the residence clause before it."""
+    m = RuleManager(duplicate=0.95, same_subject=0.55)
+    _run(store, m, "Ann lives in Boston with her cat Tom", "k1", date="2023-01-05")
+    d, _ = _run(store, m, "Ann's cat Tom in Boston is a grey tabby", "k2", date="2023-02-10")
+    assert d.op == "UPDATE"
+    d, rec = _run(store, m, "Ann moved to Denver.", "k3", date="2023-06-01")
+    assert d.op == "RECONCILE" and m.stats == {"ADD": 1, "UPDATE": 1, "RECONCILE": 1, "IGNORE": 0}
+    assert rec.text == ("Ann lived in Boston with her cat Tom (5 January 2023); "
+                        "Ann's cat Tom in Boston is a grey tabby (10 February 2023); Ann moved to Denver (1 June 2023).")
+    assert [r.text for r in store.all("u")] == [rec.text] and rec.version == 3

@@ -140,7 +140,7 @@ class RuleManager:
             old, slot, conflict = matched
             sim = sims.get(old.id)
             if conflict:
-                return self._rewrite("RECONCILE", old, obs, sim, f"{slot.kind} changed ({slot})")
+                return self._rewrite("RECONCILE", old, obs, sim, f"{slot.kind} changed ({slot})", slot)
             if not novelty(obs.text, old.text, new_slots, self.slots_of(old), sim, self.duplicate):
                 return Decision("IGNORE", old.id, reason=f"same {slot.kind}, nothing new", similarity=sim)
             return self._rewrite("UPDATE", old, obs, sim, f"same {slot.kind}, new detail")
@@ -190,10 +190,16 @@ class RuleManager:
         found = [r for r in live if wanted <= names(r.text) | words(r.text)]
         return found[0] if len(found) == 1 else None
 
-    def _rewrite(self, op: str, old: Record, obs: Observation, sim, reason: str) -> Decision:
+    def _rewrite(self, op: str, old: Record, obs: Observation, sim, reason: str,
+                 slot: Slot | None = None) -> Decision:
         old_date, new_date = human_date(old.observed_at), human_date(obs.observed_at) or obs.date_label
         if op == "RECONCILE":
-            text = reconcile_text(old.text, old_date, obs.text, new_date, max_len=self.max_len)
+            past = None
+            if slot is not None:  # the clause that held the changed state becomes history
+                held = [i for i, seg in enumerate(segments(old.text)) if any(
+                    slot.same_slot(t) for t in extract_slots(seg.clause))]
+                past = held[-1] if held else None
+            text = reconcile_text(old.text, old_date, obs.text, new_date, max_len=self.max_len, past=past)
         else:
             text = update_text(old.text, obs.text, old_date, new_date)
             if len(text) > self.max_len:
@@ -227,11 +233,14 @@ def novelty(new: str, old: str, new_slots: list[Slot], old_slots: list[Slot], si
 
 def update_text(old: str, new: str, old_date: str | None = None, new_date: str | None = None) -> str:
     """Merged observation keeping the dates of both: the new text replaces the current clause
-    when it covers it (``<new> (D1, D2)``), else it is appended (``<old> (D1); <new> (D2)``)."""
+    when it covers it, slots included (``<new> (D1, D2)``), else it is appended
+    (``<old> (D1); <new> (D2)``)."""
     segs = segments(old, old_date)
     new_clause = strip_prefix(new).rstrip(".").strip()
     last_c, new_c = content_stems(segs[-1].clause), content_stems(new_clause)
-    if last_c and len(last_c & new_c) / len(last_c) >= 0.8:
+    new_slots = extract_slots(new_clause)
+    keeps_state = all(any(t.same_slot(n) for n in new_slots) for t in extract_slots(segs[-1].clause))
+    if last_c and len(last_c & new_c) / len(last_c) >= 0.8 and keeps_state:
         segs[-1] = Segment(segs[-1].dates + ([new_date] if new_date else []), new_clause)
     else:
         segs.append(Segment([new_date] if new_date else [], new_clause))
@@ -241,12 +250,14 @@ def update_text(old: str, new: str, old_date: str | None = None, new_date: str |
 
 
 def reconcile_text(old: str, old_date: str | None, new: str, new_date: str | None,
-                   max_len: int | None = None) -> str:
+                   max_len: int | None = None, past: int | None = None) -> str:
     """Dated narrative keeping both states, ending on the current one:
     ``Priya lived in Manchester (14 January 2023); Priya moved to Glasgow (2 June 2023).``
-    The earlier current clause is put in the past tense; ``max_len`` drops the oldest clauses."""
+    The clause that held the earlier state (``past``, an index into the old text's clauses;
+    default the last) is put in the past tense; ``max_len`` drops the oldest clauses."""
     segs = segments(old, old_date)
-    segs[-1] = Segment(segs[-1].dates, past_tense(segs[-1].clause))
+    i = len(segs) - 1 if past is None else past
+    segs[i] = Segment(segs[i].dates, past_tense(segs[i].clause))
     segs.append(Segment([new_date] if new_date else [], strip_prefix(new).rstrip(".").strip()))
     text = render(segs)
     while max_len is not None and len(text) > max_len and len(segs) > 2:

@@ -287,11 +287,18 @@ class Slot:
         return (self.kind == other.kind and subjects_compatible(self.subject, other.subject)
                 and (bool(self.topic & other.topic) or (not self.topic and not other.topic)))
 
-    def conflicts(self, other: "Slot") -> bool:
-        """A field both carry has different values (a changed state)."""
-        mine, theirs = dict(self.fields), dict(other.fields)
+    def conflicts(self, earlier: "Slot") -> bool:
+        """A field both carry has different values (a changed state). Ending a job is a change
+        of the ``earlier`` job only when it names the same role or employer, or names none."""
+        mine, theirs = dict(self.fields), dict(earlier.fields)
+        if self.kind == "job" and mine.get("active") == "no" and theirs.get("active") == "yes":
+            ids = ("role", "employer")
+            if any(f in mine for f in ids) and any(f in theirs for f in ids):
+                return any(f in mine and f in theirs and same_value(mine[f], theirs[f]) for f in ids)
         for name in mine.keys() & theirs.keys():
             a, b = mine[name], theirs[name]
+            if name == "n" and "+1" in (a, b):  # "another cat": the count went up
+                return True
             if isinstance(a, str) and isinstance(b, str) and name in _PHRASE_FIELDS:
                 if not same_value(a, b):
                     return True
@@ -366,10 +373,20 @@ def _residence(c: str, subj) -> list[Slot]:
     return out[-1:]
 
 
+_OWN_BUSINESS = re.compile(
+    r"\b(?:started|starting|start|launched|launching|opened|opening|runs|is running|running|owns|set up)\s+"
+    r"(?:her|his|their|an?) (?:own |dream |new |online )+(?P<val>(?:[\w-]+ ){0,2}?(?:business|store|shop|company|studio|"
+    r"restaurant|bakery|cafe|café|firm|practice|agency|brand))\b")
+
+
 def _job(c: str, subj) -> list[Slot]:
     out = []
-    stop = re.search(r"\b(?:quit|quits|left|leaves|lost|losing|loses|resigned from|was fired from|got fired from|"
-                     r"was laid off from|retired from)\s+(?:her|his|their|the|a)\s+(?:\w+\s+)?job"
+    own = _OWN_BUSINESS.search(c)
+    if own:  # "started her own store after losing her job": the new state is the main news
+        return [_slot("job", subj, active="yes", employer="own " + own.group("val"))]
+    # finite verbs only: "after losing his job" refers back to an event, it is no news
+    stop = re.search(r"\b(?:quit|quits|left|leaves|lost|loses|resigned from|was fired from|got fired from|"
+                     r"was laid off from|retired from)\s+(?:her|his|their|the|a)\s+(?:[\w-]+\s+){0,3}?job"
                      r"(?:\s+as\s+(?:a |an )?(?P<role>[a-z][\w ]*?)" + _END + r"|\s+at\s+" + _VAL + ")?", c)
     if stop is None:
         stop = re.search(r"\b(?:was|got|has been) (?:laid off|fired|made redundant)\b|\bretired\b|"
@@ -398,9 +415,9 @@ def _job(c: str, subj) -> list[Slot]:
                       + r"))\b", c)
         if m:
             role = m.group("role")
-    m = re.search(r"\b(?:works|worked|is working|working|started working|began working|got a (?:new )?job|"
-                  r"took a job|has a (?:new )?job|started a (?:new )?job|accepted a job|landed a job|"
-                  r"is employed|was hired|got hired|is an? \w+)\s+(?:at|for|with|by|in)\s+" + _VAL, c)
+    m = re.search(r"\b(?:works|worked|is working|has been working|started working|began working|"
+                  r"got a (?:new )?job|took a job|has a (?:new )?job|started a (?:new )?job|accepted a job|"
+                  r"landed a job|is employed|was hired|got hired|is an? \w+)\s+(?:at|for|by|in)\s+" + _VAL, c)
     if m:
         emp = _clean_val(m.group("val"))
     m2 = re.search(r"\bjoined (?P<val>[A-Z][\w'&-]*(?: [A-Z][\w'&-]*)*)"
@@ -424,8 +441,13 @@ def _count(c: str, subj) -> list[Slot]:
     for m in re.finditer(r"\b(?:adopted|got|bought|has|welcomed|had)\s+(?:a|her|his|their)\s+"
                          r"(?P<ord>second|third|fourth|fifth|sixth)\s+(?P<noun>[a-z]+)", c):
         out.append(_slot("count", subj, {stem(m.group("noun"))}, n=_ORDINALS[m.group("ord")]))
-    for m in re.finditer(r"\b(?:has|owns)\s+(?:a|an|one)\s+(?:\w+\s+)?(?P<noun>" + _PETS + r")\b", c):
-        out.append(_slot("count", subj, {stem(m.group("noun").split()[-1])}, n=1))
+    pets = re.search(r"\b(?:has|owns)\s+(?:a|an|one)\s+(?:\w+\s+)?" + _PETS + r"\b.*", c)
+    if pets:
+        for m in re.finditer(r"(?:^|\band\s+|,\s*)(?:has\s+|owns\s+)?(?:a|an|one)\s+(?:\w+\s+)?(?P<noun>"
+                             + _PETS + r")\b", pets.group(0)):
+            out.append(_slot("count", subj, {stem(m.group("noun").split()[-1])}, n=1))
+    for m in re.finditer(r"\b(?:another|one more)\s+(?:\w+\s+)?(?P<noun>" + _PETS + r")\b", c):
+        out.append(_slot("count", subj, {stem(m.group("noun").split()[-1])}, n="+1"))
     return out
 
 
