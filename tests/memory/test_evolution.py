@@ -132,5 +132,13 @@ def test_rule_manager_reconciles_the_clause_that_held_the_state(store):
     d, rec = _run(store, m, "Ann moved to Denver.", "k3", date="2023-06-01")
     assert d.op == "RECONCILE" and m.stats == {"ADD": 1, "UPDATE": 1, "RECONCILE": 1, "IGNORE": 0}
     assert rec.text == ("Ann lived in Boston with her cat Tom (5 January 2023); "
-                        "Ann's cat Tom in Boston is a grey tabby (10 February 2023); Ann moved to Denver (1 June 2023).")
+                        "Ann's cat Tom in Boston is a grey tabby (10 February 2023); "
+                        "Ann moved to Denver (1 June 2023).")
     assert [r.text for r in store.all("u")] == [rec.text] and rec.version == 3
+
+
+def test_rule_manager_undated_texts(store):
+    m = RuleManager(duplicate=0.95, same_subject=0.55, dated=False)
+    _run(store, m, "Ann has 2 cats.", "k1", date="2023-01-05")
+    d, rec = _run(store, m, "Ann has 3 cats.", "k2", date="2023-06-01")
+    assert d.op == "RECONCILE" and rec.text == "Ann had 2 cats; Ann has 3 cats."

@@ -101,18 +101,20 @@ class RuleManager:
     Thresholds are cosine similarities of the store's embedder; the defaults suit
     all-MiniLM-L6-v2. ``max_len`` caps merged texts: an UPDATE beyond it becomes an ADD, a
     RECONCILE drops its oldest clauses (they stay in the record's version history).
+    ``dated=False`` (ours, for the ablation) writes merged texts without their clauses' dates:
+    dates cost MiniLM some evidence recall (benchmarks/README.md, Evolution).
     """
 
     name = "rule"
 
     def __init__(self, duplicate: float = 0.92, same_subject: float = 0.80, max_len: int = 600,
-                 neighbours: int = 20):
+                 neighbours: int = 20, dated: bool = True):
         if not 0 < same_subject <= duplicate <= 1:
             raise ValueError(f"need 0 < same_subject ({same_subject}) <= duplicate ({duplicate}) <= 1")
         if neighbours < 1:
             raise ValueError(f"neighbours must be >= 1, got {neighbours}")
         self.duplicate, self.same_subject, self.max_len = duplicate, same_subject, max_len
-        self.neighbours = neighbours
+        self.neighbours, self.dated = neighbours, dated
         self.stats: dict = {op: 0 for op in OPS}
         self._slots: dict[int, list[Slot]] = {}  # record id -> slots (a record id's text never changes)
 
@@ -199,9 +201,10 @@ class RuleManager:
                 held = [i for i, seg in enumerate(segments(old.text)) if any(
                     slot.same_slot(t) for t in extract_slots(seg.clause))]
                 past = held[-1] if held else None
-            text = reconcile_text(old.text, old_date, obs.text, new_date, max_len=self.max_len, past=past)
+            text = reconcile_text(old.text, old_date, obs.text, new_date, max_len=self.max_len, past=past,
+                                  dated=self.dated)
         else:
-            text = update_text(old.text, obs.text, old_date, new_date)
+            text = update_text(old.text, obs.text, old_date, new_date, dated=self.dated)
             if len(text) > self.max_len:
                 return Decision("ADD", reason=f"update would exceed {self.max_len} chars", similarity=sim)
         return Decision(op, old.id, text, reason=reason, similarity=sim)
@@ -231,7 +234,8 @@ def novelty(new: str, old: str, new_slots: list[Slot], old_slots: list[Slot], si
     return out
 
 
-def update_text(old: str, new: str, old_date: str | None = None, new_date: str | None = None) -> str:
+def update_text(old: str, new: str, old_date: str | None = None, new_date: str | None = None,
+                dated: bool = True) -> str:
     """Merged observation keeping the dates of both: the new text replaces the current clause
     when it covers it, slots included (``<new> (D1, D2)``), else it is appended
     (``<old> (D1); <new> (D2)``)."""
@@ -246,11 +250,11 @@ def update_text(old: str, new: str, old_date: str | None = None, new_date: str |
         segs.append(Segment([new_date] if new_date else [], new_clause))
     if not any(s.dates for s in segs):  # undated memories merge as before: "old; new"
         return "; ".join(s.clause for s in segs) + "."
-    return render(segs)
+    return render(segs, dated)
 
 
 def reconcile_text(old: str, old_date: str | None, new: str, new_date: str | None,
-                   max_len: int | None = None, past: int | None = None) -> str:
+                   max_len: int | None = None, past: int | None = None, dated: bool = True) -> str:
     """Dated narrative keeping both states, ending on the current one:
     ``Priya lived in Manchester (14 January 2023); Priya moved to Glasgow (2 June 2023).``
     The clause that held the earlier state (``past``, an index into the old text's clauses;
@@ -259,10 +263,10 @@ def reconcile_text(old: str, old_date: str | None, new: str, new_date: str | Non
     i = len(segs) - 1 if past is None else past
     segs[i] = Segment(segs[i].dates, past_tense(segs[i].clause))
     segs.append(Segment([new_date] if new_date else [], strip_prefix(new).rstrip(".").strip()))
-    text = render(segs)
+    text = render(segs, dated)
     while max_len is not None and len(text) > max_len and len(segs) > 2:
         segs = segs[1:]
-        text = render(segs)
+        text = render(segs, dated)
     return text
 
 

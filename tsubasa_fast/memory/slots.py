@@ -162,11 +162,12 @@ def segments(text: str, date: str | None = None) -> list[Segment]:
     return out
 
 
-def render(segs: list[Segment]) -> str:
-    """``c1 (D1); c2 (D2, D3).``: clauses in time order, each with its dates (first and last)."""
+def render(segs: list[Segment], dated: bool = True) -> str:
+    """``c1 (D1); c2 (D2, D3).``: clauses in time order, each with its dates (first and last);
+    ``dated=False`` leaves the dates out (``c1; c2.``)."""
     parts = []
     for s in segs:
-        dates = [d for d in dict.fromkeys(s.dates) if d]
+        dates = [d for d in dict.fromkeys(s.dates) if d] if dated else []
         if len(dates) > 2:
             dates = [dates[0], dates[-1]]
         clause = s.clause.strip().rstrip(".")
@@ -375,8 +376,8 @@ def _residence(c: str, subj) -> list[Slot]:
 
 _OWN_BUSINESS = re.compile(
     r"\b(?:started|starting|start|launched|launching|opened|opening|runs|is running|running|owns|set up)\s+"
-    r"(?:her|his|their|an?) (?:own |dream |new |online )+(?P<val>(?:[\w-]+ ){0,2}?(?:business|store|shop|company|studio|"
-    r"restaurant|bakery|cafe|café|firm|practice|agency|brand))\b")
+    r"(?:her|his|their|an?) (?:own |dream |new |online )+(?P<val>(?:[\w-]+ ){0,2}?(?:business|store|shop|"
+    r"company|studio|restaurant|bakery|cafe|café|firm|practice|agency|brand))\b")
 
 
 def _job(c: str, subj) -> list[Slot]:
