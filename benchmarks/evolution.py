@@ -3,6 +3,7 @@
     python -m benchmarks.evolution                       # rule and static managers (about 30 s)
     python -m benchmarks.evolution --managers rule llm   # + the LLM manager with SmolLM2-135M (minutes)
     python -m benchmarks.evolution --json benchmarks/results/evolution.json -v
+    python -m benchmarks.evolution --managers rule --locomo-recall   # + LoCoMo dev recall, dated vs undated
 
 Cases (tests/memory/data/evolution_cases.json, written for this suite, shared with
 tests/memory/test_evolution_suite.py): a sequence of dated observations about one person,
@@ -171,6 +172,32 @@ def summarise(results: list[CaseResult]) -> dict:
             "failed": {r.id: r.failures for r in results if not r.passed}}
 
 
+def locomo_recall(embedder, path: Path, dated: bool) -> dict:
+    """Dataset observations of the LoCoMo file through the rule manager (``dated`` merged texts or
+    not), then evidence recall@k for dense and hybrid retrieval (as ``eval retrieval``)."""
+    from tsubasa_fast.memory import MemoryStore
+    from tsubasa_fast.memory.evolution import RuleManager
+    from tsubasa_fast.memory.ingest import ingest_conversation
+    from tsubasa_fast.memory.locomo import evaluate_retrieval, load_locomo, merged_search
+    from tsubasa_fast.memory.retrieval import Retriever
+
+    convs = load_locomo(path)
+    manager = RuleManager(dated=dated)
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        store = MemoryStore(Path(tmp) / "s", embedder)
+        try:
+            for conv in convs:
+                ingest_conversation(store, conv, "observations", manager, date_prefix=False)
+            for mode in ("dense", "hybrid"):
+                r = evaluate_retrieval(convs, Retriever(store, mode), (1, 3, 5, 10), merge=merged_search)
+                out[mode] = {k: round(v, 3) for k, v in r["overall"].items()}
+        finally:
+            store.close()
+    out["ops"] = dict(manager.stats)
+    return out
+
+
 def make(name: str, chat=None):
     from tsubasa_fast.memory.evolution import make_manager
 
@@ -184,6 +211,10 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=None, help="causal LM folder for the llm manager (default SmolLM2-135M)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("-v", "--verbose", action="store_true", help="print each failed check")
+    ap.add_argument("--locomo-recall", action="store_true",
+                    help="also: LoCoMo dev recall of rule-evolved observations, dated vs undated texts")
+    ap.add_argument("--locomo", type=Path,
+                    default=Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo" / "locomo_dev.json")
     args = ap.parse_args(argv)
 
     from tsubasa_fast.memory import MiniLMEmbedder
@@ -213,6 +244,11 @@ def main(argv=None) -> int:
             for cid, fails in s["failed"].items():
                 for f in fails:
                     print(f"   FAIL {cid}: {f}")
+    if args.locomo_recall:
+        for dated in (True, False):
+            label = "dated" if dated else "undated"
+            r = out[f"locomo_recall_{label}"] = locomo_recall(embedder, args.locomo, dated)
+            print(f"locomo {label:7s} ops {r['ops']}  dense {r['dense']}  hybrid {r['hybrid']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=1))
