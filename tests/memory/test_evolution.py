@@ -27,23 +27,29 @@ def test_rule_manager_decisions(store):
     d, b = _run(store, m, "Ann moved from Boston to Denver with her cat Tom", "k3", date="2023-06-01",
                 dia=("D5:2",))
     assert d.op == "RECONCILE" and d.target_id == a.id
-    assert "Boston with her cat Tom" in b.text and "Denver" in b.text  # both states kept, dated
-    assert "2023-01-05" in b.text or "5 January 2023" in b.text
+    # both states kept, each with its date; the earlier one in the past tense
+    assert b.text == ("Ann lived in Boston with her cat Tom (5 January 2023); "
+                      "Ann moved from Boston to Denver with her cat Tom (1 June 2023).")
     assert b.dia_ids == ["D1:1", "D5:2"] and store.get(a.id).status == "superseded"
-    d, c = _run(store, m, "Ann's cat Tom in Denver is a grey tabby", "k4")
-    assert d.op in ("UPDATE", "ADD")
+    # adds detail to the one memory naming both Tom and Denver (hashing cosine is only 0.31)
+    d, c = _run(store, m, "Ann's cat Tom in Denver is a grey tabby", "k4", date="2023-07-02")
+    assert d.op == "UPDATE" and d.target_id == b.id
+    assert c.text == b.text[:-1] + "; Ann's cat Tom in Denver is a grey tabby (2 July 2023)."
     d, e = _run(store, m, "Bob collects vintage stamps from Peru", "k5")
     assert d.op == "ADD"
-    assert m.stats["ADD"] >= 2 and m.stats["IGNORE"] == 1 and m.stats["RECONCILE"] == 1
+    assert m.stats == {"ADD": 2, "UPDATE": 1, "RECONCILE": 1, "IGNORE": 1}
     ops = [ev["op"] for ev in store.events("u")]
-    assert ops[:3] == ["ADD", "IGNORE", "RECONCILE"]  # every decision logged, IGNORE included
+    assert ops == ["ADD", "IGNORE", "RECONCILE", "UPDATE", "ADD"]  # every decision logged, IGNORE included
+    assert [r.text for r in store.all("u")] == [c.text, "Bob collects vintage stamps from Peru"]
 
 
 def test_rule_manager_update_merges(store):
     m = RuleManager(duplicate=0.99, same_subject=0.5)
     _, a = _run(store, m, "Ann plays tennis on weekends", "k1")
-    d, b = _run(store, m, "Ann plays tennis on weekends at the club with her sister", "k2")
-    assert d.op == "UPDATE" and b.supersedes == a.id and "sister" in b.text
+    d, b = _run(store, m, "Ann plays tennis on weekends at the club with her sister", "k2", date="2023-06-18")
+    assert d.op == "UPDATE" and b.supersedes == a.id
+    # the new text covers the old one: it replaces it, and the dates of both stay
+    assert b.text == "Ann plays tennis on weekends at the club with her sister (8 May 2023, 18 June 2023)."
 
 
 def test_rule_manager_rejects_bad_thresholds():
@@ -115,3 +121,24 @@ def test_ingest_reports_each_decision_as_it_happens(tmp_path):
     assert len(seen) == stats.applied > 0 and all(op == "ADD" for _, op in seen)
     assert len({k for k, _ in seen}) == len(seen)
     store.close()
+
+
+def test_rule_manager_reconciles_the_clause_that_held_the_state(store):
+    """A detail appended by an UPDATE does not hide the residence clause before it."""
+    m = RuleManager(duplicate=0.95, same_subject=0.55)
+    _run(store, m, "Ann lives in Boston with her cat Tom", "k1", date="2023-01-05")
+    d, _ = _run(store, m, "Ann's cat Tom in Boston is a grey tabby", "k2", date="2023-02-10")
+    assert d.op == "UPDATE"
+    d, rec = _run(store, m, "Ann moved to Denver.", "k3", date="2023-06-01")
+    assert d.op == "RECONCILE" and m.stats == {"ADD": 1, "UPDATE": 1, "RECONCILE": 1, "IGNORE": 0}
+    assert rec.text == ("Ann lived in Boston with her cat Tom (5 January 2023); "
+                        "Ann's cat Tom in Boston is a grey tabby (10 February 2023); "
+                        "Ann moved to Denver (1 June 2023).")
+    assert [r.text for r in store.all("u")] == [rec.text] and rec.version == 3
+
+
+def test_rule_manager_undated_texts(store):
+    m = RuleManager(duplicate=0.95, same_subject=0.55, dated=False)
+    _run(store, m, "Ann has 2 cats.", "k1", date="2023-01-05")
+    d, rec = _run(store, m, "Ann has 3 cats.", "k2", date="2023-06-01")
+    assert d.op == "RECONCILE" and rec.text == "Ann had 2 cats; Ann has 3 cats."

@@ -2,7 +2,7 @@
 
 Three managers behind one interface, ``decide(store, obs) -> Decision``:
 
-* :class:`RuleManager` - deterministic, embedding similarity, no LLM (ours, METHOD.md):
+* :class:`RuleManager` - deterministic, slot-aware (slots.py) + embedding similarity, no LLM (ours):
   near-duplicate -> IGNORE; same subject with a changed state -> RECONCILE (dated narrative
   keeping both states); same subject with new detail -> UPDATE (merged text); else ADD.
 * :class:`LLMManager` - the paper's manager: the LLM sees the numbered live memories (the
@@ -24,19 +24,15 @@ from typing import Callable, Protocol
 import numpy as np
 
 from ..llm import json_in_reply
+from .slots import (Segment, Slot, content_stems, extract_slots, human_date, informative, names,
+                    past_tense, render, segments, strip_prefix, subject_of, subjects_compatible, words)
 from .store import MemoryStore, Record
 
 OPS = ("ADD", "UPDATE", "RECONCILE", "IGNORE")
-_WORD = re.compile(r"[a-z0-9']+")
-_STOP = set("""a an the and or but of to in on at for with from by as is are was were be been being it its
-this that these those he she they them his her their i you we my our your has have had do does did not no
-so very just also about into over after before during than then there here who what when where which how
-recently currently now""".split())
 # Words that signal a change of state rather than added detail.
 _CHANGE = re.compile(
     r"\b(no longer|not anymore|anymore|stopped|quit|quits|moved|moves|switched|changed|instead|"
     r"broke up|divorced|sold|gave up|used to|formerly|now has|now lives|now works)\b", re.I)
-_NUM = re.compile(r"\b\d+(?:[.,]\d+)?\b")
 
 
 @dataclass
@@ -74,14 +70,6 @@ class Manager(Protocol):
     def decide(self, store: MemoryStore, obs: Observation) -> Decision: ...
 
 
-def _content(text: str) -> set[str]:
-    return {w for w in _WORD.findall(text.lower()) if w not in _STOP and len(w) > 1}
-
-
-def _strip_end(text: str) -> str:
-    return text.strip().rstrip(".")
-
-
 class StaticManager:
     """Append every observation (the paper's static-accumulation ablation)."""
 
@@ -96,77 +84,191 @@ class StaticManager:
 
 
 class RuleManager:
-    """Deterministic similarity-based evolution (no LLM).
+    """Deterministic slot-aware evolution (no LLM).
+
+    1. What the observation is about: its slots (slots.py: residence, job, count of X,
+       preference towards X, habit, relationship, diet, education, age, favourite X). A live
+       memory whose current clause holds the same slot is the target, however far apart the
+       embeddings are ("moved to Bristol" vs "lives in Leeds": cosine 0.76). A changed field
+       (another place, count, polarity, partner, a habit stopped) -> RECONCILE: one dated
+       narrative that keeps the earlier state in the past tense and ends on the current one.
+       The same state -> IGNORE when nothing new (number, name, date, slot or, below the
+       duplicate threshold, content word), else UPDATE.
+    2. No slot in common: the nearest memory by cosine. Below ``same_subject`` -> ADD; a
+       different fact of the same kind (loves swimming vs loves running), or another person's
+       ("Maya's sister ...") -> ADD; nothing new -> IGNORE; change words ("no longer",
+       "moved") -> RECONCILE; else UPDATE (merged, dates of both kept).
 
     Thresholds are cosine similarities of the store's embedder; the defaults suit
-    all-MiniLM-L6-v2. ``max_len`` caps merged texts (a longer merge becomes an ADD), so one
-    record never swallows a whole topic.
+    all-MiniLM-L6-v2. ``max_len`` caps merged texts: an UPDATE beyond it becomes an ADD, a
+    RECONCILE drops its oldest clauses (they stay in the record's version history).
+    ``dated=False`` (ours, for the ablation) writes merged texts without their clauses' dates:
+    dates cost MiniLM some evidence recall (benchmarks/README.md, Evolution).
     """
 
     name = "rule"
 
-    def __init__(self, duplicate: float = 0.92, same_subject: float = 0.80, max_len: int = 600):
+    def __init__(self, duplicate: float = 0.92, same_subject: float = 0.80, max_len: int = 600,
+                 neighbours: int = 20, dated: bool = True):
         if not 0 < same_subject <= duplicate <= 1:
             raise ValueError(f"need 0 < same_subject ({same_subject}) <= duplicate ({duplicate}) <= 1")
+        if neighbours < 1:
+            raise ValueError(f"neighbours must be >= 1, got {neighbours}")
         self.duplicate, self.same_subject, self.max_len = duplicate, same_subject, max_len
+        self.neighbours, self.dated = neighbours, dated
         self.stats: dict = {op: 0 for op in OPS}
-
-    def _nearest(self, store: MemoryStore, obs: Observation) -> tuple[Record | None, float]:
-        hits = store.search(obs.user_id, obs.vec if obs.vec is not None else obs.text, k=1)
-        if not hits:
-            return None, -1.0
-        return hits[0].record, hits[0].score
+        self._slots: dict[int, list[Slot]] = {}  # record id -> slots (a record id's text never changes)
 
     def decide(self, store: MemoryStore, obs: Observation) -> Decision:
         d = self._decide(store, obs)
         self.stats[d.op] += 1
         return d
 
+    def slots_of(self, rec: Record) -> list[Slot]:
+        got = self._slots.get(rec.id)
+        if got is None:
+            got = self._slots[rec.id] = extract_slots(rec.text)
+        return got
+
     def _decide(self, store: MemoryStore, obs: Observation) -> Decision:
-        old, sim = self._nearest(store, obs)
-        if old is None or sim < self.same_subject:
-            return Decision("ADD", reason="no similar memory", similarity=sim if old else None)
-        new_c, old_c = _content(obs.text), _content(old.text)
-        if sim >= self.duplicate or (new_c and new_c <= old_c):
-            return Decision("IGNORE", old.id, reason="near-duplicate", similarity=sim)
-        changed = bool(_CHANGE.search(obs.text)) or (
-            set(_NUM.findall(obs.text)) and set(_NUM.findall(old.text))
-            and set(_NUM.findall(obs.text)) != set(_NUM.findall(old.text)))
-        if changed:
-            text = reconcile_text(old.text, old.observed_at, obs.text, obs.date_label or obs.observed_at)
-            op, reason = "RECONCILE", "same subject, changed state"
+        live = store.all(obs.user_id)
+        if not live:
+            return Decision("ADD", reason="no memory yet")
+        hits = store.search(obs.user_id, obs.vec if obs.vec is not None else obs.text,
+                            k=min(self.neighbours, len(live)))
+        sims = {h.record.id: h.score for h in hits}
+        new_slots = extract_slots(obs.text)
+        matched = self._slot_match(live, sims, obs, new_slots)
+        if matched is not None:
+            old, slot, conflict = matched
+            sim = sims.get(old.id)
+            if conflict:
+                return self._rewrite("RECONCILE", old, obs, sim, f"{slot.kind} changed ({slot})", slot)
+            if not novelty(obs.text, old.text, new_slots, self.slots_of(old), sim, self.duplicate):
+                return Decision("IGNORE", old.id, reason=f"same {slot.kind}, nothing new", similarity=sim)
+            return self._rewrite("UPDATE", old, obs, sim, f"same {slot.kind}, new detail")
+        old = self._entity_match(live, obs)
+        if old is not None:
+            sim, old_slots = sims.get(old.id), self.slots_of(old)
+        elif not hits or hits[0].score < self.same_subject:
+            return Decision("ADD", reason="no similar memory", similarity=hits[0].score if hits else None)
         else:
-            text = update_text(old.text, obs.text)
-            op, reason = "UPDATE", "same subject, new detail"
-        if len(text) > self.max_len:
-            return Decision("ADD", reason=f"{op.lower()} would exceed {self.max_len} chars", similarity=sim)
+            old, sim = hits[0].record, hits[0].score
+            old_slots = self.slots_of(old)
+            if {s.kind for s in new_slots} & {s.kind for s in old_slots}:
+                return Decision("ADD", reason="another fact of the same kind", similarity=sim)
+            if _other_person(subject_of(obs.text), subject_of(old.text)):
+                return Decision("ADD", reason="about someone else", similarity=sim)
+        if not novelty(obs.text, old.text, new_slots, old_slots, sim, self.duplicate):
+            return Decision("IGNORE", old.id, reason="near-duplicate, nothing new", similarity=sim)
+        if _CHANGE.search(strip_prefix(obs.text)):
+            return self._rewrite("RECONCILE", old, obs, sim, "same subject, changed state")
+        return self._rewrite("UPDATE", old, obs, sim, "same subject, new detail")
+
+    def _slot_match(self, live: list[Record], sims: dict, obs: Observation, new_slots: list[Slot]):
+        """(record, slot, conflict) for the live memory holding one of the observation's slots."""
+        best = None
+        for slot in new_slots:
+            cands = [(r, any(slot.conflicts(t) for t in self.slots_of(r) if slot.same_slot(t)))
+                     for r in live if any(slot.same_slot(t) for t in self.slots_of(r))]
+            if not cands and slot.kind == "habit" and slot.get("active") == "no":
+                # "no longer volunteers at the shelter" ends a habit that no frequency announced
+                cands = [(r, True) for r in live
+                         if subjects_compatible(slot.subject, subject_of(r.text))
+                         and slot.topic <= content_stems(r.text)]
+            for r, conflict in cands:
+                key = (conflict, sims.get(r.id, -2.0), r.id)
+                if best is None or key > best[0]:
+                    best = (key, r, slot, conflict)
+        return None if best is None else best[1:]
+
+    @staticmethod
+    def _entity_match(live: list[Record], obs: Observation) -> Record | None:
+        """The one live memory naming every name of the observation (two or more besides its
+        subject): "Ann's cat Tom in Denver ..." is about the memory with Tom and Denver."""
+        subj = (subject_of(obs.text) or "").split("'s")[0]
+        wanted = names(obs.text) - {subj}
+        if len(wanted) < 2:
+            return None
+        found = [r for r in live if wanted <= names(r.text) | words(r.text)]
+        return found[0] if len(found) == 1 else None
+
+    def _rewrite(self, op: str, old: Record, obs: Observation, sim, reason: str,
+                 slot: Slot | None = None) -> Decision:
+        old_date, new_date = human_date(old.observed_at), human_date(obs.observed_at) or obs.date_label
+        if op == "RECONCILE":
+            past = None
+            if slot is not None:  # the clause that held the changed state becomes history
+                held = [i for i, seg in enumerate(segments(old.text)) if any(
+                    slot.same_slot(t) for t in extract_slots(seg.clause))]
+                past = held[-1] if held else None
+            text = reconcile_text(old.text, old_date, obs.text, new_date, max_len=self.max_len, past=past,
+                                  dated=self.dated)
+        else:
+            text = update_text(old.text, obs.text, old_date, new_date, dated=self.dated)
+            if len(text) > self.max_len:
+                return Decision("ADD", reason=f"update would exceed {self.max_len} chars", similarity=sim)
         return Decision(op, old.id, text, reason=reason, similarity=sim)
 
 
-def update_text(old: str, new: str) -> str:
-    """Merged observation: the new text if it covers the old one, else both."""
-    old_c, new_c = _content(old), _content(new)
-    if old_c and len(old_c & new_c) / len(old_c) >= 0.8:
-        return new.strip()
-    return f"{_strip_end(old)}; {new.strip()}"
+def _other_person(a: str | None, b: str | None) -> bool:
+    """``maya's sister`` vs ``maya``: a possessive subject is someone (something) else."""
+    if a is None or b is None or a == b:
+        return False
+    return "'s " in a or "'s " in b
 
 
-def reconcile_text(old: str, old_date: str | None, new: str, new_date: str | None) -> str:
-    """Dated narrative keeping both states."""
-    def dated(text, date):
-        return f"On {date}: {text.strip()}" if date and not text.startswith("On ") else text.strip()
-    first = old.strip() if old.startswith("On ") else dated(old, _human(old_date))
-    return f"{_strip_end(first)}. {dated(new, _human(new_date))}"
+_FILLER = {"really", "truly", "enjoy", "love", "like", "adore", "fond", "keen", "passionate", "big", "huge",
+           "fan", "still", "continu", "keep", "kept", "absolutely", "definitely", "very", "great", "lot",
+           "deeply", "always", "mention", "said", "say", "share", "tell", "told", "express"}
 
 
-def _human(date: str | None) -> str | None:
-    if not date:
-        return None
-    m = re.match(r"(\d{4})-(\d{2})-(\d{2})", date)
-    if not m:
-        return date
-    import calendar
-    return f"{int(m.group(3))} {calendar.month_name[int(m.group(2))]} {m.group(1)}"
+def novelty(new: str, old: str, new_slots: list[Slot], old_slots: list[Slot], sim: float | None,
+            duplicate: float) -> set[str]:
+    """What ``new`` adds to ``old``: numbers, names, dates, slots old lacks and, when the two are
+    not near-duplicates (cosine below ``duplicate``), content words. Empty -> IGNORE."""
+    out = informative(new) - informative(old) - content_stems(old) - words(old)
+    out |= {str(s) for s in new_slots if not any(s.same_slot(t) for t in old_slots)}
+    if sim is None or sim < duplicate:
+        old_c = content_stems(old)
+        out |= {w for w in content_stems(strip_prefix(new)) if w not in old_c and w not in _FILLER}
+    return out
+
+
+def update_text(old: str, new: str, old_date: str | None = None, new_date: str | None = None,
+                dated: bool = True) -> str:
+    """Merged observation keeping the dates of both: the new text replaces the current clause
+    when it covers it, slots included (``<new> (D1, D2)``), else it is appended
+    (``<old> (D1); <new> (D2)``)."""
+    segs = segments(old, old_date)
+    new_clause = strip_prefix(new).rstrip(".").strip()
+    last_c, new_c = content_stems(segs[-1].clause), content_stems(new_clause)
+    new_slots = extract_slots(new_clause)
+    keeps_state = all(any(t.same_slot(n) for n in new_slots) for t in extract_slots(segs[-1].clause))
+    if last_c and len(last_c & new_c) / len(last_c) >= 0.8 and keeps_state:
+        segs[-1] = Segment(segs[-1].dates + ([new_date] if new_date else []), new_clause)
+    else:
+        segs.append(Segment([new_date] if new_date else [], new_clause))
+    if not any(s.dates for s in segs):  # undated memories merge as before: "old; new"
+        return "; ".join(s.clause for s in segs) + "."
+    return render(segs, dated)
+
+
+def reconcile_text(old: str, old_date: str | None, new: str, new_date: str | None,
+                   max_len: int | None = None, past: int | None = None, dated: bool = True) -> str:
+    """Dated narrative keeping both states, ending on the current one:
+    ``Priya lived in Manchester (14 January 2023); Priya moved to Glasgow (2 June 2023).``
+    The clause that held the earlier state (``past``, an index into the old text's clauses;
+    default the last) is put in the past tense; ``max_len`` drops the oldest clauses."""
+    segs = segments(old, old_date)
+    i = len(segs) - 1 if past is None else past
+    segs[i] = Segment(segs[i].dates, past_tense(segs[i].clause))
+    segs.append(Segment([new_date] if new_date else [], strip_prefix(new).rstrip(".").strip()))
+    text = render(segs, dated)
+    while max_len is not None and len(text) > max_len and len(segs) > 2:
+        segs = segs[1:]
+        text = render(segs, dated)
+    return text
 
 
 _MANAGER_SYSTEM = (
