@@ -43,7 +43,7 @@ class ChatLM:
     """Greedy chat-template generation with a local transformers causal LM."""
 
     def __init__(self, model: Any, tokenizer: Any, max_new_tokens: int = 256,
-                 temperature: float = 0.0, name: str = "llm"):
+                 temperature: float = 0.0, name: str = "llm", adapter_off: bool = False):
         if max_new_tokens <= 0:
             raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
         self.model = model
@@ -51,6 +51,7 @@ class ChatLM:
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.name = name
+        self.adapter_off = adapter_off  # generate with a peft model's adapter disabled (the base model)
         if getattr(tokenizer, "chat_template", None) is None:
             raise ValueError(f"{name}: the tokenizer has no chat template")
 
@@ -66,6 +67,11 @@ class ChatLM:
     def __call__(self, messages: list[dict], max_new_tokens: int | None = None) -> str:
         return self.chat(messages, max_new_tokens)
 
+    def _context(self):
+        import contextlib
+
+        return self.model.disable_adapter() if self.adapter_off else contextlib.nullcontext()
+
     def structured(self, messages: list[dict], schema: Any, max_new_tokens: int | None = None, **gen) -> Any:
         """The reply decoded under ``schema``'s grammar, validated (see :func:`structured.generate`)."""
         return self.structured_batch([messages], schema, max_new_tokens, **gen)[0]
@@ -75,9 +81,10 @@ class ChatLM:
         """:meth:`structured` for several chats at once (one padded batch); ``gen``: e.g. repetition_penalty."""
         from .structured import generate_batch
 
-        return generate_batch(self.model, self.tokenizer, batch, schema,
-                              max_new_tokens=max_new_tokens or self.max_new_tokens,
-                              temperature=self.temperature, **gen)
+        with self._context():
+            return generate_batch(self.model, self.tokenizer, batch, schema,
+                                  max_new_tokens=max_new_tokens or self.max_new_tokens,
+                                  temperature=self.temperature, **gen)
 
     def chat(self, messages: list[dict], max_new_tokens: int | None = None) -> str:
         import torch
@@ -90,7 +97,7 @@ class ChatLM:
             gen.update(do_sample=True, temperature=self.temperature)
         else:
             gen.update(do_sample=False)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._context():
             out = self.model.generate(**ids, **gen)
         new = out[0, ids["input_ids"].shape[1]:]
         return self.tokenizer.decode(new, skip_special_tokens=True).strip()

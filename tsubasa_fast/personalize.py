@@ -79,6 +79,7 @@ class Personalizer:
         self.out.mkdir(parents=True, exist_ok=True)
         self.state = self._load_state()
         self._student = None
+        self._chat = None
 
     # ------------------------------------------------------------------ state
 
@@ -113,14 +114,16 @@ class Personalizer:
                                                   seed=c.train.seed))
         return self._student
 
-    def chat(self, messages: list[dict], max_new_tokens: int | None = None) -> str:
-        """Generation with the base model (adapter disabled): extraction, managers, synthesis."""
-        from .llm import ChatLM
+    @property
+    def chat(self):
+        """The base model (adapter disabled) for extraction, managers and synthesis; a ChatLM, so
+        structured stages decode under their grammar."""
+        if self._chat is None:
+            from .llm import ChatLM
 
-        st = self.student
-        lm = ChatLM(st.model, st.tokenizer, max_new_tokens=max_new_tokens or 256, name="base")
-        with st.model.disable_adapter():
-            return lm(messages)
+            st = self.student
+            self._chat = ChatLM(st.model, st.tokenizer, max_new_tokens=256, name="base", adapter_off=True)
+        return self._chat
 
     # ------------------------------------------------------------------ stages
 

@@ -140,12 +140,7 @@ class QAEvaluator:
     def _base_chat(student, max_new_tokens: int) -> Callable[[list[dict]], str]:
         from ..llm import ChatLM
 
-        def chat(messages: list[dict], max_tokens: int | None = None) -> str:
-            lm = ChatLM(student.model, student.tokenizer, max_new_tokens=max_tokens or max_new_tokens)
-            with student.model.disable_adapter():
-                return lm(messages)
-
-        return chat
+        return ChatLM(student.model, student.tokenizer, max_new_tokens=max_new_tokens, adapter_off=True)
 
     def _build_store(self, conv, path: Path):
         from ..memory.evolution import make_manager
