@@ -164,7 +164,7 @@ def main(argv=None):
                     jsonschema.validate(json.loads(text), schema)
                 r["valid"] += 1
             except (ValueError, StructuredOutputError, jsonschema.ValidationError):
-                pass
+                r["invalid"] = r.get("invalid", 0) + 1  # counted: the table reports valid / prompts
             if i < 2:
                 samples.setdefault(name, []).append(text[:300])
         print(f"prompt {i + 1}/{len(jobs)} done", flush=True)
