@@ -10,7 +10,7 @@ import pytest
 
 from .helpers import LOCOMO_DEV
 from tsubasa_fast.history import HistoryFormatError, load_eval_questions, load_history, parse_history_date
-from tsubasa_fast.memory.locomo import Conversation, Session, Turn
+from tsubasa_fast.core import Conversation, Session, Turn
 
 SAMPLE = Path(resources.files("tsubasa_fast") / "data" / "sample_user.json")
 
@@ -288,7 +288,7 @@ def test_load_eval_questions_validation(tmp_path):
     assert q.answer == "3" and q.evidence == ("D3:4",)
 
 
-def test_history_only_imports_the_memory_loader():
+def test_history_only_imports_the_core_types_and_the_loader():
     import ast
 
     import tsubasa_fast.history as h
@@ -298,7 +298,7 @@ def test_history_only_imports_the_memory_loader():
             ours.add(node.module)
         elif isinstance(node, ast.Import):
             ours.update(a.name for a in node.names if a.name.startswith("tsubasa_fast"))
-    assert ours == {"memory.locomo", "errors"}
+    assert ours == {"core", "memory.locomo", "errors"}
 
 
 def test_deeply_nested_json_is_a_clear_error(tmp_path):

@@ -1,6 +1,6 @@
 """One user's history for ``tsubasa-fast personalize --history FILE --user NAME``.
 
-:func:`load_history` reads the file and returns the same :class:`~tsubasa_fast.memory.locomo.Conversation`
+:func:`load_history` reads the file and returns the same :class:`~tsubasa_fast.core.Conversation`
 the LoCoMo loader produces, so the memory-writing pipeline (``ingest_conversation``) consumes
 it unchanged, plus the speaker who is the user.
 
@@ -58,7 +58,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
-from .memory.locomo import Conversation, LocomoFormatError, Session, Turn, load_locomo, parse_locomo_date
+from .core import Conversation, Session, Turn
+from .memory.locomo import LocomoFormatError, load_locomo, parse_locomo_date
 
 __all__ = ["EVAL_CATEGORIES", "EvalQuestion", "HistoryFormatError", "load_eval_questions", "load_history",
            "parse_history_date"]

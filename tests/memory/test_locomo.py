@@ -2,7 +2,8 @@
 
 import pytest
 
-from tsubasa_fast.memory.locomo import (Retrieved, evaluate_retrieval, format_report, load_locomo,
+from tsubasa_fast.core import Retrieved
+from tsubasa_fast.memory.locomo import (evaluate_retrieval, format_report, load_locomo,
                                         merged_search, parse_locomo_date)
 
 from ..helpers import LOCOMO_DEV as DEV

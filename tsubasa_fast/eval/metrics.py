@@ -32,8 +32,8 @@ from collections import Counter
 from functools import lru_cache
 from typing import Any, Iterable, Mapping
 
-# The dataset's own code implies this mapping; some libraries number them differently.
-CATEGORY_NAMES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
+from ..core import CATEGORY_NAMES
+
 ANSWERABLE_CATEGORIES = (1, 2, 3, 4)
 ADVERSARIAL_PHRASES = ("no information available", "not mentioned")
 LENIENT_ADVERSARIAL_PHRASES = ADVERSARIAL_PHRASES + (

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..structured import StructuredOutputError, parse_reply
-from .locomo import Session
+from ..core import Session
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Callable
 
 from .evolution import Manager, Observation, StaticManager, apply_decision
 from .extraction import Extracted, ObservationExtractor, resolve_relative_dates
-from .locomo import Conversation, Session
+from ..core import Conversation, Session
 from .store import MemoryStore
 
 log = logging.getLogger(__name__)

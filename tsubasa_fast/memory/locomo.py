@@ -20,89 +20,20 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterable, Sequence
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAdapter, ValidationError
 
+from ..core import CATEGORY_NAMES, QA, Conversation, Retrieved, SearchFn, Session, Turn
 from ..fileio import read_json
 
-CATEGORY_NAMES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
 _DIA = re.compile(r"D(\d+):(\d+)")
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
 
 class LocomoFormatError(ValueError):
     """Malformed LoCoMo file; the message names the offending field."""
-
-
-@dataclass(frozen=True)
-class Turn:
-    speaker: str
-    dia_id: str
-    text: str
-    blip_caption: str | None = None
-
-    def full_text(self) -> str:
-        """Utterance text plus the shared image's caption, if any."""
-        if self.blip_caption:
-            return f"{self.text} [shares {self.blip_caption}]".strip()
-        return self.text
-
-
-@dataclass(frozen=True)
-class Session:
-    number: int
-    date_time: str
-    date: _dt.datetime
-    turns: tuple[Turn, ...]
-
-    @property
-    def date_str(self) -> str:
-        """Human date used in memory texts and prompts, e.g. ``8 May 2023``."""
-        return f"{self.date.day} {self.date.strftime('%B %Y')}"
-
-
-@dataclass(frozen=True)
-class QA:
-    question: str
-    answer: str | None
-    evidence: tuple[str, ...]
-    category: int
-    adversarial_answer: str | None = None
-
-
-@dataclass
-class Conversation:
-    sample_id: str
-    speaker_a: str
-    speaker_b: str
-    sessions: list[Session]
-    qa: list[QA]
-    # observations[session_number][speaker] = [(text, [dia_ids]), ...]
-    observations: dict[int, dict[str, list[tuple[str, list[str]]]]] = field(default_factory=dict)
-    session_summaries: dict[int, str] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def speakers(self) -> tuple[str, str]:
-        return (self.speaker_a, self.speaker_b)
-
-    def user_id(self, speaker: str) -> str:
-        if speaker not in self.speakers:
-            raise ValueError(f"speaker {speaker!r} is not in conversation {self.sample_id} {self.speakers}")
-        return f"{self.sample_id}:{speaker}"
-
-    @property
-    def user_ids(self) -> list[str]:
-        return [self.user_id(s) for s in self.speakers]
-
-    def session(self, number: int) -> Session:
-        for s in self.sessions:
-            if s.number == number:
-                return s
-        raise KeyError(f"{self.sample_id} has no session {number}")
 
 
 _DATE_FORMATS = ("%I:%M %p on %d %B, %Y", "%I:%M %p on %d %B %Y", "%I:%M %p on %d %b, %Y", "%I:%M %p on %d %b %Y")
@@ -366,18 +297,6 @@ def load_locomo(path: str | os.PathLike, conversations: Sequence[str] | None = N
 
 
 # ------------------------------------------------------------------ evaluation
-@dataclass(frozen=True)
-class Retrieved:
-    """One retrieved memory: its text, source dia_ids and score."""
-    text: str
-    dia_ids: tuple[str, ...]
-    score: float
-    user_id: str = ""
-
-
-SearchFn = Callable[[str, str, int], list[Retrieved]]  # (user_id, question, k) -> ranked
-
-
 def count_tokens(text: str) -> int:
     """Word-and-punctuation token count (model-free, used for 'retrieved tokens')."""
     return len(_TOKEN.findall(text))

@@ -32,7 +32,7 @@ import bm25s
 import numpy as np
 import Stemmer
 
-from .locomo import Conversation, Retrieved
+from ..core import Conversation, Retrieved
 from .store import MemoryStore, Record
 
 logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets its own logger to DEBUG on import
