@@ -6,6 +6,7 @@ import threading
 import numpy as np
 import pytest
 
+from tsubasa_fast.errors import InputError
 from tsubasa_fast.memory import (EmbedderMismatchError, HashingEmbedder, MemoryStore, RecordNotFoundError,
                                  StaleTargetError)
 
@@ -46,18 +47,21 @@ def test_op_key_idempotent_and_ignore_logged(store):
 
 
 def test_bad_input_errors(store):
-    with pytest.raises(ValueError, match="text"):
-        store.add("u", "   ")
-    with pytest.raises(ValueError, match="user_id"):
-        store.add("", "x")
-    with pytest.raises(ValueError, match="k must be"):
-        store.search("u", "x", k=0)
-    with pytest.raises(ValueError, match="dia_ids"):
-        store.add("u", "x", source={"dia_ids": "D1:1"})
+    """Each bad argument is an InputError naming it (the CLI shows the field as its flag)."""
+    cases = [("text", lambda: store.add("u", "   ")), ("user_id", lambda: store.add("", "x")),
+             ("k", lambda: store.search("u", "x", k=0)),
+             ("source.dia_ids", lambda: store.add("u", "x", source={"dia_ids": "D1:1"})),
+             ("decision_source", lambda: store.add("u", "x", decision_source="robot")),
+             ("op", lambda: store.log_decision("u", "DELETE")),
+             ("record_id", lambda: store.delete("1"))]
+    for field, call in cases:
+        with pytest.raises(InputError) as e:
+            call()
+        assert e.value.field == field and str(e.value).startswith(f"{field}: ")
+        assert "--" not in str(e.value)
     with pytest.raises(RecordNotFoundError, match="no memory record with id 42"):
         store.get(42)
-    with pytest.raises(ValueError, match="decision_source"):
-        store.add("u", "x", decision_source="robot")
+    assert store.count("u", live_only=False) == 0 and store.events() == []
 
 
 def test_refuses_other_embedder(tmp_path):

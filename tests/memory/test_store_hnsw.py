@@ -51,9 +51,9 @@ def test_hnsw_recall_against_exact_float64(tmp_path):
 def test_search_needs_a_query(store):
     store.add("u", "Ann likes tea")
     for bad in (None, 3, ["tea"]):
-        with pytest.raises(ValueError, match="query must be a non-empty string or an embedding"):
+        with pytest.raises(ValueError, match="query: must be a non-empty string or an embedding"):
             store.search("u", bad)
-    with pytest.raises(ValueError, match="query must be a non-empty string"):
+    with pytest.raises(ValueError, match="query: must be a non-empty string"):
         store.search("u", "  ")
 
 
@@ -61,11 +61,11 @@ def test_record_ids_must_be_integers(store):
     rec = store.add("u", "Ann likes tea")
     assert store.get(np.int64(rec.id)).id == rec.id
     for bad in (1.7, 1.0, "1", True, None):
-        with pytest.raises(ValueError, match="record_id must be an integer"):
+        with pytest.raises(ValueError, match="record_id: must be an integer"):
             store.get(bad)
-        with pytest.raises(ValueError, match="record_id must be an integer"):
+        with pytest.raises(ValueError, match="record_id: must be an integer"):
             store.history(bad)
-    with pytest.raises(ValueError, match="target_id must be an integer"):
+    with pytest.raises(ValueError, match="target_id: must be an integer"):
         store.rewrite(1.7, "Ann likes green tea")
     assert store.count("u", live_only=False) == 1
 

@@ -34,7 +34,7 @@ def _decisions(store, user):
 
 
 def test_export_of_an_empty_user_is_an_error(evolved, tmp_path, capsys):
-    with pytest.raises(ValueError, match="user_id must be a non-empty string"):
+    with pytest.raises(ValueError, match="user_id: must be a non-empty string"):
         evolved.export_jsonl(tmp_path / "x.jsonl", user_id="")
     assert not (tmp_path / "x.jsonl").exists()
     assert main(["memory", "export", "--store", str(evolved.path), "--user", "", str(tmp_path / "y.jsonl")]) == 2

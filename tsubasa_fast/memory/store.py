@@ -14,7 +14,8 @@ post-filtered global ANN search returning fewer than k hits. So:
   a write is acknowledged only after it commits, and the embedding is stored in the row,
   so any index can be rebuilt from SQLite without re-embedding;
 * rewrites (UPDATE / RECONCILE) never destroy: the old version becomes ``superseded`` and
-  stays readable; ``history(id)`` returns the chain;
+  stays readable; ``history(id)`` returns the chain; ``delete(id)`` is soft too: the live
+  version becomes ``deleted`` (out of every search, still in its history and the event log);
 * ``op_key`` makes writes idempotent: a key already in the event log is not applied again,
   and reusing it for another operation or text is an error;
 * opening checks the database file and takes no write lock unless it creates the schema.
@@ -35,6 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..errors import InputError
 from .store_db import (
     SCHEMA_VERSION,
     EmbedderMismatchError,
@@ -46,28 +48,33 @@ from .store_db import (
     StoreCorruptError,
     StoreDB,
     StoreLockedError,
+    StoreVersionError,
     check_db_file,
     now,
 )
 from .store_index import IndexCache, UserIndex, hnsw_ef
 from .store_writes import (
     DECISION_SOURCES,
+    DELETE_OP,
+    RECORD_OPS,
     REWRITE_OPS,
-    WRITE_OPS,
     WritePlan,
+    apply_delete,
     apply_write,
+    check_decision_source,
     check_id,
     check_op_key,
     check_text,
     check_user,
+    find_delete_replay,
     find_replay,
     plan_write,
 )
 
 __all__ = [
-    "DECISION_SOURCES", "EMBEDDER_NAMES", "REWRITE_OPS", "SCHEMA_VERSION", "EmbedderMismatchError", "Hit",
+    "DECISION_SOURCES", "DELETE_OP", "EMBEDDER_NAMES", "REWRITE_OPS", "SCHEMA_VERSION", "EmbedderMismatchError", "Hit",
     "MemoryStore", "MemoryStoreError", "OpKeyConflictError", "Record", "RecordNotFoundError",
-    "StaleTargetError", "StoreCorruptError", "StoreLockedError", "UserIndex", "hnsw_ef", "open_store",
+    "StaleTargetError", "StoreCorruptError", "StoreLockedError", "StoreVersionError", "UserIndex", "hnsw_ef", "open_store",
 ]
 
 @dataclass(frozen=True)
@@ -89,16 +96,16 @@ class MemoryStore:
                  M: int = 16, ef_construction: int = 100, ef: int = 64,
                  lock_timeout: float = 30.0, synchronous: str = "NORMAL", integrity: str = "full"):
         if embedder is None or not hasattr(embedder, "embed"):
-            raise ValueError("embedder must provide name, dim and embed(texts)")
+            raise InputError("must provide name, dim and embed(texts)", field="embedder")
         if hnsw_threshold < 1:
-            raise ValueError(f"hnsw_threshold must be >= 1, got {hnsw_threshold}")
+            raise InputError(f"must be >= 1, got {hnsw_threshold}", field="hnsw_threshold")
         if not isinstance(synchronous, str) or synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
-            raise ValueError(f"synchronous must be NORMAL, FULL or EXTRA, got {synchronous!r}")
+            raise InputError(f"must be NORMAL, FULL or EXTRA, got {synchronous!r}", field="synchronous")
         if not isinstance(lock_timeout, (int, float)) or lock_timeout < 0:
-            raise ValueError(f"lock_timeout must be a number of seconds >= 0, got {lock_timeout!r}")
+            raise InputError(f"must be a number of seconds >= 0, got {lock_timeout!r}", field="lock_timeout")
         self.path = Path(path)
         if self.path.exists() and not self.path.is_dir():
-            raise ValueError(f"store path {self.path} exists and is not a directory")
+            raise InputError(f"{self.path} exists and is not a directory", field="path")
         self.path.mkdir(parents=True, exist_ok=True)
         self.embedder = embedder
         self.dim = int(embedder.dim)
@@ -177,9 +184,9 @@ class MemoryStore:
     def _embed_one(self, text: str, embedding: np.ndarray | None) -> np.ndarray:
         vec = self.embedder.embed([text])[0] if embedding is None else np.asarray(embedding, np.float32)
         if vec.shape != (self.dim,):
-            raise ValueError(f"embedding must have shape ({self.dim},), got {vec.shape}")
+            raise InputError(f"must have shape ({self.dim},), got {vec.shape}", field="embedding")
         if not np.all(np.isfinite(vec)):
-            raise ValueError("embedding must be finite (it has NaN or inf)")
+            raise InputError("must be finite (it has NaN or inf)", field="embedding")
         return np.ascontiguousarray(vec, dtype=np.float32)
 
     def op_result(self, op_key: str) -> tuple[str, int | None] | None:
@@ -219,10 +226,31 @@ class MemoryStore:
         evidence trail survives the rewrite.
         """
         if op not in REWRITE_OPS:
-            raise ValueError(f"op must be one of {REWRITE_OPS}, got {op!r}")
+            raise InputError(f"must be one of {REWRITE_OPS}, got {op!r}", field="op")
         return self._commit(self._plan(op, target_id=target_id, text=text, observed_at=observed_at,
                                        source=source, decision_source=decision_source, op_key=op_key,
                                        embedding=embedding, payload=payload))
+
+    def delete(self, record_id: int, *, decision_source: str = "user", op_key: str | None = None,
+               payload: dict | None = None) -> Record:
+        """Soft delete: the live version ``record_id`` becomes ``deleted``. Nothing is destroyed:
+        it stays readable (``get``, ``history``, export), only searches and ``all`` skip it; the
+        DELETE event records it. Idempotent when ``op_key`` is given. Returns the deleted record."""
+        record_id = check_id(record_id)
+        check_decision_source(decision_source)
+        check_op_key(op_key)
+        if payload is not None and not isinstance(payload, dict):
+            raise InputError(f"must be a dict or None, got {type(payload).__name__}", field="payload")
+        with self._lock:
+            with self.db.write() as db:
+                prev = find_delete_replay(self.db, record_id, op_key)
+                if prev is not None:
+                    return prev
+                seq = self.db.next_seq(db)
+                rec = apply_delete(self.db, db, record_id, seq, decision_source=decision_source,
+                                   op_key=op_key, payload=payload)
+            self.index.apply(rec.user_id, seq, remove=[rec.id])
+            return self._get(rec.id)
 
     def log_decision(self, user_id: str, op: str, *, target_id: int | None = None,
                      decision_source: str = "rule", op_key: str | None = None,
@@ -230,8 +258,8 @@ class MemoryStore:
         """Log a decision that writes no record (IGNORE, skips, warnings). False if op_key seen."""
         check_user(user_id)
         check_text(op, "op")
-        if op in WRITE_OPS:
-            raise ValueError(f"op {op!r} writes a record; use add() or rewrite()")
+        if op in RECORD_OPS:
+            raise InputError(f"{op!r} changes a record; use add(), rewrite() or delete()", field="op")
         if target_id is not None:
             target_id = check_id(target_id, "target_id")
         check_op_key(op_key)
@@ -283,7 +311,7 @@ class MemoryStore:
         return rec
 
     def get(self, record_id: int) -> Record:
-        """The record with this id (live or superseded)."""
+        """The record with this id (live, superseded or deleted)."""
         return self._get(check_id(record_id))
 
     def get_many(self, ids: Sequence[int]) -> dict[int, Record]:
@@ -293,13 +321,13 @@ class MemoryStore:
         return {r.id: r for r in self.db.records(f"id IN ({','.join('?' * len(ids))})", ids)}
 
     def history(self, record_id: int) -> list[Record]:
-        """Every version in this record's chain, oldest first (the live one last)."""
+        """Every version in this record's chain, oldest first (the live or deleted one last)."""
         with self.db.read():
             rec = self.get(record_id)
             return self.db.records("root_id=?", (rec.root_id,), order="version, id")
 
     def all(self, user_id: str, include_superseded: bool = False) -> list[Record]:
-        """The user's live records (or every version), in insertion order."""
+        """The user's live records (or every version, deleted ones too), in insertion order."""
         return self.db.records("user_id=?" + ("" if include_superseded else " AND status='live'"), (user_id,))
 
     def users(self) -> list[str]:
@@ -327,13 +355,14 @@ class MemoryStore:
             return self.embed_query(query)
         if isinstance(query, np.ndarray):
             return self._embed_one("", query)
-        raise ValueError(f"query must be a non-empty string or an embedding vector, got {type(query).__name__}")
+        raise InputError(f"must be a non-empty string or an embedding vector, got {type(query).__name__}",
+                         field="query")
 
     def search(self, user_id: str, query: str | np.ndarray, k: int = 3) -> list[Hit]:
         """Top-k live records of one user by cosine similarity: always min(k, live) hits."""
         check_user(user_id)
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+            raise InputError(f"must be a positive integer, got {k!r}", field="k")
         q = self._query_vec(query)
         with self._lock:
             ids, scores = self.index.search(user_id, q, int(k))
@@ -422,8 +451,8 @@ def open_store(path: str | os.PathLike, embedder: str | None = None, must_exist:
     if (path / "memory.sqlite").is_file():
         name = MemoryStore.read_meta(path)["embedder"]
         if embedder is not None and EMBEDDER_NAMES.get(embedder, embedder) != name:
-            raise ValueError(f"--embedder {embedder}: store {path} was built with {name!r}")
+            raise InputError(f"{embedder}: store {path} was built with {name!r}", field="embedder")
         return MemoryStore(path, make_embedder(name), **kwargs)
     if must_exist:
-        raise FileNotFoundError(f"--store: no memory store at {path}")
+        raise FileNotFoundError(f"no memory store at {path}")
     return MemoryStore(path, make_embedder(embedder or "minilm"), **kwargs)

@@ -27,12 +27,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from ..errors import InputError
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover
     fcntl = None
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# 1: records.status live | superseded. 2: adds 'deleted' (a soft delete: the version stays
+# readable in its history, searches skip it). Older stores are migrated on open.
+STATUSES = ("live", "superseded", "deleted")
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 _SCHEMA = """
@@ -44,7 +49,7 @@ CREATE TABLE IF NOT EXISTS records (
     observed_at TEXT,
     created_at TEXT NOT NULL,
     version INTEGER NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('live', 'superseded')),
+    status TEXT NOT NULL CHECK (status IN ('live', 'superseded', 'deleted')),
     supersedes INTEGER REFERENCES records(id),
     superseded_by INTEGER REFERENCES records(id),
     root_id INTEGER NOT NULL,
@@ -79,6 +84,8 @@ CREATE TABLE IF NOT EXISTS raw_sessions (
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _TABLES = {"meta", "records", "events", "raw_sessions", "kv"}
+_RECORDS_DDL = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS records"):_SCHEMA.index(");\nCREATE INDEX") + 1]
+_RECORD_INDEXES = [ln for ln in _SCHEMA.splitlines() if ln.startswith("CREATE INDEX IF NOT EXISTS records_")]
 
 
 class MemoryStoreError(RuntimeError):
@@ -110,6 +117,10 @@ class StaleTargetError(MemoryStoreError):
 
 class OpKeyConflictError(MemoryStoreError, ValueError):
     """An op_key already applied is reused for a different operation or text."""
+
+
+class StoreVersionError(MemoryStoreError):
+    """The store was written by a newer tsubasa_fast (a schema this version does not know)."""
 
 
 @dataclass(frozen=True)
@@ -217,7 +228,7 @@ class StoreDB:
     def __init__(self, db_path: str | Path, *, lock_timeout: float = 30.0, synchronous: str = "NORMAL",
                  integrity: str = "full"):
         if integrity not in ("full", "quick", "off"):
-            raise ValueError(f"integrity must be 'full', 'quick' or 'off', got {integrity!r}")
+            raise InputError(f"must be 'full', 'quick' or 'off', got {integrity!r}", field="integrity")
         self.path = Path(db_path)
         self.lock_timeout = lock_timeout
         self.lock = threading.RLock()
@@ -307,6 +318,13 @@ class StoreDB:
             tables = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall()) if "meta" in tables else {}
         if _TABLES <= tables and meta:
+            version = int(meta.get("schema_version", 1))
+            if version > SCHEMA_VERSION:
+                raise StoreVersionError(
+                    f"{self.path} has schema version {version}, newer than this tsubasa_fast knows "
+                    f"({SCHEMA_VERSION}); upgrade tsubasa_fast to open it")
+            if version < SCHEMA_VERSION:
+                meta = self.migrate(version)
             return meta
         with self.write() as db:
             for stmt in _SCHEMA.strip().split(";"):
@@ -319,6 +337,50 @@ class StoreDB:
                     ("embedder", embedder_name), ("dim", str(dim)), ("created_at", now())])
                 meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         return meta
+
+    def migrate(self, version: int) -> dict:
+        """Brings a store of an older schema up to :data:`SCHEMA_VERSION` in ONE write
+        transaction (a crash leaves the old schema intact); returns the new meta rows.
+
+        1 -> 2: the records table gains the status 'deleted'. SQLite cannot alter a CHECK
+        constraint, so the table is rebuilt: new table, rows copied with their ids, the old
+        one dropped, the new one renamed, its indexes and AUTOINCREMENT counter restored
+        (SQLite's own procedure for a schema change, foreign keys off meanwhile: they cannot be
+        switched inside a transaction, and the copy's self-references must not point at the
+        old table while it is dropped; ``foreign_key_check`` runs before the commit).
+        """
+        with self.lock:
+            with self.translate():
+                self.conn.execute("PRAGMA foreign_keys=OFF")
+            try:
+                return self._migrate()
+            finally:
+                with self.translate():
+                    self.conn.execute("PRAGMA foreign_keys=ON")
+
+    def _migrate(self) -> dict:
+        with self.write() as db:
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            current = int(meta.get("schema_version", 1))
+            if current == 1:  # (another process may have migrated while we waited for the lock)
+                seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name='records'").fetchone()
+                db.execute(_RECORDS_DDL.replace("CREATE TABLE IF NOT EXISTS records",
+                                                "CREATE TABLE records_v2", 1))
+                db.execute("INSERT INTO records_v2 SELECT * FROM records")
+                db.execute("DROP TABLE records")
+                db.execute("ALTER TABLE records_v2 RENAME TO records")
+                for stmt in _RECORD_INDEXES:
+                    db.execute(stmt)
+                if seq is not None:
+                    db.execute("UPDATE sqlite_sequence SET seq=MAX(seq, ?) WHERE name='records'", (seq[0],))
+                bad = db.execute("PRAGMA foreign_key_check(records)").fetchall()
+                if bad:
+                    raise StoreCorruptError(f"{self.path}: migrating to schema 2 found {len(bad)} broken "
+                                            f"version links (first: {bad[0]}); nothing was changed")
+                db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
+                           (str(SCHEMA_VERSION),))
+                db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('migrated_at', ?)", (now(),))
+            return dict(db.execute("SELECT key, value FROM meta").fetchall())
 
     # ----------------------------------------------------------- records
     def get_record(self, record_id: int) -> Record | None:
@@ -358,6 +420,11 @@ class StoreDB:
             db.execute("UPDATE records SET status='superseded', superseded_by=?, chg=? WHERE id=?",
                        (rid, chg, supersedes))
         return rid
+
+    @staticmethod
+    def mark_deleted(db: sqlite3.Connection, record_id: int, chg: int) -> None:
+        """The live version ``record_id`` becomes ``deleted`` (kept, never searched)."""
+        db.execute("UPDATE records SET status='deleted', chg=? WHERE id=? AND status='live'", (chg, record_id))
 
     @staticmethod
     def insert_event(db: sqlite3.Connection, *, seq: int, user_id: str, op: str, record_id: int | None,

@@ -14,7 +14,8 @@ Import is
 * idempotent: each record carries its origin (the store and id it was first written in),
   so importing a file twice, or an export into the store it came from, writes nothing;
 * faithful: decision source, created_at, observed_at, the op (ADD / UPDATE / RECONCILE)
-  and the record-less decisions (IGNORE, ...) survive.
+  and the record-less decisions (IGNORE, ...) survive; a soft-deleted record is a record
+  line with status ``deleted`` plus its DELETE event line, which deletes it again on import.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, St
 
 from ..fileio import atomic_write_bytes
 from .store_db import RecordNotFoundError, StaleTargetError
-from .store_writes import DECISION_SOURCES, WRITE_OPS, apply_write, check_user, plan_write
+from .store_writes import DECISION_SOURCES, DELETE_OP, WRITE_OPS, apply_delete, apply_write, check_user, plan_write
 
 
 class ImportFormatError(ValueError):
@@ -88,7 +89,7 @@ class RecordLine(BaseModel):
     id: RecordId
     user_id: Text
     text: Text
-    status: Literal["live", "superseded"]
+    status: Literal["live", "superseded", "deleted"]
     supersedes: RecordId | None
     observed_at: StrictStr | None = None
     created_at: IsoTime = None
@@ -195,12 +196,24 @@ def _check_structure(path: Path, lines) -> None:
     """Every rewrite targets an earlier record line; statuses agree with the chains."""
     seen: dict[int, tuple[int, RecordLine]] = {}
     superseded_by: dict[int, int] = {}
+    deleted_by: dict[int, int] = {}
     for n, ln in lines:
         if isinstance(ln, EventLine):
             for name in ("record_id", "target_id"):
                 ref = getattr(ln, name)
                 if ref is not None and ref not in seen:
                     raise ImportFormatError(f"{path}:{n}: field {name!r}: record {ref} is not on an earlier line")
+            if ln.op == DELETE_OP:
+                if ln.record_id is None:
+                    raise ImportFormatError(f"{path}:{n}: field 'record_id': a {DELETE_OP} event names the record")
+                if ln.record_id in deleted_by:
+                    raise ImportFormatError(f"{path}:{n}: field 'record_id': record {ln.record_id} is already "
+                                            f"deleted on line {deleted_by[ln.record_id]}")
+                if seen[ln.record_id][1].status != "deleted":
+                    raise ImportFormatError(f"{path}:{n}: field 'record_id': record {ln.record_id} is deleted here "
+                                            f"but its line {seen[ln.record_id][0]} has status "
+                                            f"{seen[ln.record_id][1].status!r}")
+                deleted_by[ln.record_id] = n
             continue
         if ln.id in seen:
             raise ImportFormatError(f"{path}:{n}: record id {ln.id} already on line {seen[ln.id][0]}")
@@ -221,6 +234,9 @@ def _check_structure(path: Path, lines) -> None:
             superseded_by[ln.supersedes] = n
         seen[ln.id] = (n, ln)
     for rid, (n, ln) in seen.items():
+        if ln.status == "deleted" and rid not in deleted_by:
+            raise ImportFormatError(f"{path}:{n}: field 'status': 'deleted', but no {DELETE_OP} event line "
+                                    f"deletes record {rid}")
         if (ln.status == "superseded") != (rid in superseded_by):
             raise ImportFormatError(
                 f"{path}:{n}: field 'status': {ln.status!r}, but record {rid} is "
@@ -290,11 +306,20 @@ def _import_record(store, db, ln: RecordLine, vec, mapping: dict, applied: list,
     result.records += 1
 
 
-def _import_event(store, db, ln: EventLine, mapping: dict, result: ImportResult) -> None:
+def _import_event(store, db, ln: EventLine, mapping: dict, applied: list, result: ImportResult) -> None:
     if _present_event(store, ln):
         result.events_present += 1
         return
     o_store, o_seq = _event_origin(ln)
+    if ln.op == DELETE_OP:  # the soft delete itself, through the store's one delete path
+        seq = store.db.next_seq(db)
+        rec = apply_delete(store.db, db, mapping[ln.record_id], seq, decision_source=ln.decision_source or "import",
+                           op_key=f"import:{o_store}:event:{o_seq}", ts=ln.ts,
+                           payload=dict(ln.payload, origin={"store_id": o_store, "seq": o_seq},
+                                        original_op_key=ln.op_key))
+        applied.append((rec.user_id, seq, None, None, rec.id))
+        result.events += 1
+        return
     store.db.insert_event(
         db, seq=store.db.next_seq(db), user_id=ln.user_id, op=ln.op, record_id=mapping.get(ln.record_id),
         target_id=mapping.get(ln.target_id), decision_source=ln.decision_source,
@@ -335,8 +360,9 @@ def import_jsonl(store, path: str | os.PathLike) -> ImportResult:
                     if isinstance(ln, RecordLine):
                         _import_record(store, db, ln, vecs.get(n), mapping, applied, result)
                     else:
-                        _import_event(store, db, ln, mapping, result)
+                        _import_event(store, db, ln, mapping, applied, result)
         for user, seq, rid, vec, removed in applied:
-            store.index.apply(user, seq, add=[(rid, vec)], remove=[removed] if removed else [])
+            store.index.apply(user, seq, add=[(rid, vec)] if rid is not None else [],
+                              remove=[removed] if removed else [])
         store.flush()
     return result

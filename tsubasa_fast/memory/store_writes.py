@@ -4,7 +4,8 @@
 ``find_replay`` makes a write with an ``op_key`` idempotent (a key reused for another
 operation, user, target or text is :class:`OpKeyConflictError`, never a silent no-op), and
 ``apply_write`` writes the version, the superseded old one and the event inside an open
-write transaction.
+write transaction; ``apply_delete`` is the soft delete (the live version becomes ``deleted``,
+stays in its history, leaves every index) and its event.
 """
 
 from __future__ import annotations
@@ -15,29 +16,32 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..errors import InputError
 from .store_db import OpKeyConflictError, Record, RecordNotFoundError, StaleTargetError, StoreDB, now
 
 DECISION_SOURCES = ("llm", "rule", "user", "static", "import")
 REWRITE_OPS = ("UPDATE", "RECONCILE")
-WRITE_OPS = ("ADD",) + REWRITE_OPS
+WRITE_OPS = ("ADD",) + REWRITE_OPS   # ops that write a record version
+DELETE_OP = "DELETE"                  # marks the live version deleted (no new version)
+RECORD_OPS = WRITE_OPS + (DELETE_OP,)  # ops that change records: never a bare logged decision
 
 
 def check_user(user_id: Any) -> str:
     if not isinstance(user_id, str) or not user_id.strip():
-        raise ValueError(f"user_id must be a non-empty string, got {user_id!r}")
+        raise InputError(f"must be a non-empty string, got {user_id!r}", field="user_id")
     return user_id
 
 
 def check_text(text: Any, name: str = "text") -> str:
     if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"{name} must be a non-empty string, got {text!r}")
+        raise InputError(f"must be a non-empty string, got {text!r}", field=name)
     return text
 
 
 def check_id(record_id: Any, name: str = "record_id") -> int:
     """A record id: an integer (a float, bool or string is a caller's bug, not an id)."""
     if isinstance(record_id, (bool, np.bool_)) or not isinstance(record_id, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer record id, got {record_id!r}")
+        raise InputError(f"must be an integer record id, got {record_id!r}", field=name)
     return int(record_id)
 
 
@@ -45,22 +49,23 @@ def check_source(source: Any) -> dict:
     if source is None:
         return {}
     if not isinstance(source, dict):
-        raise ValueError(f"source must be a dict (conversation, session, dia_ids), got {type(source).__name__}")
+        raise InputError(f"must be a dict (conversation, session, dia_ids), got {type(source).__name__}",
+                         field="source")
     dia = source.get("dia_ids", [])
     if not isinstance(dia, (list, tuple)) or not all(isinstance(d, str) for d in dia):
-        raise ValueError(f"source['dia_ids'] must be a list of strings, got {dia!r}")
+        raise InputError(f"must be a list of strings, got {dia!r}", field="source.dia_ids")
     return dict(source, dia_ids=list(dia)) if "dia_ids" in source else dict(source)
 
 
 def check_decision_source(value: Any) -> str:
     if value not in DECISION_SOURCES:
-        raise ValueError(f"decision_source must be one of {DECISION_SOURCES}, got {value!r}")
+        raise InputError(f"must be one of {DECISION_SOURCES}, got {value!r}", field="decision_source")
     return value
 
 
 def check_op_key(op_key: Any) -> str | None:
     if op_key is not None and (not isinstance(op_key, str) or not op_key):
-        raise ValueError(f"op_key must be a non-empty string or None, got {op_key!r}")
+        raise InputError(f"must be a non-empty string or None, got {op_key!r}", field="op_key")
     return op_key
 
 
@@ -86,16 +91,16 @@ def plan_write(op: str, embed: Callable[[str, np.ndarray | None], np.ndarray], *
                payload=None, created_at=None, ts=None) -> WritePlan:
     """Validates a write; ``embed(text, embedding)`` gives (or checks) its vector, last."""
     if op not in WRITE_OPS:
-        raise ValueError(f"op must be one of {WRITE_OPS}, got {op!r}")
+        raise InputError(f"must be one of {WRITE_OPS}, got {op!r}", field="op")
     if op == "ADD":
         check_user(user_id)
     else:
         target_id = check_id(target_id, "target_id")
     check_text(text)
     if observed_at is not None and not isinstance(observed_at, str):
-        raise ValueError(f"observed_at must be a string or None, got {observed_at!r}")
+        raise InputError(f"must be a string or None, got {observed_at!r}", field="observed_at")
     if payload is not None and not isinstance(payload, dict):
-        raise ValueError(f"payload must be a dict or None, got {type(payload).__name__}")
+        raise InputError(f"must be a dict or None, got {type(payload).__name__}", field="payload")
     source, decision_source, op_key = check_source(source), check_decision_source(decision_source), \
         check_op_key(op_key)
     return WritePlan(op, user_id, target_id, text, observed_at, source, decision_source, op_key,
@@ -124,6 +129,45 @@ def find_replay(db: StoreDB, plan: WritePlan) -> Record | None:
     return rec
 
 
+def check_live(rec: Record, what: str) -> None:
+    """A rewrite or delete must target the live version of a chain."""
+    if rec.status == "superseded":
+        raise StaleTargetError(f"record {rec.id} is superseded by {rec.superseded_by}; {what} the live version")
+    if rec.status == "deleted":
+        raise StaleTargetError(f"record {rec.id} was deleted; there is no live version to {what}")
+
+
+def find_delete_replay(db: StoreDB, record_id: int, op_key: str | None) -> Record | None:
+    """The record an earlier delete with this op_key deleted, or None if the key is new."""
+    if op_key is None:
+        return None
+    ev = db.event_for_key(op_key)
+    if ev is None:
+        return None
+    if ev["op"] != DELETE_OP:
+        raise OpKeyConflictError(f"op_key {op_key!r} was already used for {ev['op']}; refusing to reuse it "
+                                 f"for {DELETE_OP}")
+    if ev["record_id"] != record_id:
+        raise OpKeyConflictError(f"op_key {op_key!r} was already used for {DELETE_OP} of record "
+                                 f"{ev['record_id']}; refusing to reuse it for record {record_id}")
+    return db.get_record(record_id)
+
+
+def apply_delete(db: StoreDB, conn: sqlite3.Connection, record_id: int, seq: int, *, decision_source: str,
+                 op_key: str | None, payload: dict | None, ts: str | None = None) -> Record:
+    """Soft-deletes the live version ``record_id`` inside the open write transaction ``conn``;
+    returns the record as it was (its text goes into the event, so the log alone tells it)."""
+    rec = db.get_record(record_id)
+    if rec is None:
+        raise RecordNotFoundError(f"no memory record with id {record_id} in {db.path.parent}")
+    check_live(rec, "delete")
+    db.mark_deleted(conn, rec.id, seq)
+    db.insert_event(conn, seq=seq, user_id=rec.user_id, op=DELETE_OP, record_id=rec.id, target_id=rec.id,
+                    decision_source=decision_source, op_key=op_key,
+                    payload=dict(payload or {}, text=rec.text), ts=ts)
+    return rec
+
+
 def apply_write(db: StoreDB, conn: sqlite3.Connection, plan: WritePlan, seq: int) -> tuple[int, str, int | None]:
     """Writes ``plan`` inside the open write transaction ``conn``: ``(new id, user, superseded id)``."""
     if plan.target_id is None:
@@ -138,8 +182,7 @@ def apply_write(db: StoreDB, conn: sqlite3.Connection, plan: WritePlan, seq: int
     old = db.get_record(plan.target_id)
     if old is None:
         raise RecordNotFoundError(f"no memory record with id {plan.target_id} in {db.path.parent}")
-    if old.status != "live":
-        raise StaleTargetError(f"record {old.id} is superseded by {old.superseded_by}; rewrite the live version")
+    check_live(old, "rewrite")
     merged_src = dict(old.source)
     merged_src.update({k: v for k, v in plan.source.items() if k != "dia_ids"})
     merged_src["dia_ids"] = list(dict.fromkeys(old.dia_ids + plan.source.get("dia_ids", [])))
