@@ -4,6 +4,13 @@ The fused top-d distillation loss is importable on its own::
 
     from tsubasa_fast import select_topd, topd_kl_loss, fused_linear_topd_kl_loss
 
+A Mem0-shaped memory (README, "Memory for Mem0 users")::
+
+    from tsubasa_fast import Memory
+    m = Memory("mem/")
+    m.add([{"role": "user", "content": "I adopted a dog named Rex."}], user_id="ann", infer=False)
+    m.search("Does Ann have pets?", user_id="ann")
+
 The names below are loaded on first use, so ``import tsubasa_fast.memory`` (or any other
 sub-package) does not import torch and the loss kernels unless it needs them.
 """
@@ -25,6 +32,7 @@ _EXPORTS = {
     "TopDKLLoss": ".modules",
     "BackendUnavailableError": ".ops",
     "available_backends": ".ops",
+    "Memory": ".memory.api",
 }
 
 __all__ = sorted(_EXPORTS)
