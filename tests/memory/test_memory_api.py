@@ -123,6 +123,7 @@ def test_bad_input_is_refused_before_anything_is_written(mem):
         ("messages[0].content", lambda: mem.add([{"role": "user", "content": ""}], user_id="ann")),
         ("messages[0].content", lambda: mem.add([{"role": "user"}], user_id="ann")),
         ("date", lambda: mem.add("hi", user_id="ann", date="yesterday")),
+        ("date", lambda: mem.add("hi", user_id="ann", date="2023-05-08junk")),
         ("infer", lambda: mem.add("hi", user_id="ann", infer="no")),
         ("metadata", lambda: mem.add("hi", user_id="ann", metadata=["x"])),
         ("query", lambda: mem.search(" ", user_id="ann")), ("limit", lambda: mem.search("q", user_id="ann", limit=0)),

@@ -234,7 +234,7 @@ CHILD_DELETE = textwrap.dedent("""
     import sys
     from tsubasa_fast.memory import HashingEmbedder, MemoryStore
     store = MemoryStore(sys.argv[1], HashingEmbedder(64), hnsw_threshold=50)
-    ids = [store.add("u", f"memory {i} of the user", op_key=f"a{i}").id for i in range(300)]
+    ids = [store.add("u", f"memory {i} of the user", op_key=f"a{i}").id for i in range(2000)]
     store.search("u", "memory", k=3)
     for rid in ids:
         store.delete(rid, op_key=f"d{rid}")   # returns only after the SQLite commit
@@ -249,19 +249,20 @@ def test_kill9_during_deletes_loses_no_acknowledged_delete(tmp_path):
     acked = []
     for line in proc.stdout:
         acked.append(int(line.split()[1]))
-        if len(acked) >= 120:
+        if len(acked) >= 400:
             break
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert len(acked) == 400 and proc.returncode == -signal.SIGKILL  # killed mid-way, not finished
     s = MemoryStore(path, HashingEmbedder(64), hnsw_threshold=50)
     for rid in acked:
         assert s.get(rid).status == "deleted" and s.op_result(f"d{rid}") == ("DELETE", rid)
     deleted = {r.id for r in s.all("u", include_superseded=True) if r.status == "deleted"}
-    assert set(acked) <= deleted and s.count("u") == 300 - len(deleted)
+    assert set(acked) <= deleted and s.count("u") == 2000 - len(deleted)
     s.check_consistency("u")
-    hits = {h.record.id for h in s.search("u", "memory of the user", k=300)}
-    assert hits.isdisjoint(deleted) and len(hits) == 300 - len(deleted)
-    for rid in range(1, 301):  # resume: finishes the deletes, replays the acknowledged ones
+    hits = {h.record.id for h in s.search("u", "memory of the user", k=2000)}
+    assert hits.isdisjoint(deleted) and len(hits) == 2000 - len(deleted)
+    for rid in range(1, 2001):  # resume: finishes the deletes, replays the acknowledged ones
         s.delete(rid, op_key=f"d{rid}")
-    assert s.count("u") == 0 and sum(e["op"] == "DELETE" for e in s.events()) == 300
+    assert s.count("u") == 0 and sum(e["op"] == "DELETE" for e in s.events()) == 2000
     s.close()

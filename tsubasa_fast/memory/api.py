@@ -98,7 +98,7 @@ def _date(date: Any) -> _dt.date:
         return date
     if isinstance(date, str):
         try:
-            return _dt.date.fromisoformat(date.strip()[:10])
+            return _dt.datetime.fromisoformat(date.strip()).date()
         except ValueError:
             pass
     raise InputError(f"must be None, a date or an ISO date string like '2023-05-08', got {date!r}", field="date")
