@@ -266,3 +266,15 @@ def test_kill9_during_deletes_loses_no_acknowledged_delete(tmp_path):
         s.delete(rid, op_key=f"d{rid}")
     assert s.count("u") == 0 and sum(e["op"] == "DELETE" for e in s.events()) == 2000
     s.close()
+
+
+def test_cli_shows_a_store_error_field_as_its_flag(tmp_path, capsys):
+    """The store names its argument (embedder); the CLI shows it as --embedder."""
+    from tsubasa_fast.cli import main
+
+    path = tmp_path / "s"
+    MemoryStore(path, HashingEmbedder(384)).close()  # hashing-v1-384, what --embedder hashing builds
+    (tmp_path / "e.jsonl").write_text("")
+    assert main(["memory", "import", "--store", str(path), "--embedder", "minilm", str(tmp_path / "e.jsonl")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"tsubasa-fast: error: --embedder: minilm: store {path} was built with 'hashing-v1-384'"
