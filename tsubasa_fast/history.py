@@ -65,8 +65,6 @@ __all__ = ["EVAL_CATEGORIES", "EvalQuestion", "HistoryFormatError", "load_eval_q
            "parse_history_date"]
 
 EVAL_CATEGORIES = ("single-hop", "temporal", "multi-hop", "evolving")
-_ISO = re.compile(r"^\s*(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?"
-                  r"(?:Z|[+-]\d{2}:?\d{2})?)?\s*$")
 _SESSION_ID = re.compile(r"^(?:session_?|D)?(\d+)$", re.I)
 _JSONL_SUFFIXES = {".jsonl", ".ndjson"}
 
@@ -85,21 +83,23 @@ class EvalQuestion:
 
 
 def parse_history_date(value: Any) -> _dt.datetime:
-    """ISO date / date-time or LoCoMo's ``"1:56 pm on 8 May, 2023"`` -> naive datetime."""
+    """ISO date / date-time (``datetime.fromisoformat``; a timezone and fractions of a second are
+    dropped, the wall-clock time kept) or LoCoMo's ``"1:56 pm on 8 May, 2023"`` -> naive datetime."""
     if not isinstance(value, str):
         raise ValueError(f"expected a date string, got {type(value).__name__} {value!r:.40}")
-    m = _ISO.match(value)
-    if m:
-        y, mo, d, h, mi, s = (int(g) if g else 0 for g in m.groups())
-        try:
-            return _dt.datetime(y, mo, d, h, mi, s)
-        except ValueError as e:
-            raise ValueError(f"invalid date {value!r} ({e})") from None
+    text = value.strip()
+    try:
+        return _dt.datetime.fromisoformat(text).replace(tzinfo=None, microsecond=0)
+    except ValueError as e:
+        iso_error = e
     try:
         return parse_locomo_date(value)
     except ValueError:
-        raise ValueError(f"cannot parse {value!r}; expected 'YYYY-MM-DD', 'YYYY-MM-DDTHH:MM' "
-                         f"or '1:56 pm on 8 May, 2023'") from None
+        pass
+    if text[:4].isdigit() and text[4:5] == "-":  # meant as ISO: say why datetime refused it
+        raise ValueError(f"invalid date {value!r} ({iso_error})") from None
+    raise ValueError(f"cannot parse {value!r}; expected 'YYYY-MM-DD', 'YYYY-MM-DDTHH:MM' "
+                     f"or '1:56 pm on 8 May, 2023'") from None
 
 
 def load_history(path: str | os.PathLike, user: str | None = None) -> tuple[Conversation, str]:
