@@ -91,3 +91,31 @@ def test_library_errors_name_fields_and_the_cli_names_flags(tmp_path, locomo_fil
     assert main(["memory", "ingest", "--store", st, "--locomo", str(locomo_file), "--source", "observations",
                  "--embedder", "hashing", "--conversation", "conv-x"]) == 2
     assert capsys.readouterr().err.startswith("tsubasa-fast: error: --conversation: ['conv-x'] not in")
+
+
+def test_memory_search_ranks_like_the_library_default(tmp_path, locomo_file, capsys):
+    """`memory search` with no --retrieval is the library's DEFAULT_MODE (as `eval retrieval`), not dense."""
+    from tsubasa_fast.memory.retrieval import DEFAULT_MODE, Retriever
+    from tsubasa_fast.memory.store import open_store
+
+    st = str(tmp_path / "st")
+    assert main(["memory", "ingest", "--store", st, "--locomo", str(locomo_file), "--source",
+                 "observations", "--embedder", "hashing"]) == 0
+    capsys.readouterr()
+    q = "What did Ann do in May 2023?"
+
+    def cli(*flags):
+        assert main(["memory", "search", "--store", st, "--user", "conv-t:Ann", "-k", "3", "--json", *flags, q]) == 0
+        return [(h["id"], h["score"]) for h in map(json.loads, capsys.readouterr().out.strip().splitlines())]
+
+    store = open_store(st, must_exist=True)
+    try:
+        lib = [(r.id, s) for r, s in Retriever(store).search_records(["conv-t:Ann"], q, 3)]
+        dense = [(h.record.id, h.score) for h in store.search("conv-t:Ann", q, 3)]
+    finally:
+        store.close()
+    assert DEFAULT_MODE != "dense"
+    got = cli()
+    assert [i for i, _ in got] == [i for i, _ in lib] and [s for _, s in got] == pytest.approx([s for _, s in lib])
+    assert [s for _, s in cli("--retrieval", "dense")] == pytest.approx([s for _, s in dense])
+    assert [s for _, s in got] != pytest.approx([s for _, s in dense])  # the default is not plain cosine

@@ -224,7 +224,8 @@ class Retriever:
         if date_boost < 0:
             raise ValueError(f"date_boost must be >= 0, got {date_boost}")
         self.store, self.mode, self.alpha, self.date_boost, self.fusion = store, mode, alpha, date_boost, fusion
-        self.units, self.diversify = units and mode != "dense", diversify
+        # dense stays the store's plain cosine ranking (the baseline); units and diversity are hybrid's
+        self.units, self.diversify = units and mode != "dense", diversify and mode != "dense"
         self._cache: dict[tuple[str, ...], tuple] = {}
 
     def _pool(self, user_ids: tuple[str, ...]):
