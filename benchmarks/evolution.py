@@ -98,10 +98,11 @@ class CaseResult:
     top1: list[str] = field(default_factory=list)
 
 
-def score_case(case: dict, store, search, ops: list[str]) -> CaseResult:
-    """Check one ingested case against the live memories of its person (see the module docstring)."""
+def score_case(case: dict, store, search, ops: list[str], live: list[str] | None = None) -> CaseResult:
+    """Check one ingested case against the live memories of its person (see the module docstring);
+    ``live``: their texts (default: read from ``store``)."""
     user = f"{case['id']}:{person_of(case)}"
-    live = [r.text for r in store.all(user)]
+    live = [r.text for r in store.all(user)] if live is None else live
     fails, tops = [], []
     for q, expect in case["questions"]:
         hits = search(user, q, 1)
@@ -153,6 +154,50 @@ def run_suite(cases: list[dict], manager, embedder, workdir: Path) -> list[CaseR
             ingest_conversation(store, conv, "observations", manager, date_prefix=False,
                                 speakers=(conv.speaker_a,), on_decision=lambda o, d: ops.append(d.op))
             results.append(score_case(case, store, search, ops))
+    finally:
+        store.close()
+    return results
+
+
+def run_suite_cli(cases: list[dict], workdir: Path) -> list[CaseResult]:
+    """The same cases through the command line, as a held-out suite is measured: ``memory ingest
+    --source observations`` (default manager and embedder), ``memory search --json -k 1 QUERY``
+    for each question and ``memory export`` for the live memories (``status`` live)."""
+    import contextlib
+    import io
+
+    from tsubasa_fast.cli import main as cli
+    from tsubasa_fast.memory.store import open_store
+
+    def run(argv: list[str]) -> str:
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            rc = cli(argv)
+        if rc != 0:
+            raise RuntimeError(f"tsubasa-fast {' '.join(argv)} exited {rc}")
+        return buf.getvalue()
+
+    st, data, dump = str(workdir / "store-cli"), write_locomo(cases, workdir / "cases.json"), workdir / "export.jsonl"
+    run(["memory", "ingest", "--store", st, "--locomo", str(data), "--source", "observations"])
+    run(["memory", "export", "--store", st, str(dump)])
+    rows = [json.loads(line) for line in dump.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    class Hit:  # what score_case reads of a search result
+        def __init__(self, text: str):
+            self.text = text
+
+    def search(user: str, q: str, k: int) -> list[Hit]:
+        out = run(["memory", "search", "--store", st, "--user", user, "--json", "-k", str(k), q])
+        return [Hit(json.loads(line)["text"]) for line in out.splitlines() if line.strip()]
+
+    store = open_store(st, must_exist=True)  # only to read the decisions for the operation accuracy
+    try:
+        results = []
+        for case in cases:
+            user = f"{case['id']}:{person_of(case)}"
+            ops = [e["op"] for e in store.events(user)]
+            live = [r["text"] for r in rows if r["user_id"] == user and r["status"] == "live"]
+            results.append(score_case(case, None, search, ops, live))
     finally:
         store.close()
     return results
@@ -211,12 +256,15 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=None, help="causal LM folder for the llm manager (default SmolLM2-135M)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("-v", "--verbose", action="store_true", help="print each failed check")
+    ap.add_argument("--cli", action="store_true",
+                    help="also: the default manager through the CLI (memory ingest / search --json -k 1 / export)")
     ap.add_argument("--locomo-recall", action="store_true",
                     help="also: LoCoMo dev recall of rule-evolved observations, dated vs undated texts")
     ap.add_argument("--locomo", type=Path,
                     default=Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo" / "locomo_dev.json")
     args = ap.parse_args(argv)
 
+    from tsubasa_fast.fileio import atomic_write_text
     from tsubasa_fast.memory import MiniLMEmbedder
 
     cases = load_cases(args.cases)
@@ -244,6 +292,19 @@ def main(argv=None) -> int:
             for cid, fails in s["failed"].items():
                 for f in fails:
                     print(f"   FAIL {cid}: {f}")
+    if args.cli:
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            results = run_suite_cli(cases, Path(tmp))
+        s = out["cli"] = summarise(results)
+        s["seconds"] = round(time.perf_counter() - t0, 1)
+        s["ops"] = dict(Counter(op for r in results for op in r.ops))
+        print(f"cli     cases {s['passed']}/{s['cases']} = {s['accuracy']:.3f}   "
+              f"op accuracy {s['op_accuracy']:.3f}   {s['seconds']} s   ops {s['ops']}")
+        if args.verbose:
+            for cid, fails in s["failed"].items():
+                for f in fails:
+                    print(f"   FAIL {cid}: {f}")
     if args.locomo_recall:
         for dated in (True, False):
             label = "dated" if dated else "undated"
@@ -251,7 +312,7 @@ def main(argv=None) -> int:
             print(f"locomo {label:7s} ops {r['ops']}  dense {r['dense']}  hybrid {r['hybrid']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=1))
+        atomic_write_text(args.json, json.dumps(out, indent=1))
     return 0
 
 

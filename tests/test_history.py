@@ -303,3 +303,27 @@ def test_history_only_imports_the_core_types_and_the_loader():
 
 def test_deeply_nested_json_is_a_clear_error(tmp_path):
     assert "nested too deeply" in _err(tmp_path, "[" * 100_000)
+
+
+def test_structure_errors_name_the_field_exactly(tmp_path):
+    """The pydantic models' errors come out as one HistoryFormatError with the file and the field."""
+    s = _sessions()
+    s[0]["turns"][1]["blip_caption"] = 7
+    assert _err(tmp_path, s).endswith("hist.json: sessions[0].turns[1].blip_caption: expected a non-empty string, got 7")
+    s = _sessions()
+    s[1]["turns"] = "hi"
+    assert _err(tmp_path, s).endswith("hist.json: sessions[1].turns: expected a list of turns, got str")
+    s = _sessions()
+    s[2]["turns"][0]["text"] = "   "
+    assert _err(tmp_path, s).endswith("sessions[2].turns[0].text: expected a non-empty string, got '   '")
+    assert _err(tmp_path, {"user": 3, "sessions": _sessions()}).endswith("hist.json: user: expected a non-empty string, got 3")
+    assert _err(tmp_path, {"user": "Maya", "sessions": {"a": 1}}).endswith("hist.json: sessions: expected a list, got dict")
+    lines = [json.dumps(x) for x in _sessions()]
+    lines[2] = json.dumps({"date": "2024-05-08", "turns": [{"speaker": "Maya"}]})
+    assert _err(tmp_path, "\n".join(lines), name="h.jsonl").endswith("h.jsonl:3: turns[0].text: missing")
+    base = {"user": "Maya", "sessions": _sessions()}
+    q = {"question": "Q?", "answer": "A", "category": "temporal", "evidence": ["D1:1", "D1"]}
+    with pytest.raises(HistoryFormatError, match=r"eval_questions\[0\]\.evidence\[1\]: expected a dia_id like 'D3:4', got 'D1'"):
+        load_eval_questions(_write(tmp_path, dict(base, eval_questions=[q])))
+    with pytest.raises(HistoryFormatError, match=r"eval_questions\[0\]\.category: expected one of .*got 'soon'"):
+        load_eval_questions(_write(tmp_path, dict(base, eval_questions=[dict(q, category="soon")])))

@@ -55,7 +55,10 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, TypeAdapter,
+                      ValidationError)
 
 from .errors import InputError
 from .core import Conversation, Session, Turn
@@ -65,14 +68,97 @@ __all__ = ["EVAL_CATEGORIES", "EvalQuestion", "HistoryFormatError", "load_eval_q
            "parse_history_date"]
 
 EVAL_CATEGORIES = ("single-hop", "temporal", "multi-hop", "evolving")
-_ISO = re.compile(r"^\s*(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?"
-                  r"(?:Z|[+-]\d{2}:?\d{2})?)?\s*$")
 _SESSION_ID = re.compile(r"^(?:session_?|D)?(\d+)$", re.I)
 _JSONL_SUFFIXES = {".jsonl", ".ndjson"}
 
 
 class HistoryFormatError(InputError):
     """A history file that cannot be used; the message names the file and the exact place."""
+
+
+# ------------------------------------------------------------- input models
+def _non_blank(v):
+    if isinstance(v, str) and not v.strip():
+        raise ValueError(f"expected a non-empty string, got {v!r}")
+    return v
+
+
+def _dia_id(v: str) -> str:
+    if not re.fullmatch(r"D\d+:\d+", v):
+        raise ValueError(f"expected a dia_id like 'D3:4', got {v!r:.40}")
+    return v
+
+
+_Text = Annotated[StrictStr, AfterValidator(_non_blank)]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="allow")  # other keys are ignored
+
+
+class _FileIn(_In):
+    sessions: list[Any]
+    user: _Text | None = None
+    id: Any = None                     # a string or an integer, checked in load_history
+
+
+class _SessionIn(_In):
+    id: Any = None                     # a session number, checked in _build
+    date: Any                          # parse_history_date
+    turns: list[Any]
+
+
+class _TurnIn(_In):
+    speaker: _Text
+    text: _Text
+    blip_caption: StrictStr | None = None
+
+
+class _EvalIn(_In):
+    question: _Text
+    answer: Any                        # a non-empty string or a number, checked in load_eval_questions
+    category: Literal[EVAL_CATEGORIES]  # type: ignore[valid-type]
+    evidence: list[Annotated[StrictStr, AfterValidator(_dia_id)]] = Field(default_factory=list)
+
+
+_ADAPTERS = {m: TypeAdapter(m) for m in (_FileIn, _SessionIn, _TurnIn, _EvalIn)}
+_KINDS = {"string_type": "a non-empty string", "list_type": "a list", "model_type": "an object",
+          "model_attributes_type": "an object"}
+
+
+def _place(where: str, path: str) -> str:
+    """``FILE: sessions[1]`` + ``.turns`` -> ``FILE: sessions[1].turns``; ``FILE:4: `` + ``.date``
+    -> ``FILE:4: date`` (a JSONL line has no field path of its own)."""
+    if where.endswith(": "):
+        return where + path.lstrip(".") if path else where[:-2]
+    return where + path
+
+
+def _parse(model, obj: Any, where: str, what: str):
+    """``model`` validated from ``obj``; the first error becomes a HistoryFormatError naming the field
+    (``where`` + its path); ``what`` describes the object when it is not one."""
+    try:
+        return _ADAPTERS[model].validate_python(obj)
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        loc = [p for p in err["loc"] if isinstance(p, int) or p in model.model_fields]
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
+        got = err.get("input")
+        if err["type"] == "missing":
+            msg = "missing"
+        elif not loc:
+            msg = f"expected {what}, got {type(got).__name__}"
+        elif err["type"] == "string_type":
+            msg = f"expected a non-empty string, got {got!r:.60}"
+        elif loc == ["turns"] and err["type"] == "list_type":
+            msg = f"expected a list of turns, got {type(got).__name__}"
+        elif err["type"] in _KINDS:
+            msg = f"expected {_KINDS[err['type']]}, got {type(got).__name__}"
+        elif err["type"] == "literal_error":
+            msg = f"expected one of {EVAL_CATEGORIES}, got {got!r:.40}"
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+        raise HistoryFormatError(f"{_place(where, path)}: {msg}") from None
 
 
 @dataclass(frozen=True)
@@ -85,21 +171,23 @@ class EvalQuestion:
 
 
 def parse_history_date(value: Any) -> _dt.datetime:
-    """ISO date / date-time or LoCoMo's ``"1:56 pm on 8 May, 2023"`` -> naive datetime."""
+    """ISO date / date-time (``datetime.fromisoformat``; a timezone and fractions of a second are
+    dropped, the wall-clock time kept) or LoCoMo's ``"1:56 pm on 8 May, 2023"`` -> naive datetime."""
     if not isinstance(value, str):
         raise ValueError(f"expected a date string, got {type(value).__name__} {value!r:.40}")
-    m = _ISO.match(value)
-    if m:
-        y, mo, d, h, mi, s = (int(g) if g else 0 for g in m.groups())
-        try:
-            return _dt.datetime(y, mo, d, h, mi, s)
-        except ValueError as e:
-            raise ValueError(f"invalid date {value!r} ({e})") from None
+    text = value.strip()
+    try:
+        return _dt.datetime.fromisoformat(text).replace(tzinfo=None, microsecond=0)
+    except ValueError as e:
+        iso_error = e
     try:
         return parse_locomo_date(value)
     except ValueError:
-        raise ValueError(f"cannot parse {value!r}; expected 'YYYY-MM-DD', 'YYYY-MM-DDTHH:MM' "
-                         f"or '1:56 pm on 8 May, 2023'") from None
+        pass
+    if text[:4].isdigit() and text[4:5] == "-":  # meant as ISO: say why datetime refused it
+        raise ValueError(f"invalid date {value!r} ({iso_error})") from None
+    raise ValueError(f"cannot parse {value!r}; expected 'YYYY-MM-DD', 'YYYY-MM-DDTHH:MM' "
+                     f"or '1:56 pm on 8 May, 2023'") from None
 
 
 def load_history(path: str | os.PathLike, user: str | None = None) -> tuple[Conversation, str]:
@@ -124,17 +212,10 @@ def load_history(path: str | os.PathLike, user: str | None = None) -> tuple[Conv
     if isinstance(data, list):
         items, default_user, conv_id = data, None, None
     elif isinstance(data, dict):
-        if "sessions" not in data:
-            raise HistoryFormatError(f"{path}: sessions: missing (expected a list of sessions or "
-                                     f"{{\"user\": ..., \"sessions\": [...]}})")
-        items = data["sessions"]
-        if not isinstance(items, list):
-            raise HistoryFormatError(f"{path}: sessions: expected a list, got {type(items).__name__}")
-        default_user = data.get("user")
-        if default_user is not None and not (isinstance(default_user, str) and default_user.strip()):
-            raise HistoryFormatError(f"{path}: user: expected a non-empty string, got {default_user!r:.40}")
-        conv_id = data.get("id")
-        if conv_id is not None and not (isinstance(conv_id, (str, int)) and str(conv_id).strip()):
+        head = _parse(_FileIn, data, f"{path}: ", "an object")
+        items, default_user, conv_id = head.sessions, head.user, head.id
+        if conv_id is not None and (isinstance(conv_id, bool) or not (isinstance(conv_id, (str, int))
+                                                                      and str(conv_id).strip())):
             raise HistoryFormatError(f"{path}: id: expected a non-empty string, got {conv_id!r:.40}")
     else:
         raise HistoryFormatError(f"{path}: top level must be a list of sessions or an object with "
@@ -159,20 +240,11 @@ def load_eval_questions(path: str | os.PathLike) -> list[EvalQuestion]:
     out = []
     for i, q in enumerate(items):
         where = f"{path}: eval_questions[{i}]"
-        if not isinstance(q, dict):
-            raise HistoryFormatError(f"{where}: expected an object, got {type(q).__name__}")
-        question = _req_str(q, "question", where)
-        answer = q.get("answer")
+        m = _parse(_EvalIn, q, where, "an object")
+        answer = m.answer
         if not isinstance(answer, (str, int, float)) or isinstance(answer, bool) or not str(answer).strip():
             raise HistoryFormatError(f"{where}.answer: expected a non-empty string or number, got {answer!r:.40}")
-        category = _req_str(q, "category", where)
-        if category not in EVAL_CATEGORIES:
-            raise HistoryFormatError(f"{where}.category: expected one of {EVAL_CATEGORIES}, got {category!r}")
-        evidence = q.get("evidence", [])
-        if not (isinstance(evidence, list) and all(isinstance(e, str) and re.fullmatch(r"D\d+:\d+", e)
-                                                   for e in evidence)):
-            raise HistoryFormatError(f"{where}.evidence: expected a list of dia_ids like 'D3:4', got {evidence!r:.60}")
-        out.append(EvalQuestion(question, str(answer), category, tuple(evidence)))
+        out.append(EvalQuestion(m.question, str(answer), m.category, tuple(m.evidence)))
     return out
 
 
@@ -238,41 +310,29 @@ def _build(path: Path, located: list[tuple[str, str, Any]], user: str | None, co
     for pos, (prefix, field, item) in enumerate(located):
         where = prefix + field if field else prefix.rstrip(": ")
         at = (lambda key, p=prefix, f=field: f"{p}{f}.{key}" if f else f"{p}{key}")
-        if not isinstance(item, dict):
-            raise HistoryFormatError(f"{where}: expected a session object, got {type(item).__name__}")
+        sess = _parse(_SessionIn, item, prefix + field, "a session object")
         number = pos + 1
-        if "id" in item:
-            m = _SESSION_ID.match(str(item["id"]).strip()) if isinstance(item["id"], (str, int)) else None
-            if not m or int(m.group(1)) < 1 or isinstance(item["id"], bool):
-                raise HistoryFormatError(f"{at('id')}: expected a positive session number, got {item['id']!r:.40}")
+        if sess.id is not None:
+            m = _SESSION_ID.match(str(sess.id).strip()) if isinstance(sess.id, (str, int)) else None
+            if not m or int(m.group(1)) < 1 or isinstance(sess.id, bool):
+                raise HistoryFormatError(f"{at('id')}: expected a positive session number, got {sess.id!r:.40}")
             number = int(m.group(1))
         if number in seen_ids:
             raise HistoryFormatError(f"{at('id')}: session number {number} is used twice "
                                      f"(also by {seen_ids[number]})")
         seen_ids[number] = where
-        if "date" not in item:
-            raise HistoryFormatError(f"{at('date')}: missing")
         try:
-            date = parse_history_date(item["date"])
+            date = parse_history_date(sess.date)
         except ValueError as e:
             raise HistoryFormatError(f"{at('date')}: {e}") from None
-        turns_raw = item.get("turns")
-        if turns_raw is None:
-            raise HistoryFormatError(f"{at('turns')}: missing")
-        if not isinstance(turns_raw, list):
-            raise HistoryFormatError(f"{at('turns')}: expected a list of turns, got {type(turns_raw).__name__}")
+        turns_raw = sess.turns
         if not turns_raw:
             raise HistoryFormatError(f"{at('turns')}: empty session (a session needs at least one turn)")
         turns = []
         for t, turn in enumerate(turns_raw):
             tw = at(f"turns[{t}]")
-            if not isinstance(turn, dict):
-                raise HistoryFormatError(f"{tw}: expected {{\"speaker\": ..., \"text\": ...}}, got {type(turn).__name__}")
-            speaker = _req_str(turn, "speaker", tw).strip()
-            text = _req_str(turn, "text", tw).strip()
-            caption = turn.get("blip_caption")
-            if caption is not None and not isinstance(caption, str):
-                raise HistoryFormatError(f"{tw}.blip_caption: expected str, got {type(caption).__name__}")
+            tin = _parse(_TurnIn, turn, tw, '{"speaker": ..., "text": ...}')
+            speaker, text, caption = tin.speaker.strip(), tin.text.strip(), tin.blip_caption
             if speaker not in speakers:
                 if len(speakers) == 2:
                     raise HistoryFormatError(f"{tw}.speaker: a third speaker {speaker!r} (already "
@@ -280,7 +340,7 @@ def _build(path: Path, located: list[tuple[str, str, Any]], user: str | None, co
                                              f"conversation between the user and one partner")
                 speakers.append(speaker)
             turns.append(Turn(speaker, f"D{number}:{t + 1}", text, caption or None))
-        date_raw = item["date"].strip()
+        date_raw = sess.date.strip()
         sessions.append(Session(number, date_raw, date, tuple(turns)))
 
     user = user.strip() if isinstance(user, str) else user
@@ -300,15 +360,6 @@ def _build(path: Path, located: list[tuple[str, str, Any]], user: str | None, co
                         f"(session numbers {[s.number for s in ordered]})")
     sample_id = conv_id or path.stem
     return Conversation(sample_id, speakers[0], speakers[1], ordered, [], warnings=warnings), user
-
-
-def _req_str(obj: dict, key: str, where: str) -> str:
-    if key not in obj:
-        raise HistoryFormatError(f"{where}.{key}: missing")
-    val = obj[key]
-    if not isinstance(val, str) or not val.strip():
-        raise HistoryFormatError(f"{where}.{key}: expected a non-empty string, got {val!r:.60}")
-    return val
 
 
 def _suggest(name: str, known: list[str]) -> str:

@@ -3,6 +3,7 @@
 import pytest
 
 from tsubasa_fast.core import Retrieved
+from tsubasa_fast.errors import InputError
 from tsubasa_fast.memory.locomo import (evaluate_retrieval, format_report, load_locomo,
                                         merged_search, parse_locomo_date)
 
@@ -21,8 +22,9 @@ def test_loader_handles_quirks(locomo_file):
     assert qa[2].evidence == ()
     assert qa[3].answer is None and qa[3].adversarial_answer == "nothing" and qa[3].category == 5
     assert conv.observations[1]["Bob"][0][1] == ["D1:2"]  # list-form dia_ids
-    with pytest.raises(ValueError, match="--conversation"):
+    with pytest.raises(InputError, match=r"^conversation: \['conv-nope'\] not in") as e:
         load_locomo(locomo_file, ["conv-nope"])
+    assert e.value.field == "conversation" and "--" not in str(e.value)
 
 
 def test_parse_date():

@@ -176,5 +176,6 @@ def test_malformed_locomo_json_and_shape(tmp_path):
     p.write_text('{"a": 1}')
     with pytest.raises(LocomoFormatError, match="top level must be a list"):
         load_locomo(p)
-    with pytest.raises(FileNotFoundError, match="--locomo"):
+    with pytest.raises(LocomoFormatError, match="^locomo: no such file") as e:  # the library names no flag
         load_locomo(tmp_path / "missing.json")
+    assert e.value.field == "locomo" and "--" not in str(e.value)

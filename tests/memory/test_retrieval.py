@@ -10,8 +10,8 @@ import pytest
 import bm25s
 from tsubasa_fast.cli import main
 from tsubasa_fast.memory.locomo import evaluate_retrieval, load_locomo
-from tsubasa_fast.memory.retrieval import (Retriever, conversation_merge, convex_fusion, date_match,
-                                           lexical_text, named_speaker, rrf_fusion, search_conversation,
+from tsubasa_fast.memory.retrieval import (Retriever, conversation_merge, convex_fusion, date_match, diversify,
+                                           lexical_text, memory_units, named_speaker, rrf_fusion, search_conversation,
                                            session_turns, tokenize)
 
 DOCS = ["Caroline adopted two dogs", "Melanie paints sunsets", "Caroline paints dogs and cats"]
@@ -194,3 +194,70 @@ def test_eval_retrieval_defaults_are_the_best_measured(tmp_path, locomo_file, ca
     capsys.readouterr()
     cfg = json.loads(out.read_text())["config"]
     assert (cfg["retrieval"], cfg["fusion"], cfg["alpha"], cfg["speaker_boost"]) == ("date", "convex", 0.5, 0.1)
+
+
+def _evolved_store(store):
+    """Ann's observation about the guitar, then an UPDATE that merges a second one into it."""
+    a, b, u = _conversation_store(store)
+    merged = store.rewrite(a.id, "Ann got a new instrument (8 May 2023); Ann asked about the beagle (8 June 2023).",
+                           observed_at="2023-06-08", source={"kind": "observations", "dia_ids": ["D2:1"]},
+                           decision_source="rule", payload={"observation": "Ann asked about the beagle."})
+    return merged, b, u
+
+
+def test_memory_units_are_the_observations_a_version_chain_absorbed(store):
+    merged, b, _ = _evolved_store(store)
+    assert merged.version == 2 and merged.dia_ids == ["D1:1", "D2:1"]
+    got = memory_units(store, "c:Ann", store.all("c:Ann"))
+    # version 1 has no logged observation (a direct add): its own text stands in
+    assert got == {merged.id: [("Ann got a new instrument.", ["D1:1"], "2023-05-08"),
+                               ("Ann asked about the beagle.", ["D2:1"], "2023-06-08")]}
+    assert memory_units(store, "c:Bob", store.all("c:Bob")) == {}  # single versions are their own unit
+
+
+def test_diversify_moves_records_whose_evidence_is_already_shown_down():
+    cited = [["D1"], ["D1"], ["D2"], [], ["D1", "D2"], ["D2", "D3"]]
+    assert diversify(cited, [0, 1, 2, 3, 4, 5]) == [0, 2, 3, 5, 1, 4]
+    assert diversify(cited, [4, 0, 5, 1]) == [4, 5, 0, 1]
+    assert diversify([[], []], [1, 0]) == [1, 0]  # nothing cited: nothing moves
+
+
+def test_units_score_a_merged_record_by_its_best_observation(store):
+    merged, b, u = _evolved_store(store)
+    q = "Where does the beagle run?"
+    r = Retriever(store, "hybrid", alpha=0.5, diversify=False)
+    hits = {h.text: h.score for h in r.search_users(["c:Ann", "c:Bob"], q, 3)}
+    turns = {**session_turns(store, "c:Ann"), **session_turns(store, "c:Bob")}
+    recs = store.all("c:Ann") + store.all("c:Bob")
+    # by hand: BM25 over the records' lexical texts and, separately, over the units' (the merged
+    # record's two observations with their own date and cited turns; the others as they are)
+    unit_texts = ["8 May 2023 Ann got a new instrument. Ann: I bought a Fender guitar yesterday!",
+                  "8 June 2023 Ann asked about the beagle. Ann: Where does your beagle run?"]  # opens session 2
+    rec_idx, unit_idx = bm25s.BM25(k1=1.2, b=0.75), bm25s.BM25(k1=1.2, b=0.75)
+    rec_idx.index(tokenize([lexical_text(x, turns) for x in recs]), show_progress=False)
+    unit_idx.index(tokenize(unit_texts + [lexical_text(x, turns) for x in recs[1:]]), show_progress=False)
+    qt = tokenize([q])[0]
+    lr, lu = rec_idx.get_scores(qt), unit_idx.get_scores(qt)
+    lex = [max(lr[0], lu[0], lu[1])] + [max(lr[i], lu[i + 1]) for i in range(1, len(recs))]
+    qv = store.embedder.embed([q])[0].astype(np.float64)
+    cos = lambda t: float(store.embedder.embed([t])[0].astype(np.float64) @ qv)  # noqa: E731
+    dense = [0.5 * (cos(merged.text) + max(cos("Ann got a new instrument."), cos("Ann asked about the beagle.")))]
+    dense += [cos(x.text) for x in recs[1:]]
+    for x, d, s in zip(recs, dense, lex):
+        assert hits[x.text] == pytest.approx(0.5 * d + 0.5 * s / (s + 5.0), abs=1e-5)
+    plain = Retriever(store, "hybrid", alpha=0.5, units=False, diversify=False)
+    got = {h.text: h.score for h in plain.search_users(["c:Ann", "c:Bob"], q, 3)}
+    assert got[merged.text] == pytest.approx(
+        0.5 * cos(merged.text) + 0.5 * lr[0] / (lr[0] + 5.0), abs=1e-5)
+
+
+def test_search_records_diversifies_by_provenance(store):
+    _conversation_store(store)
+    dup = store.add("c:Bob", "Bob owns a beagle puppy.", observed_at="2023-05-08",
+                    source={"kind": "observations", "dia_ids": ["D1:2"]})  # same evidence as "Bob has a dog."
+    q = "Bob dog beagle puppy"
+    plain = [x.id for x, _ in Retriever(store, "hybrid", diversify=False).search_records(["c:Bob"], q, 3)]
+    div = [x.id for x, _ in Retriever(store, "hybrid").search_records(["c:Bob"], q, 3)]
+    first, second = plain[0], plain[1]
+    assert {first, second} <= {dup.id, store.all("c:Bob")[0].id}  # both D1:2 memories rank first
+    assert div == [first, plain[2], second]

@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..fileio import atomic_write_text
+from ..memory.retrieval import DEFAULT_ALPHA, DEFAULT_MODE, DEFAULT_SPEAKER_BOOST, FUSIONS, MODES
 from ..memory.store import MemoryStoreError, open_store
 from . import group
 from . import positive_int as _positive
@@ -66,12 +68,13 @@ def register(subparsers) -> None:
     p.set_defaults(func=_store_errors(cmd_ingest))
 
     p = mem.add_parser("search", help="search one user's live memories",
-                       description="Top-k live memories of one user by cosine similarity.")
+                       description="Top-k live memories of one user (the library's default ranking).")
     p.add_argument("--store", required=True, type=Path, help="store directory")
     p.add_argument("--user", required=True, help="user id, e.g. conv-26:Caroline")
     p.add_argument("-k", type=_positive, default=3, help="number of results (default 3)")
-    p.add_argument("--retrieval", choices=("dense", "hybrid", "date"), default="dense",
-                   help="ranking: dense cosine, hybrid BM25+cosine, or hybrid with date matching")
+    p.add_argument("--retrieval", choices=MODES, default=DEFAULT_MODE,
+                   help=f"ranking: dense cosine, hybrid BM25+cosine, or hybrid with date matching "
+                        f"(default {DEFAULT_MODE}, as `eval retrieval`)")
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     p.add_argument("query", help="query text")
     p.set_defaults(func=_store_errors(cmd_search))
@@ -108,13 +111,18 @@ def register(subparsers) -> None:
     p.add_argument("-k", nargs="+", type=_positive, default=[1, 3, 5, 10], help="k values (default 1 3 5 10)")
     p.add_argument("--categories", nargs="+", type=int, default=[1, 2, 3, 4], choices=(1, 2, 3, 4, 5),
                    help="question categories (default 1 2 3 4)")
-    p.add_argument("--retrieval", choices=("dense", "hybrid", "date"), default="date",
-                   help="ranking: dense cosine, hybrid BM25+cosine, or hybrid with date matching (default date)")
-    p.add_argument("--fusion", choices=("convex", "rrf"), default="convex",
+    p.add_argument("--retrieval", choices=MODES, default=DEFAULT_MODE,
+                   help=f"ranking: dense cosine, hybrid BM25+cosine, or hybrid with date matching (default {DEFAULT_MODE})")
+    p.add_argument("--fusion", choices=FUSIONS, default="convex",
                    help="how hybrid fuses cosine and BM25: weighted sum or reciprocal rank fusion (default convex)")
-    p.add_argument("--alpha", type=float, default=0.5, help="dense weight for hybrid ranking (default 0.5)")
-    p.add_argument("--speaker-boost", type=float, default=0.1,
-                   help="score bonus for the memories of the one speaker a question names (default 0.1)")
+    p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                   help=f"dense weight for hybrid ranking (default {DEFAULT_ALPHA})")
+    p.add_argument("--speaker-boost", type=float, default=DEFAULT_SPEAKER_BOOST,
+                   help=f"score bonus for the memories of the one speaker a question names (default {DEFAULT_SPEAKER_BOOST})")
+    p.add_argument("--units", action=argparse.BooleanOptionalAction, default=True,
+                   help="also score an evolved memory by the observations it merged (default on)")
+    p.add_argument("--diversify", action=argparse.BooleanOptionalAction, default=True,
+                   help="move memories whose evidence is already in higher-ranked ones down (default on)")
     p.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write the results as JSON")
     p.set_defaults(func=_store_errors(cmd_eval_retrieval))
 
@@ -176,13 +184,8 @@ def cmd_search(args) -> int:
 
     store = open_store(args.store, must_exist=True)
     try:
-        if args.retrieval == "dense":
-            for h in store.search(args.user, args.query, args.k):
-                _print_record(h.record, h.score, args.json)
-        else:
-            recs = {(r.text, tuple(r.dia_ids)): r for r in store.all(args.user)}
-            for h in Retriever(store, args.retrieval).search(args.user, args.query, args.k):
-                _print_record(recs[(h.text, h.dia_ids)], h.score, args.json)
+        for rec, score in Retriever(store, args.retrieval).search_records([args.user], args.query, args.k):
+            _print_record(rec, score, args.json)
     finally:
         store.close()
     return 0
@@ -237,16 +240,17 @@ def cmd_eval_retrieval(args) -> int:
         if len(missing) == sum(len(c.user_ids) for c in convs):
             raise ValueError(f"--store {args.store} holds no memories for these conversations; run "
                              f"`tsubasa-fast memory ingest` first")
-        search = Retriever(store, args.retrieval, alpha=args.alpha, fusion=args.fusion)
+        search = Retriever(store, args.retrieval, alpha=args.alpha, fusion=args.fusion, units=args.units,
+                           diversify=args.diversify)
         result = evaluate_retrieval(convs, search, args.k, args.categories, progress=sys.stderr.isatty(),
                                     merge=conversation_merge(args.speaker_boost))
     finally:
         store.close()
     result["config"] = {"retrieval": args.retrieval, "fusion": args.fusion, "alpha": args.alpha,
-                        "speaker_boost": args.speaker_boost,
-                        "categories": args.categories}
+                        "speaker_boost": args.speaker_boost, "units": args.units,
+                        "diversify": args.diversify, "categories": args.categories}
     print(format_report(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     return 0

@@ -23,6 +23,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from ..errors import InputError
 from ..llm import json_in_reply
 from .slots import (Segment, Slot, content_stems, extract_slots, human_date, informative, names,
                     past_tense, render, segments, strip_prefix, subject_of, subjects_compatible, words)
@@ -410,6 +411,6 @@ def make_manager(name: str, chat: Callable | None = None, **kwargs) -> Manager:
         return StaticManager()
     if name == "llm":
         if chat is None:
-            raise ValueError("--manager llm needs a chat model")
+            raise InputError("llm needs a chat model", field="manager")
         return LLMManager(chat, **kwargs)
-    raise ValueError(f"--manager: unknown manager {name!r}; expected llm, rule or static")
+    raise InputError(f"unknown manager {name!r}; expected llm, rule or static", field="manager")

@@ -19,6 +19,7 @@ from typing import Callable
 from .evolution import Manager, Observation, StaticManager, apply_decision
 from .extraction import Extracted, ObservationExtractor, resolve_relative_dates
 from ..core import Conversation, Session
+from ..errors import InputError
 from .store import MemoryStore
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def session_observations(conv: Conversation, session: Session, source: str, *,
             pairs = [(text, list(ids)) for text, ids in items]
         elif source == "llm":
             if extractor is None:
-                raise ValueError("--source llm needs an extractor (a chat model)")
+                raise InputError("llm needs an extractor (a chat model)", field="source")
             cache_key = f"extract:{extractor.name}:{conv.sample_id}:{session.number}:{speaker}"
             cached = store.kv_get(cache_key) if store is not None else None
             if cached is None:
@@ -93,7 +94,7 @@ def session_observations(conv: Conversation, session: Session, source: str, *,
                     store.kv_put(cache_key, cached)
             pairs = [(t, ids) for t, ids in cached]
         else:
-            raise ValueError(f"--source: unknown source {source!r}; expected one of {SOURCES}")
+            raise InputError(f"unknown source {source!r}; expected one of {SOURCES}", field="source")
         for i, (text, ids) in enumerate(pairs):
             if resolve_dates:
                 text = resolve_relative_dates(text, session.date)
@@ -114,7 +115,7 @@ def ingest_conversation(store: MemoryStore, conv: Conversation, source: str, man
     print ADD / UPDATE / RECONCILE / IGNORE as they happen).
     """
     if source not in SOURCES:
-        raise ValueError(f"--source: unknown source {source!r}; expected one of {SOURCES}")
+        raise InputError(f"unknown source {source!r}; expected one of {SOURCES}", field="source")
     manager = manager or StaticManager()
     stats = stats or IngestStats()
     for session in conv.sessions:

@@ -26,14 +26,15 @@ from typing import Annotated, Any, Callable, Iterable, Sequence
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAdapter, ValidationError
 
 from ..core import CATEGORY_NAMES, QA, Conversation, Retrieved, SearchFn, Session, Turn
+from ..errors import InputError
 from ..fileio import read_json
 
 _DIA = re.compile(r"D(\d+):(\d+)")
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
 
-class LocomoFormatError(ValueError):
-    """Malformed LoCoMo file; the message names the offending field."""
+class LocomoFormatError(InputError):
+    """Malformed LoCoMo file; the message names the file and the offending field."""
 
 
 _DATE_FORMATS = ("%I:%M %p on %d %B, %Y", "%I:%M %p on %d %B %Y", "%I:%M %p on %d %b, %Y", "%I:%M %p on %d %b %Y")
@@ -272,7 +273,7 @@ def load_locomo(path: str | os.PathLike, conversations: Sequence[str] | None = N
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"--locomo: no such file {path}")
+        raise LocomoFormatError(f"no such file {path}", field="locomo")
     try:
         data = read_json(path)
     except ValueError as e:
@@ -291,7 +292,7 @@ def load_locomo(path: str | os.PathLike, conversations: Sequence[str] | None = N
         known = set(ids)
         missing = [c for c in conversations if c not in known]
         if missing:
-            raise ValueError(f"--conversation: {missing} not in {path} (has {sorted(known)})")
+            raise InputError(f"{missing} not in {path} (has {sorted(known)})", field="conversation")
         convs = [c for c in convs if c.sample_id in set(conversations)]
     return convs
 
@@ -331,7 +332,7 @@ def evaluate_retrieval(conversations: Iterable[Conversation], search: SearchFn,
     """
     ks = sorted(set(int(k) for k in ks))
     if not ks or ks[0] < 1:
-        raise ValueError(f"-k: values must be positive integers, got {ks}")
+        raise InputError(f"values must be positive integers, got {ks}", field="k")
     merge = merge or merged_search
     kmax = ks[-1]
     items = [(c, q) for c in conversations for q in c.qa if q.evidence and q.category in categories]

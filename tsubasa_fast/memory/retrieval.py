@@ -16,6 +16,13 @@ written in the extractor's, and an answer is found through the question that pro
 dense side is the store's own vectors. Ranking covers all live records of the users searched, so every call
 returns exactly min(k, live) results.
 
+An evolved record (UPDATE / RECONCILE merged several observations into one text) is also scored
+by its *units*: the observations its version chain absorbed, each with its own date and cited
+utterances (:func:`memory_units`). Its BM25 score is the best of the merged text's and its units',
+its cosine the mean of the merged text's and its best unit's, so merging does not dilute either side.
+Results are diversified by provenance (``diversify``): a record whose cited utterances all appear
+in higher-ranked results is moved below the ones that add evidence.
+
 :func:`search_conversation` ranks both speakers' memories in one pool (one BM25 index, one
 score scale) with ``speaker_boost`` for the speaker a question names; it is the merge used by
 ``eval retrieval``.
@@ -78,10 +85,15 @@ def lexical_text(record: Record, turns: dict[str, tuple[str, str | None]]) -> st
     ``turns`` maps dia_id -> (``Speaker: text``, dia_id of the previous turn or None), see
     :func:`session_turns`. An utterance memory is its own cited turn: only the previous one is added.
     """
-    parts = [human_date(record.observed_at), _DATE_PREFIX.sub("", record.text)]
-    own = record.source.get("kind") == "utterances"
+    return _lexical(record.observed_at, record.text, record.dia_ids,
+                    record.source.get("kind") == "utterances", turns)
+
+
+def _lexical(observed_at: str | None, text: str, dia_ids: Sequence[str], own: bool,
+             turns: dict[str, tuple[str, str | None]]) -> str:
+    parts = [human_date(observed_at), _DATE_PREFIX.sub("", text)]
     seen: set[str] = set()
-    for d in record.dia_ids:
+    for d in dia_ids:
         if d not in turns:
             continue
         prev = turns[d][1]
@@ -105,6 +117,51 @@ def session_turns(store: MemoryStore, user_id: str) -> dict[str, tuple[str, str 
             out[t["dia_id"]] = (f"{t.get('speaker', '')}: {text}", prev)
             prev = t["dia_id"]
     return out
+
+
+def memory_units(store: MemoryStore, user_id: str, records: Sequence[Record]) -> dict[int, list[tuple[str, list[str], str | None]]]:
+    """Live record id -> the observations its version chain absorbed, oldest first, each as
+    ``(text, the dia_ids it added, its date)``; only for records with more than one version.
+
+    The text is the observation the event log recorded for the write that made the version
+    (the version's own text when the log has none, e.g. a user's rewrite).
+    """
+    multi = [r for r in records if r.version > 1]
+    if not multi:
+        return {}
+    versions = {r.id: r for r in store.all(user_id, include_superseded=True)}
+    observed: dict[int, str] = {}
+    for e in store.events(user_id):
+        obs = (e.get("payload") or {}).get("observation")
+        if e.get("op") in ("ADD", "UPDATE", "RECONCILE") and e.get("record_id") and isinstance(obs, str) and obs:
+            observed[e["record_id"]] = obs
+    out: dict[int, list[tuple[str, list[str], str | None]]] = {}
+    for r in multi:
+        chain, v = [], r
+        while v is not None:
+            chain.append(v)
+            v = versions.get(v.supersedes) if v.supersedes is not None else None
+        units, cited = [], set()
+        for v in reversed(chain):
+            new = [d for d in v.dia_ids if d not in cited]
+            cited.update(v.dia_ids)
+            units.append((observed.get(v.id, v.text), new, v.observed_at))
+        out[r.id] = units
+    return out
+
+
+def diversify(cited: Sequence[Sequence[str]], order: Sequence[int]) -> list[int]:
+    """``order`` with every item whose cited dia_ids are all cited by items ranked above it moved
+    after the others (their relative order kept); items citing nothing are never moved."""
+    keep, later, seen = [], [], set()
+    for i in order:
+        ids = set(cited[i])
+        if ids and ids <= seen:
+            later.append(i)
+        else:
+            keep.append(i)
+            seen |= ids
+    return keep + later
 
 
 def saturate(bm25: np.ndarray, half: float = LEX_HALF) -> np.ndarray:
@@ -156,7 +213,8 @@ class Retriever:
     """Dense, hybrid or date-aware ranking over one store (see the module docstring)."""
 
     def __init__(self, store: MemoryStore, mode: str = DEFAULT_MODE, alpha: float = DEFAULT_ALPHA,
-                 date_boost: float = DEFAULT_DATE_BOOST, fusion: str = "convex"):
+                 date_boost: float = DEFAULT_DATE_BOOST, fusion: str = "convex", units: bool = True,
+                 diversify: bool = True):
         if mode not in MODES:
             raise ValueError(f"mode: unknown retrieval mode {mode!r}; expected one of {MODES}")
         if fusion not in FUSIONS:
@@ -166,25 +224,44 @@ class Retriever:
         if date_boost < 0:
             raise ValueError(f"date_boost must be >= 0, got {date_boost}")
         self.store, self.mode, self.alpha, self.date_boost, self.fusion = store, mode, alpha, date_boost, fusion
+        # dense stays the store's plain cosine ranking (the baseline); units and diversity are hybrid's
+        self.units, self.diversify = units and mode != "dense", diversify and mode != "dense"
         self._cache: dict[tuple[str, ...], tuple] = {}
 
     def _pool(self, user_ids: tuple[str, ...]):
-        """Live records of the users, their positions and a BM25 index; rebuilt on any write."""
+        """Live records of the users, their positions, a BM25 index over the records and one over
+        their units (with the units' vectors); rebuilt on any write."""
         stamp = tuple(self.store.count(u, live_only=False) for u in user_ids)
         hit = self._cache.get(user_ids)
         if hit is not None and hit[0] == stamp:
             return hit[1]
-        recs, owner = [], []
+        recs, owner, units = [], [], []  # units: (record position, lexical text, text or None)
         for n, u in enumerate(user_ids):
             turns = session_turns(self.store, u) if self.mode != "dense" else {}
             got = self.store.all(u)
-            recs += [(r, lexical_text(r, turns)) for r in got]
-            owner += [n] * len(got)
-        bm25 = None
+            chains = memory_units(self.store, u, got) if self.units else {}
+            for r in got:
+                lex = lexical_text(r, turns)
+                if r.id in chains:
+                    own = r.source.get("kind") == "utterances"
+                    units += [(len(recs), _lexical(d, t, ids, own, turns), t) for t, ids, d in chains[r.id]]
+                else:
+                    units.append((len(recs), lex, None))  # a single-version record is its own unit
+                recs.append((r, lex))
+                owner.append(n)
+        bm25 = unit_bm25 = None
         if recs and self.mode != "dense":
             bm25 = bm25s.BM25(k1=BM25_K1, b=BM25_B)
             bm25.index(tokenize([t for _, t in recs]), show_progress=False)
-        data = ([r for r, _ in recs], np.array(owner, dtype=np.int64), bm25)
+        unit_of = np.array([i for i, _, _ in units], dtype=np.int64)
+        merged = [(i, t) for i, _, t in units if t is not None]
+        if self.units and recs:
+            unit_bm25 = bm25s.BM25(k1=BM25_K1, b=BM25_B)
+            unit_bm25.index(tokenize([t for _, t, _ in units]), show_progress=False)
+        unit_vecs = (self.store.embedder.embed([t for _, t in merged]).astype(np.float64) if merged
+                     else np.zeros((0, 1)))
+        data = ([r for r, _ in recs], np.array(owner, dtype=np.int64), bm25,
+                (unit_bm25, unit_of, np.array([i for i, _ in merged], dtype=np.int64), unit_vecs))
         self._cache[user_ids] = (stamp, data)
         return data
 
@@ -199,6 +276,12 @@ class Retriever:
                      boosts: Sequence[float] | None = None) -> list[Retrieved]:
         """Top-k over the union of several users' live memories, ranked in one pool;
         ``boosts[i]`` is added to the scores of ``user_ids[i]``'s records."""
+        return [Retrieved(r.text, tuple(r.dia_ids), s, r.user_id)
+                for r, s in self.search_records(user_ids, query, k, boosts)]
+
+    def search_records(self, user_ids: Sequence[str], query: str, k: int,
+                       boosts: Sequence[float] | None = None) -> list[tuple[Record, float]]:
+        """:meth:`search_users` as ``(record, score)`` pairs (the CLI prints whole records)."""
         if not isinstance(query, str) or not query.strip():
             raise ValueError(f"query must be a non-empty string, got {query!r}")
         if not isinstance(k, (int, np.integer)) or k < 1:
@@ -206,16 +289,18 @@ class Retriever:
         users = tuple(user_ids)
         if boosts is not None and len(boosts) != len(users):
             raise ValueError(f"boosts: {len(boosts)} values for {len(users)} users")
-        recs, owner, bm25 = self._pool(users)
+        recs, owner, bm25, units = self._pool(users)
         if not recs:
             return []
-        score = self.scores(users, recs, bm25, query)
+        score = self.scores(users, recs, bm25, query, units)
         if boosts is not None:
             score = score + np.asarray(boosts, dtype=np.float64)[owner]
-        top = np.argsort(-score, kind="stable")[:k]
-        return [Retrieved(recs[i].text, tuple(recs[i].dia_ids), float(score[i]), recs[i].user_id) for i in top]
+        top = np.argsort(-score, kind="stable").tolist()
+        if self.diversify:
+            top = diversify([r.dia_ids for r in recs], top)
+        return [(recs[i], float(score[i])) for i in top[:k]]
 
-    def scores(self, users: tuple[str, ...], recs: list[Record], bm25, query: str) -> np.ndarray:
+    def scores(self, users: tuple[str, ...], recs: list[Record], bm25, query: str, units=None) -> np.ndarray:
         """The fused score of every pooled record for the query (float64)."""
         pos = {r.id: i for i, r in enumerate(recs)}
         qvec = self.store.embed_query(query)
@@ -229,6 +314,15 @@ class Retriever:
             return dense
         q = tokenize([query])[0]
         lex = np.asarray(bm25.get_scores(q), dtype=np.float64) if q else np.zeros(len(recs))
+        if units is not None and units[0] is not None:
+            unit_bm25, unit_of, merged_of, unit_vecs = units
+            if q:  # a record's BM25: the best of its merged text and its units
+                np.maximum.at(lex, unit_of, np.asarray(unit_bm25.get_scores(q), dtype=np.float64))
+            if len(merged_of):  # a merged record's cosine: mean of its text's and its best unit's
+                best = np.full(len(recs), -np.inf)
+                np.maximum.at(best, merged_of, unit_vecs @ qvec.astype(np.float64))
+                has = np.isfinite(best)
+                dense[has] = 0.5 * (dense[has] + best[has])
         if self.fusion == "rrf":
             score = rrf_fusion(dense, lex, self.alpha)
         else:
