@@ -149,7 +149,6 @@ class Memory:
             self.store.close()
             raise
         self._chat, self._manager_spec, self._manager, self._extractor = chat, manager, None, None
-        self._seen_chg: dict[str, int] = {}
 
     # ------------------------------------------------------------- plumbing
     @property
@@ -299,20 +298,8 @@ class Memory:
         query = _text(query, "query")
         if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
             raise InputError(f"must be a positive integer, got {limit!r}", field="limit")
-        # The retriever's pool is stamped by record counts, which a delete leaves unchanged:
-        # drop it when the user's last change seq moved (any write, any process).
-        # TODO(retrieval owner): stamp pools by MAX(chg) and give Retriever a public method
-        # returning (Record, score); Retrieved carries no record id.
-        chg = self.store.db.query_one("SELECT MAX(chg) FROM records WHERE user_id=?", (user_id,))[0] or 0
-        if self._seen_chg.get(user_id) != chg:
-            self.retriever._cache.pop((user_id,), None)
-            self._seen_chg[user_id] = chg
-        recs, _owner, bm25 = self.retriever._pool((user_id,))
-        if not recs:
-            return {"results": []}
-        score = self.retriever.scores((user_id,), recs, bm25, query)
-        top = np.argsort(-score, kind="stable")[:int(limit)]
-        return {"results": [self._item(recs[i], score=float(score[i])) for i in top]}
+        hits = self.retriever.search_records([user_id], query, int(limit))
+        return {"results": [self._item(r, score=s) for r, s in hits]}
 
     def get(self, memory_id: int) -> dict:
         """The memory (its current version: live, or the deleted one) with this id."""

@@ -230,8 +230,8 @@ class Retriever:
 
     def _pool(self, user_ids: tuple[str, ...]):
         """Live records of the users, their positions, a BM25 index over the records and one over
-        their units (with the units' vectors); rebuilt on any write."""
-        stamp = tuple(self.store.count(u, live_only=False) for u in user_ids)
+        their units (with the units' vectors); rebuilt on any write (a delete too)."""
+        stamp = tuple(self.store.last_change(u) for u in user_ids)
         hit = self._cache.get(user_ids)
         if hit is not None and hit[0] == stamp:
             return hit[1]

@@ -343,6 +343,11 @@ class MemoryStore:
         sql = "SELECT COUNT(*) FROM records" + (" WHERE " + " AND ".join(where) if where else "")
         return self.db.query_one(sql, args)[0]
 
+    def last_change(self, user_id: str) -> int:
+        """The user's highest change seq: it moves on every write (add, rewrite, delete), in any
+        process, so caches derived from the user's records are stamped with it."""
+        return self.db.query_one("SELECT MAX(chg) FROM records WHERE user_id=?", (user_id,))[0] or 0
+
     def events(self, user_id: str | None = None) -> list[dict]:
         """The event log (every decision), oldest first."""
         return self.db.events("user_id=?", (user_id,)) if user_id is not None else self.db.events()
