@@ -1,6 +1,9 @@
 """The distillation engine on a tiny random Qwen3: teacher cache, training, resume, adapters."""
 
 import json
+import os
+import shutil
+import signal
 
 import pytest
 import torch
@@ -11,7 +14,8 @@ from tsubasa_fast.distill.data import collate, encode
 from tsubasa_fast.distill.prompts import TEMPLATE_VERSION, teacher_messages
 from tsubasa_fast.distill.student import AdapterMismatchError, Student, StudentConfig
 from tsubasa_fast.distill.teacher import TeacherConfig, build_teacher_cache, cache_spec, teacher_topd
-from tsubasa_fast.distill.train import TrainConfig, build_student_data, evaluate_loss, train
+from tsubasa_fast.distill.train import TrainConfig, build_student_data, encode_student, evaluate_loss, train
+from tsubasa_fast.integrations import CHECKPOINT_COMPLETE, TopDDataCollator, apply_topd_kl
 from tsubasa_fast.ops import reference
 
 from .conftest import memories_for
@@ -89,31 +93,46 @@ def test_training_lowers_the_distillation_loss(tiny_qwen3, other_tiny_qwen3, pai
 
 
 def test_resume_after_interruption_reproduces_the_run(tiny_qwen3, other_tiny_qwen3, pairs, tmp_path):
+    """Ctrl-C after step 3 saves checkpoint-3 and stops; a later save cut short by a kill
+    (no completion marker, a truncated file) is skipped; the rerun from step 3 gives the
+    adapter of the uninterrupted run."""
     cfg = TrainConfig(steps=6, **{**TRAIN, "batch_size": 4, "micro_batch_size": 2})
     st = Student(StudentConfig(model=tiny_qwen3, lora_r=8, lora_alpha=16))
     foreign_cache(st, Student(StudentConfig(model=other_tiny_qwen3)), pairs, tmp_path / "cache")
     train(st, pairs, tmp_path / "cache", tmp_path / "full", cfg, retrieve=memories_for, progress=False)
 
-    def interrupt(step, loss):
+    def ctrl_c(step, loss):
         if step == 3:
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)
 
     st2 = Student(StudentConfig(model=tiny_qwen3, lora_r=8, lora_alpha=16))
     with pytest.raises(KeyboardInterrupt):
         train(st2, pairs, tmp_path / "cache", tmp_path / "resumed", cfg, retrieve=memories_for,
-              progress=False, on_step=interrupt)
-    assert (tmp_path / "resumed" / "checkpoint" / "state.pt").is_file()
-    st3 = Student(StudentConfig(model=tiny_qwen3, lora_r=8, lora_alpha=16))  # a fresh process
+              progress=False, on_step=ctrl_c)
+    ckpts = tmp_path / "resumed" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["checkpoint-3"]  # checkpoint-2 rotated out
+    assert (ckpts / "checkpoint-3" / CHECKPOINT_COMPLETE).is_file()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    half = ckpts / "checkpoint-5"  # what a kill during the save of step 5 would leave
+    shutil.copytree(ckpts / "checkpoint-3", half)
+    (half / CHECKPOINT_COMPLETE).unlink()
+    weights = half / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    st3 = Student(StudentConfig(model=tiny_qwen3, lora_r=8, lora_alpha=16, seed=1))  # a fresh process
     summary = train(st3, pairs, tmp_path / "cache", tmp_path / "resumed", cfg, retrieve=memories_for,
                     progress=False)
     assert summary["resumed_from"] == 3
+    assert not ckpts.exists()  # removed once the adapter is saved
     a = load_file(str(tmp_path / "full" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "adapter_model.safetensors"))
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6)
-    steps = [json.loads(x)["step"] for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 7))
+    full = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    resumed = [json.loads(x) for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in resumed] == list(range(1, 7))
+    assert [m["tokens"] for m in resumed] == [m["tokens"] for m in full]
+    assert [m["loss"] for m in resumed] == pytest.approx([m["loss"] for m in full], rel=1e-4)
 
 
 def test_adapter_save_load_round_trip(tiny_qwen3, other_tiny_qwen3, pairs, tmp_path):
@@ -135,9 +154,25 @@ def test_adapter_save_load_round_trip(tiny_qwen3, other_tiny_qwen3, pairs, tmp_p
         Student(StudentConfig(model=other_tiny_qwen3), adapter=tmp_path / "adapter")
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(tiny_qwen3, pairs):
-    from tsubasa_fast.distill.train import DistillLoss, encode_student
+def distill_loss(st, pairs, stride):
+    """The training loss (patched forward on a TopDDataCollator batch) of `pairs` against
+    fixed synthetic teacher entries, summed over the answer tokens."""
+    rows = [{"question": p.question, "answer": p.answer, "memories": memories_for(p.question)} for p in pairs]
+    feats = []
+    for r in rows:
+        e = encode_student(st.tokenizer, r, 256)
+        mask = torch.zeros(len(e.input_ids), dtype=torch.bool)
+        mask[e.target_rows] = True
+        m = e.answer_len
+        feats.append({"input_ids": e.input_ids, "teacher_mask": mask,
+                      "teacher_indices": torch.arange(m * 5).reshape(m, 5) * stride,
+                      "teacher_logprobs": torch.log_softmax(torch.linspace(0, 1, m * 5).reshape(m, 5), -1)})
+    batch = TopDDataCollator(st.tokenizer.pad_token_id)(feats)
+    apply_topd_kl(st.model)
+    return st.model(**batch, reduction="sum").loss
 
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_qwen3, pairs):
     grads = []
     for checkpointing in (False, True):
         st = Student(StudentConfig(model=tiny_qwen3, lora_r=4, lora_alpha=8, gradient_checkpointing=checkpointing))
@@ -145,12 +180,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_qwen3, pairs):
             for p in st.trainable_parameters():
                 p.copy_(torch.linspace(-0.05, 0.05, p.numel()).reshape(p.shape))
         st.model.train()
-        rows = [{"question": p.question, "answer": p.answer, "memories": memories_for(p.question)} for p in pairs[:2]]
-        batch = collate([encode_student(st.tokenizer, r, 256) for r in rows], st.tokenizer.pad_token_id)
-        m = int(batch["target_mask"].sum())
-        idx = torch.arange(m * 5).reshape(m, 5) * 7
-        lp = torch.log_softmax(torch.linspace(0, 1, m * 5).reshape(m, 5), -1)
-        DistillLoss(st, TrainConfig(), 1.0)(batch, idx, lp, 1.0).backward()
+        distill_loss(st, pairs[:2], 7).backward()
         grads.append([p.grad.clone() for p in st.trainable_parameters()])
     for a, b in zip(*grads):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-7)
@@ -161,8 +191,6 @@ def test_four_bit_gradients_match_the_dequantised_model(tiny_qwen3, pairs):
     model holding the same dequantised weights (regression: bnb's CPU inference repacking
     drops the gradient through the base weights)."""
     import bitsandbytes as bnb
-
-    from tsubasa_fast.distill.train import DistillLoss, encode_student
 
     q4 = Student(StudentConfig(model=tiny_qwen3, load_in_4bit=True, lora_r=4, lora_alpha=8))
     fp = Student(StudentConfig(model=tiny_qwen3, lora_r=4, lora_alpha=8))
@@ -175,17 +203,14 @@ def test_four_bit_gradients_match_the_dequantised_model(tiny_qwen3, pairs):
         for a, b in zip(q4.trainable_parameters(), fp.trainable_parameters()):
             a.copy_(torch.linspace(-0.05, 0.05, a.numel()).reshape(a.shape))
             b.copy_(a)
-    rows = [{"question": p.question, "answer": p.answer, "memories": memories_for(p.question)} for p in pairs[:2]]
     grads = []
     for st in (q4, fp):
-        batch = collate([encode_student(st.tokenizer, r, 256) for r in rows], st.tokenizer.pad_token_id)
+        batch = collate([encode(st.tokenizer, teacher_messages(p.context, p.question), p.answer) for p in pairs[:2]],
+                        st.tokenizer.pad_token_id)
         with st.teacher():  # eval-mode no-grad pass first, as when the cache is built in-process
             st.hidden_states(batch["input_ids"], batch["attention_mask"])
         st.model.train()
-        m = int(batch["target_mask"].sum())
-        idx = torch.arange(m * 5).reshape(m, 5) * 11
-        lp = torch.log_softmax(torch.linspace(0, 1, m * 5).reshape(m, 5), -1)
-        DistillLoss(st, TrainConfig(), 1.0)(batch, idx, lp, 1.0).backward()
+        distill_loss(st, pairs[:2], 11).backward()
         grads.append({n: p.grad.clone() for n, p in st.model.named_parameters() if p.requires_grad})
     assert grads[0].keys() == grads[1].keys()
     first_layer = [n for n in grads[0] if ".layers.0." in n and "lora_B" in n]

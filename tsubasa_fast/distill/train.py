@@ -1,48 +1,48 @@
-"""Student training: top-d context distillation with the fused loss.
+"""Student training: top-d context distillation on ``transformers.Trainer``.
 
 The student (base + LoRA) sees the question plus the top-k memories retrieved from the
-user's evolved store; its final hidden states at the answer-predicting rows go straight
-into ``fused_linear_topd_kl_loss`` against the cached teacher entries, so the student's
-logits are never materialised either.
+user's evolved store; ``TopDDistillationTrainer`` runs its patched forward, whose final
+hidden states at the answer-predicting rows go straight into ``fused_linear_topd_kl_loss``
+against the cached teacher entries, so the student's logits are never materialised.
 
-Exactness: the data order is a function of (seed, position) only; step s trains on
-positions [s*B, (s+1)*B) of a sequence of per-epoch permutations. The loss of a step is the
-sum over its answer tokens divided by the step's token count, so gradient accumulation and
-DistributedDataParallel (torchrun; gloo on CPU, nccl on CUDA) compute the same gradient as
-one process with the whole batch. A checkpoint (adapter, optimizer, scheduler, step) is
-written atomically every ``checkpoint_every`` steps and on Ctrl-C, and a rerun resumes
-from it and reproduces the uninterrupted run.
+What Trainer (accelerate) brings: DDP under ``torchrun`` or ``accelerate launch`` (gloo on
+CPU, nccl on CUDA), gradient accumulation, the schedule, checkpoints and resume, logging
+integrations. What is ours: the loss of a step is the sum over its answer tokens divided by
+their number over the whole step (all micro-batches, all ranks; Trainer's
+``num_items_in_batch``), so accumulation and DDP give the gradient of one process with the
+whole batch; a checkpoint counts only once completely written; Ctrl-C (or SIGTERM) finishes
+the current step, saves a checkpoint and stops; a rerun resumes from the newest complete
+checkpoint and reproduces the uninterrupted run. ``metrics.jsonl`` gets one line per step,
+``loss.png`` the curve, the adapter its metadata (user, base-model fingerprint).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import os
 import shutil
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.distributed as dist
-from safetensors.torch import load_file, save_file
-from torch import nn
+from transformers import TrainerCallback
 
-from ..fileio import atomic_output, atomic_write_text
-from ..loss import fused_linear_topd_kl_loss
+from ..errors import InputError
+from ..fileio import atomic_write_text
 from ..memory.retrieval import DEFAULT_MODE
 from ..ops.reference import TAIL_MODES
 from ..progress import progress_bar
 from .cache import CacheSpec, TeacherCache, read_cache_spec
-from .data import Encoded, QAPair, collate, encode
+from .data import Encoded, QAPair, encode
 from .prompts import TEMPLATE_VERSION, student_messages
 
 log = logging.getLogger(__name__)
-CHECKPOINT = "checkpoint"
+CHECKPOINTS = "checkpoints"
 STUDENT_DATA = "student_data.jsonl"
 METRICS = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
@@ -53,7 +53,7 @@ class TrainConfig:
     steps: int | None = None  # optimizer steps; None = derived from epochs
     epochs: float = 1.0
     batch_size: int = 8  # examples per optimizer step, across all processes
-    micro_batch_size: int = 4  # examples per forward pass in one process
+    micro_batch_size: int = 4  # at most this many examples per forward pass in one process
     lr: float = 2e-4
     weight_decay: float = 0.0
     warmup_ratio: float = 0.1
@@ -66,19 +66,24 @@ class TrainConfig:
     checkpoint_every: int = 50
     max_length: int = 1024
     seed: int = 0
+    report_to: str = "none"  # Trainer's logging integrations: "tensorboard", "wandb", "all", ...
 
     def validate(self) -> None:
         if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+            raise InputError(f"must be >= 1, got {self.steps}", field="steps")
         if not self.epochs > 0:
-            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+            raise InputError(f"must be > 0, got {self.epochs}", field="epochs")
         for name in ("batch_size", "micro_batch_size", "checkpoint_every", "k", "max_length"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise InputError(f"must be >= 1, got {getattr(self, name)}", field=name)
         if self.tail not in TAIL_MODES:
-            raise ValueError(f"tail must be one of {TAIL_MODES}, got {self.tail!r}")
-        if not (self.lr > 0 and 0 <= self.warmup_ratio < 1 and self.ce_weight >= 0):
-            raise ValueError("lr must be > 0, warmup_ratio in [0, 1), ce_weight >= 0")
+            raise InputError(f"must be one of {TAIL_MODES}, got {self.tail!r}", field="tail")
+        if not self.lr > 0:
+            raise InputError(f"must be > 0, got {self.lr}", field="lr")
+        if not 0 <= self.warmup_ratio < 1:
+            raise InputError(f"must be in [0, 1), got {self.warmup_ratio}", field="warmup_ratio")
+        if not self.ce_weight >= 0:
+            raise InputError(f"must be >= 0, got {self.ce_weight}", field="ce_weight")
 
 
 # ------------------------------------------------------------------------ student data
@@ -112,254 +117,243 @@ def encode_student(tokenizer, row: dict, max_length: int) -> Encoded:
     return encode(tokenizer, student_messages(row["memories"], row["question"]), row["answer"], max_length)
 
 
-# ------------------------------------------------------------------------ the loss module
-
-
-class DistillLoss(nn.Module):
-    """Student forward + fused top-d KL over the answer rows; wrapped by DDP when distributed."""
-
-    def __init__(self, student, config: TrainConfig, temperature: float):
-        super().__init__()
-        self.student = student
-        self.peft_model = student.model  # registers the parameters for DDP
-        self.config = config
-        self.temperature = temperature
-
-    def forward(self, batch: dict, idx: torch.Tensor, lp: torch.Tensor, scale: float) -> torch.Tensor:
-        s = self.student
-        hidden = s.hidden_states(batch["input_ids"], batch["attention_mask"])
-        target = batch["target_mask"].to(hidden.device)
-        rows = hidden[target]
-        labels = None
-        if self.config.ce_weight > 0:
-            nxt = torch.roll(batch["input_ids"], -1, dims=1).to(hidden.device)
-            labels = nxt[target]
-        loss_sum = fused_linear_topd_kl_loss(
-            rows, s.head_weight, idx.to(hidden.device), lp.to(hidden.device), bias=s.head_bias,
-            temperature=self.temperature, tail=self.config.tail, reduction="sum",
-            labels=labels, ce_weight=self.config.ce_weight)
-        return loss_sum * scale
-
-
-# ------------------------------------------------------------------------ checkpoints
-
-
-def _save_checkpoint(out_dir: Path, student, optimizer, scheduler, step: int, config: TrainConfig) -> None:
-    with atomic_output(out_dir / CHECKPOINT, directory=True) as tmp:
-        params = {n: p.detach().cpu().contiguous() for n, p in student.model.named_parameters() if p.requires_grad}
-        save_file(params, str(tmp / "adapter_params.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "step": step, "config": asdict(config), "rng": torch.get_rng_state()},
-                   tmp / "state.pt")
-
-
-def _load_checkpoint(out_dir: Path, student, optimizer, scheduler) -> int:
-    target = out_dir / CHECKPOINT
-    if not (target / "state.pt").is_file():
-        return 0
-    params = load_file(str(target / "adapter_params.safetensors"))
-    named = dict(student.model.named_parameters())
-    missing = [n for n, p in named.items() if p.requires_grad and n not in params]
-    if missing:
-        raise ValueError(f"checkpoint in {target} does not fit this student (missing {missing[0]})")
-    with torch.no_grad():
-        for n, t in params.items():
-            named[n].copy_(t.to(named[n].device, named[n].dtype))
-    state = torch.load(target / "state.pt", map_location="cpu", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"])
-    return int(state["step"])
-
-
-# ------------------------------------------------------------------------ the loop
-
-
-def _dist() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def init_distributed() -> bool:
-    """Joins the process group when launched by torchrun (gloo on CPU, nccl on CUDA)."""
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) < 2:
-        return False
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(backend=backend)
-    return True
-
-
-def batch_positions(step: int, batch_size: int, n: int, seed: int) -> list[int]:
-    """The example indices of optimizer step `step`: positions [s*B, (s+1)*B) of the
-    concatenated per-epoch permutations (epoch e shuffled with seed + e)."""
-    out, perms = [], {}
-    for pos in range(step * batch_size, (step + 1) * batch_size):
-        epoch, i = divmod(pos, n)
-        if epoch not in perms:
-            perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
-        out.append(perms[epoch][i])
+def student_examples(tokenizer, rows: list[dict], pairs: list[QAPair], cache: TeacherCache,
+                     max_length: int) -> list[dict]:
+    """One ``TopDDataCollator`` example per pair: the student sequence, its answer-predicting
+    rows as ``teacher_mask`` and the cached teacher entries of those rows."""
+    out = []
+    for p, row in zip(pairs, rows):
+        e = encode_student(tokenizer, row, max_length)
+        idx, lp = cache.get(p.key)
+        if idx.shape[0] != e.answer_len:
+            raise InputError(f"pair {p.key}: the cache holds {idx.shape[0]} answer tokens, the student "
+                             f"sequence has {e.answer_len} (was the QA file edited after caching?)",
+                             field="qa")
+        mask = torch.zeros(len(e.input_ids), dtype=torch.bool)
+        mask[e.target_rows] = True
+        out.append({"input_ids": e.input_ids, "teacher_mask": mask, "teacher_indices": idx,
+                    "teacher_logprobs": lp})
     return out
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def _micro_batch(per_rank: int, limit: int) -> int:
+    """The largest micro-batch <= ``limit`` that divides a rank's share of the step, so every
+    step has exactly ``batch_size`` examples (the loss does not depend on the split)."""
+    return max(m for m in range(1, min(per_rank, limit) + 1) if per_rank % m == 0)
+
+
+# ------------------------------------------------------------------------ callbacks
+
+
+class _Metrics(TrainerCallback):
+    """One ``metrics.jsonl`` line per optimizer step (world process zero); ``on_step(step, loss)``."""
+
+    def __init__(self, path: Path, on_step: Callable[[int, float], None] | None):
+        self.path, self.on_step = path, on_step
+        self.history: list[dict] = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.history = _read_metrics(self.path, upto=state.global_step)
+        if state.is_world_process_zero:  # drops the lines of steps after the checkpoint
+            atomic_write_text(self.path, "".join(json.dumps(m) + "\n" for m in self.history))
+        self.t_start = self.t_last = time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs:
+            return
+        now = time.perf_counter()
+        tokens = logs.get("answer_tokens", 0)
+        record = {"step": state.global_step, "loss": logs["loss"], "lr": logs.get("learning_rate"),
+                  "grad_norm": logs.get("grad_norm"), "tokens": tokens,
+                  "tokens_per_s": tokens / max(now - self.t_last, 1e-9), "elapsed_s": now - self.t_start}
+        self.t_last = now
+        self.history.append(record)
+        if state.is_world_process_zero:
+            with open(self.path, "a") as fh:  # an append-only log; resume rewrites it atomically
+                fh.write(json.dumps(record) + "\n")
+        if self.on_step is not None:
+            self.on_step(state.global_step, logs["loss"])
+
+
+class _StopOnSignal(TrainerCallback):
+    """SIGINT / SIGTERM: finish the current step, save a checkpoint, stop (all ranks agree);
+    a second signal interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("interrupted: finishing the current step, then saving a checkpoint (again to stop now)")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs:
+            return
+        stop = self.requested
+        if args.world_size > 1:
+            flag = torch.tensor([int(stop)], device=args.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            stop = bool(flag.item())
+        if stop:
+            self.requested = True
+            control.should_save = control.should_training_stop = True
+        return control
+
+
+class _NoFinalCheckpoint(TrainerCallback):
+    """The adapter is saved at the end; a last checkpoint would only be deleted."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_save = False
+        return control
+
+
+# ------------------------------------------------------------------------ training
+
+
+def _checked_cache(student, cache_dir) -> TeacherCache:
+    built = read_cache_spec(cache_dir)  # d and temperature are the cache's to choose
+    expect = CacheSpec(model_fingerprint=student.fingerprint, tokenizer_hash=student.tokenizer_hash,
+                       vocab_size=student.vocab_size, d=built.d, temperature=built.temperature,
+                       template_version=TEMPLATE_VERSION, logprob_dtype=built.logprob_dtype)
+    return TeacherCache(cache_dir, expect=expect)
 
 
 def train(student, pairs: list[QAPair], cache_dir, out_dir, config: TrainConfig,
           retrieve: Callable[[str], list[str]] | None = None, progress: bool = True,
           on_step: Callable[[int, float], None] | None = None, user: str | None = None) -> dict:
-    """Trains the student's adapter; returns a summary. Resumes from ``out_dir/checkpoint``.
+    """Trains the student's adapter into ``out_dir``; returns a summary. Resumes from the
+    newest complete checkpoint in ``out_dir/checkpoints``.
 
     ``user`` is recorded in the adapter's metadata; answering refuses another user's adapter.
+    Under ``torchrun`` every process calls this; rank 0 writes the files.
     """
-    from transformers import get_cosine_schedule_with_warmup
+    from accelerate import PartialState
+    from transformers import TrainingArguments
+    from transformers.trainer_callback import PrinterCallback
+
+    from ..integrations import ProgressBarCallback, TopDDataCollator, TopDDistillationTrainer
+    from ..integrations.trainer import checkpoint_step, last_complete_checkpoint
 
     config.validate()
-    rank, world = _dist()
+    world = PartialState(cpu=student.device.type == "cpu").num_processes  # the CLI may have made it
     if config.batch_size % world:
-        raise ValueError(f"batch_size ({config.batch_size}) must be a multiple of the number of "
-                         f"processes ({world})")
+        raise InputError(f"({config.batch_size}) must be a multiple of the number of processes "
+                         f"({world})", field="batch_size")
+    micro = _micro_batch(config.batch_size // world, config.micro_batch_size)
+    if micro != config.micro_batch_size:
+        log.info("micro-batch %d (divides the %d examples per process and step)", micro,
+                 config.batch_size // world)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    built = read_cache_spec(cache_dir)  # d and temperature are the cache's to choose
-    expect = CacheSpec(model_fingerprint=student.fingerprint, tokenizer_hash=student.tokenizer_hash,
-                       vocab_size=student.vocab_size, d=built.d, temperature=built.temperature,
-                       template_version=TEMPLATE_VERSION, logprob_dtype=built.logprob_dtype)
-    cache = TeacherCache(cache_dir, expect=expect)
+    cache = _checked_cache(student, cache_dir)
     missing = [p.key for p in pairs if p.key not in cache]
     if missing:
-        raise ValueError(f"{len(missing)} QA pairs are not in the teacher cache {cache_dir} "
-                         f"(first: {missing[0]}); run teacher-cache on this QA file first")
-    if rank == 0:
-        rows = build_student_data(pairs, retrieve, out_dir, config)
-    if world > 1:
-        dist.barrier()
-        rows = build_student_data(pairs, retrieve, out_dir, config) if rank else rows
-    tok = student.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    encoded = [encode_student(tok, r, config.max_length) for r in rows]
-    targets = [cache.get(p.key) for p in pairs]
-    for p, e, (idx, _) in zip(pairs, encoded, targets):
-        if idx.shape[0] != e.answer_len:
-            raise ValueError(f"pair {p.key}: the cache holds {idx.shape[0]} answer tokens, the student "
-                             f"sequence has {e.answer_len} (was the QA file edited after caching?)")
+        raise InputError(f"{len(missing)} QA pairs are not in the teacher cache {cache_dir} "
+                         f"(first: {missing[0]}); run teacher-cache on this QA file first", field="cache")
     n = len(pairs)
-    steps_per_epoch = math.ceil(n / config.batch_size)
-    total = config.steps or max(1, math.ceil(config.epochs * steps_per_epoch))
-
-    params = student.trainable_parameters()
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total)
-    start = _load_checkpoint(out_dir, student, optimizer, scheduler)
-    module = DistillLoss(student, config, cache.spec.temperature)
-    runner = module
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        runner = DDP(module, device_ids=[student.device.index] if student.device.type == "cuda" else None)
-    metrics_path = out_dir / METRICS
-    history = _read_metrics(metrics_path, upto=start)
-    if rank == 0:
-        metrics_path.write_text("".join(json.dumps(m) + "\n" for m in history))
-    student.model.train()
-    bar = progress_bar(total=total, initial=start, desc="distilling", unit="step", disable=not progress or rank)
-    t_start = time.perf_counter()
-    completed = start
-    try:
-        for step in range(start, total):
-            t0 = time.perf_counter()
-            positions = batch_positions(step, config.batch_size, n, config.seed)
-            step_tokens = sum(encoded[i].answer_len for i in positions)
-            mine = positions[rank::world]
-            micro = [mine[i : i + config.micro_batch_size] for i in range(0, len(mine), config.micro_batch_size)]
-            optimizer.zero_grad(set_to_none=True)
-            local = 0.0
-            for m, chunk in enumerate(micro):
-                batch = collate([encoded[i] for i in chunk], pad)
-                idx = torch.cat([targets[i][0] for i in chunk])
-                lp = torch.cat([targets[i][1] for i in chunk])
-                sync = m == len(micro) - 1
-                ctx = runner.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
-                with ctx:
-                    # DDP averages gradients over processes: scale by world to keep the sum.
-                    loss = runner(batch, idx, lp, world / step_tokens)
-                    loss.backward()
-                local += loss.item() / world
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            completed = step + 1
-            step_loss = _all_sum(local)
-            dt = time.perf_counter() - t0
-            record = {"step": step + 1, "loss": step_loss, "lr": scheduler.get_last_lr()[0],
-                      "grad_norm": float(grad_norm), "tokens": step_tokens,
-                      "tokens_per_s": step_tokens / dt, "elapsed_s": time.perf_counter() - t_start}
-            history.append(record)
-            if rank == 0:
-                with open(metrics_path, "a") as fh:
-                    fh.write(json.dumps(record) + "\n")
-            bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
-            bar.update(1)
-            if on_step is not None:
-                on_step(step + 1, step_loss)
-            if (step + 1) % config.checkpoint_every == 0 and (step + 1) < total and rank == 0:
-                _save_checkpoint(out_dir, student, optimizer, scheduler, step + 1, config)
-    except KeyboardInterrupt:
-        if rank == 0 and completed > start:
-            _save_checkpoint(out_dir, student, optimizer, scheduler, completed, config)
-            log.warning("interrupted after step %d: checkpoint saved, rerun to resume", completed)
-        raise
-    finally:
-        bar.close()
-    summary = {"steps": total, "resumed_from": start, "examples": n, "first_loss": history[0]["loss"] if history else None,
+    total = config.steps or max(1, math.ceil(config.epochs * math.ceil(n / config.batch_size)))
+    args = TrainingArguments(
+        output_dir=str(out_dir / CHECKPOINTS), max_steps=total, per_device_train_batch_size=micro,
+        gradient_accumulation_steps=config.batch_size // (world * micro), learning_rate=config.lr,
+        weight_decay=config.weight_decay, lr_scheduler_type="cosine",
+        warmup_steps=int(config.warmup_ratio * total), max_grad_norm=config.max_grad_norm,
+        optim="adamw_torch", seed=config.seed, data_seed=config.seed, logging_steps=1,
+        logging_nan_inf_filter=False, save_strategy="steps", save_steps=config.checkpoint_every,
+        save_total_limit=1, report_to=config.report_to, disable_tqdm=True, remove_unused_columns=False,
+        dataloader_pin_memory=False, use_cpu=student.device.type == "cpu")
+    with args.main_process_first(desc="student prompts"):  # rank 0 retrieves, the others read
+        rows = build_student_data(pairs, retrieve, out_dir, config)
+    examples = student_examples(student.tokenizer, rows, pairs, cache, config.max_length)
+    repeated = (-n) % (micro * world) if world > 1 else 0
+    if repeated:
+        log.warning("%d examples do not split evenly over %d processes x micro-batch %d: accelerate "
+                    "repeats %d of them at the end of every epoch", n, world, micro, repeated)
+    metrics = _Metrics(out_dir / METRICS, on_step)
+    stopper = _StopOnSignal()
+    callbacks = [metrics, stopper, _NoFinalCheckpoint()] + ([ProgressBarCallback("distilling")] if progress else [])
+    trainer = TopDDistillationTrainer(
+        model=student.model, args=args, train_dataset=examples, callbacks=callbacks,
+        data_collator=TopDDataCollator(_pad_id(student.tokenizer)),
+        topd_kl={"tail": config.tail, "temperature": cache.spec.temperature, "ce_weight": config.ce_weight})
+    trainer.remove_callback(PrinterCallback)  # it prints every log line
+    resume = last_complete_checkpoint(args.output_dir)
+    start = checkpoint_step(resume) if resume is not None else 0
+    with stopper:
+        trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    done = trainer.state.global_step
+    if done < total:
+        log.warning("stopped after step %d of %d: checkpoint saved, rerun to resume", done, total)
+        raise KeyboardInterrupt
+    history = metrics.history
+    summary = {"steps": total, "resumed_from": start, "examples": n,
+               "first_loss": history[0]["loss"] if history else None,
                "last_loss": history[-1]["loss"] if history else None, "world_size": world,
+               "micro_batch_size": micro, "repeated_per_epoch": repeated,
                "train": asdict(config), "cache": str(cache_dir), "teacher_d": cache.spec.d}
-    if rank == 0:
+    if trainer.is_world_process_zero():
         student.save_adapter(out_dir, {"user": user, "training": summary})
         _plot(history, out_dir / LOSS_PLOT)
-        shutil.rmtree(out_dir / CHECKPOINT, ignore_errors=True)
-    if world > 1:
-        dist.barrier()
+        shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
     return summary
 
 
 @torch.no_grad()
 def evaluate_loss(student, pairs: list[QAPair], cache_dir, rows: list[dict], config: TrainConfig) -> float:
     """Mean top-d KL per answer token over `pairs`, with the student prompts in `rows`."""
+    from ..integrations import TopDDataCollator, apply_topd_kl, topd_kl_options
+
     cache = TeacherCache(cache_dir)
-    tok = student.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    module = DistillLoss(student, config, cache.spec.temperature)
+    if topd_kl_options(student.model) is None:
+        apply_topd_kl(student.model)
+    examples = student_examples(student.tokenizer, rows, pairs, cache, config.max_length)
+    collate = TopDDataCollator(_pad_id(student.tokenizer))
     was_training = student.model.training
     student.model.eval()
     total, tokens = 0.0, 0
     try:
-        for i in range(0, len(pairs), config.micro_batch_size):
-            chunk = list(range(i, min(len(pairs), i + config.micro_batch_size)))
-            encoded = [encode_student(tok, rows[j], config.max_length) for j in chunk]
-            entries = [cache.get(pairs[j].key) for j in chunk]
-            batch = collate(encoded, pad)
-            total += module(batch, torch.cat([e[0] for e in entries]), torch.cat([e[1] for e in entries]), 1.0).item()
-            tokens += sum(e.answer_len for e in encoded)
+        for i in range(0, len(examples), config.micro_batch_size):
+            batch = {k: v.to(student.device) for k, v in collate(examples[i : i + config.micro_batch_size]).items()}
+            out = student.model(**batch, tail=config.tail, temperature=cache.spec.temperature,
+                                ce_weight=config.ce_weight, reduction="sum")
+            total += out.loss.item()
+            tokens += int(batch["teacher_mask"].sum())
     finally:
         student.model.train(was_training)
     return total / max(tokens, 1)
 
 
-def _all_sum(value: float) -> float:
-    rank, world = _dist()
-    if world == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(t)
-    return float(t.item())
-
-
 def _read_metrics(path: Path, upto: int) -> list[dict]:
+    """The lines of steps <= ``upto`` (a line cut short by a kill is dropped)."""
     if upto == 0 or not path.is_file():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["step"] <= upto]
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return [r for r in rows if isinstance(r, dict) and r.get("step", upto + 1) <= upto]
 
 
 def _plot(history: list[dict], path: Path) -> None:
@@ -371,6 +365,8 @@ def _plot(history: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ..fileio import atomic_output
+
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     ax.plot([h["step"] for h in history], [h["loss"] for h in history], marker="o", markersize=2)
     ax.set_xlabel("optimizer step")
@@ -378,5 +374,6 @@ def _plot(history: list[dict], path: Path) -> None:
     ax.set_title("student distillation loss")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)

@@ -83,6 +83,12 @@ def apply_topd_kl(model, *, tail: str = "renorm", temperature: float = 1.0, ce_w
     return model
 
 
+def topd_kl_options(model) -> dict | None:
+    """The loss options ``apply_topd_kl`` set on ``model`` (a copy), or None when it is not patched."""
+    state = _causal_lm(model).__dict__.get(_STATE)
+    return None if state is None else dict(state.options)
+
+
 def remove_topd_kl(model):
     """Restores the forward ``apply_topd_kl`` replaced; a model never patched is left as is."""
     lm = _causal_lm(model)
