@@ -60,11 +60,18 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_tree(path: Path) -> None:
-    for f in ([path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())):
+def fsync_tree(path: str | os.PathLike) -> None:
+    """fsyncs a file, or every file and folder below a folder (the folder last), so what was
+    written there survives a power loss before anything that points at it is written."""
+    path = Path(path)
+    if path.is_file():
+        _fsync_path(path)
+        return
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
         _fsync_path(f)
-    if path.is_dir():
-        fsync_dir(path)
+    for sub in sorted((p for p in path.rglob("*") if p.is_dir()), reverse=True):
+        fsync_dir(sub)
+    fsync_dir(path)
 
 
 @contextlib.contextmanager
@@ -84,7 +91,7 @@ def atomic_output(path: str | os.PathLike, *, directory: bool = False) -> Iterat
         if fd is not None and fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX)
         yield tmp
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         if directory and path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
             os.replace(path, old / path.name)
@@ -108,7 +115,7 @@ def move_files_into(src: str | os.PathLike, dst: str | os.PathLike, *, last: str
     """Moves every file of folder ``src`` into ``dst`` (each rename atomic; other files in ``dst``
     stay), the file named ``last`` after all others, so its presence marks a complete set."""
     src, dst = Path(src), Path(dst)
-    _fsync_tree(src)
+    fsync_tree(src)
     for f in sorted(src.iterdir(), key=lambda f: (f.name == last, f.name)):
         os.replace(f, dst / f.name)
     fsync_dir(dst)

@@ -32,7 +32,7 @@ from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..errors import InputError
-from ..fileio import atomic_write_text, fsync_dir
+from ..fileio import atomic_write_text, fsync_tree
 from ..ops.reference import IGNORE_INDEX
 from ..progress import progress_bar
 from .hf import TEACHER_ARGS, apply_topd_kl, topd_kl_options
@@ -152,14 +152,7 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> Path | None:
 
 def _mark_complete(folder: Path, step: int) -> None:
     """fsyncs every file of the checkpoint, then writes the marker (atomically, last)."""
-    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    for sub in sorted({p.parent for p in folder.rglob("*")} | {folder}):
-        fsync_dir(sub)
+    fsync_tree(folder)
     atomic_write_text(folder / CHECKPOINT_COMPLETE, json.dumps({"step": step}) + "\n")
 
 
