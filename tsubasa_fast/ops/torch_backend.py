@@ -26,12 +26,38 @@ def _row_chunks(n_rows: int, vocab: int):
         yield start, min(n_rows, start + step)
 
 
+def _select_chunk(x: torch.Tensor, d: int, temperature: float):
+    """reference.select_topd, same values and the same tie rule, in three passes: log_softmax,
+    topk of d + 1 (a (d+1)-th value equal to the d-th means topk had to choose among ties)
+    and a row minimum (NaN or -inf there: a non-finite logit, or one so far below the max
+    that its log-probability overflows). Only such rows run the spec itself, whose exact tie
+    resolution costs a cumsum and nonzero over the whole row."""
+    x = x.to(reference.compute_dtype(x.dtype))
+    lp = torch.log_softmax(x / temperature if temperature != 1.0 else x, dim=-1)
+    vocab = lp.shape[-1]
+    vals, idx = lp.topk(min(d + 1, vocab), dim=-1)
+    clean = lp.amin(dim=-1) > float("-inf")  # False for NaN rows too
+    if d < vocab:
+        clean &= vals[:, d] < vals[:, d - 1]
+        vals, idx = vals[:, :d], idx[:, :d]
+    # order inside the set: value descending, ties to the lower index
+    by_id = idx.sort(dim=-1).indices
+    idx, vals = idx.gather(-1, by_id), vals.gather(-1, by_id)
+    order = vals.sort(dim=-1, descending=True, stable=True).indices
+    idx, vals = idx.gather(-1, order), vals.gather(-1, order)
+    if not bool(clean.all()):
+        slow = (~clean).nonzero().squeeze(1)
+        s_idx, s_vals = reference.select_topd(x[slow], d, temperature)
+        idx[slow], vals[slow] = s_idx, s_vals
+    return idx, vals
+
+
 def select_topd(logits: torch.Tensor, d: int, temperature: float):
     n = logits.shape[0]
     out_idx = torch.empty(n, d, dtype=torch.int32, device=logits.device)
     out_lp = torch.empty(n, d, dtype=torch.float32, device=logits.device)
     for s, e in _row_chunks(n, logits.shape[1]):
-        idx, lp = reference.select_topd(logits[s:e], d, temperature)
+        idx, lp = _select_chunk(logits[s:e], d, temperature)
         out_idx[s:e] = idx
         out_lp[s:e] = lp
     return out_idx, out_lp
