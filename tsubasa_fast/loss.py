@@ -368,9 +368,10 @@ class GradWorkspace:
     and hands it out again only when nothing else references its storage any more (storage
     use count 1: only this cache), so a returned gradient is never aliased by a later call;
     while the previous gradient is still alive (x.grad kept, retain_graph, ...) a fresh
-    buffer is allocated and counted in ``fresh``. The cost: the buffer (the largest [N, V]
-    seen) stays allocated between calls; ``release()`` frees it, ``enabled = False`` turns
-    the cache off. CUDA tensors never use it (the CUDA caching allocator already reuses).
+    buffer is allocated (and cached in its place), counted in ``fresh``. The cost: one
+    [N, V] buffer stays allocated between calls (a smaller call reuses a larger one);
+    ``release()`` frees it, ``enabled = False`` turns the cache off. CUDA tensors never use
+    it (the CUDA caching allocator already reuses memory).
     """
 
     def __init__(self) -> None:
