@@ -6,7 +6,8 @@ inputs, and the ratio against a naive torch eager implementation measured in the
 (implementations are interleaved round-robin so machine noise hits all of them alike).
 The topd_kl case also times ``torch.compile`` of the naive code and the memory floor, one
 ``out.copy_(logits)`` of the N x V logits into a preallocated buffer (the kernel must read
-the logits and write an N x V gradient), and reports every row as a multiple of it.
+the logits and write an N x V gradient), and reports every row as a multiple of it; and
+``logits.clone()`` alone, the part of the "incl. logits.clone()" rows spent before the loss.
 On CUDA it adds Liger-Kernel's fused linear JSD when installed and the share of the 2-pass
 GEMM bound (4*N*H*V FLOP). Triton under the CPU interpreter is not timed (meaningless).
 """
@@ -29,6 +30,7 @@ import tsubasa_fast as tf
 VOCAB = 151_936
 D = 5
 COPY_FLOOR = "copy floor: out.copy_(logits)"
+CLONE_ALONE = "logits.clone() alone"
 
 
 # ------------------------------------------------------------------------------ measuring
@@ -109,6 +111,8 @@ def measure(impls: list[Impl], device: torch.device, repeats: int, warmup: int =
     for impl in impls:  # warm-up, and one run for the peak-memory figure
         for _ in range(warmup):
             impl.fn()
+        # the peak includes the gradient workspace: it is allocated inside the measured run
+        tf.loss.grad_workspace.release()
         base = _reset_peak(device)
         impl.fn()
         _sync(device)
@@ -188,6 +192,9 @@ def bench_topd_kl(n, backends, device, dtype, repeats, compile_naive=True):
     if compiled is not None:
         impls.append(Impl("torch.compile(naive)", naive_compiled))
     impls.append(Impl(COPY_FLOOR, lambda: out.copy_(logits)))
+    # what the "incl. logits.clone()" rows pay before the loss runs: a fresh N x V buffer
+    # (first-touch page faults) and the copy
+    impls.append(Impl(CLONE_ALONE, lambda: logits.clone()))
     impls += [Impl(b, lambda b=b: ours(b)) for b in backends]
     for b in backends:
         if b != "torch":

@@ -11,6 +11,8 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
+#include <utility>
 
 #pragma GCC diagnostic ignored "-Wpsabi"
 
@@ -67,20 +69,25 @@ constexpr double kTailEps = 1e-12;
 
 typedef float vf __attribute__((vector_size(64)));
 typedef int32_t vi __attribute__((vector_size(64)));
-typedef double vd __attribute__((vector_size(64)));
-typedef int64_t vl __attribute__((vector_size(64)));
 
-template <class C> struct VT;
-template <> struct VT<float> {
-  typedef vf V;
-  typedef vi I;  // lane mask type of a comparison
-  static constexpr int W = 16;
+// Vector types per element type and width VB in bytes: 64 for the AVX-512 path, 32 for
+// AVX2, 16 for the baseline. Each path must use its native width: GCC splits wider generic
+// vectors, but lowers their comparisons and selects (max, clamps, finiteness checks) to
+// scalar code, which made the AVX2 path several times slower than plain torch ops.
+template <class C, int VB = 64> struct VT;
+template <int VB> struct VT<float, VB> {
+  typedef float V __attribute__((vector_size(VB)));
+  typedef int32_t I __attribute__((vector_size(VB)));  // lane mask type of a comparison
+  static constexpr int W = VB / 4;
 };
-template <> struct VT<double> {
-  typedef vd V;
-  typedef vl I;
-  static constexpr int W = 8;
+template <int VB> struct VT<double, VB> {
+  typedef double V __attribute__((vector_size(VB)));
+  typedef int64_t I __attribute__((vector_size(VB)));
+  static constexpr int W = VB / 8;
 };
+
+template <class V> using ElemT = std::decay_t<decltype(std::declval<V>()[0])>;
+template <class V> constexpr int lanes() { return int(sizeof(V) / sizeof(ElemT<V>)); }
 
 // Elements per block: the block buffer (8 KiB for fp32) stays in L1 between the passes.
 constexpr int64_t kBlock = 2048;
@@ -102,46 +109,48 @@ template <class V> TSF_INLINE V vmax(V a, V b) { return a > b ? a : b; }
 
 template <class C, class V> TSF_INLINE C hsum(V v) {
   C s = 0;
-  for (int l = 0; l < VT<C>::W; ++l) s += v[l];
+  for (int l = 0; l < lanes<V>(); ++l) s += v[l];
   return s;
 }
 
 template <class C, class V> TSF_INLINE C hmax(V v) {
   C m = v[0];
-  for (int l = 1; l < VT<C>::W; ++l) m = v[l] > m ? v[l] : m;
+  for (int l = 1; l < lanes<V>(); ++l) m = v[l] > m ? v[l] : m;
   return m;
 }
 
 // Branch-free exp (Cephes expf: range reduction by ln 2 in two parts, degree-6 polynomial,
 // 2^n through the exponent bits), about 1 ulp on [-87.3, 88]. Exact 0 below that (so -inf
 // gives 0), NaN stays NaN. Only plain arithmetic and bit casts: vectorises for any ISA.
-TSF_INLINE vf vexp(vf x) {
-  const vf hi = splat<vf>(88.0f);
-  const vf lo = splat<vf>(-87.33654f);
-  vf xc = x > hi ? hi : x;
-  xc = xc < lo ? lo : xc;
-  const vf magic = splat<vf>(12582912.0f);  // 1.5 * 2^23: round to nearest integer
-  const vf t = xc * 1.44269504088896341f + magic;
-  const vf n = t - magic;
-  vf r = xc - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  vf y = splat<vf>(1.9875691500e-4f);
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * (r * r) + r + 1.0f;
-  vi e = (((vi)t - (vi)magic) + 127) << 23;  // n as an integer, from the mantissa bits
-  y = y * (vf)e;
-  return x < lo ? splat<vf>(0.0f) : y;
-}
-
-// Double precision: libm per lane (float64 inputs are the accurate path, not the fast one).
-TSF_INLINE vd vexp(vd x) {
-  vd y;
-  for (int l = 0; l < 8; ++l) y[l] = std::exp(x[l]);
-  return y;
+template <class V> TSF_INLINE V vexp(V x) {
+  typedef ElemT<V> C;
+  if constexpr (std::is_same_v<C, double>) {
+    // Double precision: libm per lane (float64 inputs are the accurate path, not the fast one).
+    V y;
+    for (int l = 0; l < lanes<V>(); ++l) y[l] = std::exp(x[l]);
+    return y;
+  } else {
+    typedef int32_t I __attribute__((vector_size(sizeof(V))));
+    const V hi = splat<V>(88.0f);
+    const V lo = splat<V>(-87.33654f);
+    V xc = x > hi ? hi : x;
+    xc = xc < lo ? lo : xc;
+    const V magic = splat<V>(12582912.0f);  // 1.5 * 2^23: round to nearest integer
+    const V t = xc * 1.44269504088896341f + magic;
+    const V n = t - magic;
+    V r = xc - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    V y = splat<V>(1.9875691500e-4f);
+    y = y * r + 1.3981999507e-3f;
+    y = y * r + 8.3334519073e-3f;
+    y = y * r + 4.1665795894e-2f;
+    y = y * r + 1.6666665459e-1f;
+    y = y * r + 5.0000001201e-1f;
+    y = y * (r * r) + r + 1.0f;
+    I e = (((I)t - (I)magic) + 127) << 23;  // n as an integer, from the mantissa bits
+    y = y * (V)e;
+    return x < lo ? splat<V>(0.0f) : y;
+  }
 }
 
 // ------------------------------------------------------------------------ dtype conversion

@@ -31,13 +31,13 @@ struct Scratch {
   std::vector<float> mb;
 };
 
-template <int DT>
+template <int DT, int VB>
 TSF_INLINE double kl_row(const KLArgs& a, int64_t r, int64_t& nbad, Scratch& sc) {
   typedef typename Storage<DT>::T T;
   typedef typename Storage<DT>::C C;
-  typedef typename VT<C>::V V;
-  typedef typename VT<C>::I I;
-  constexpr int W = VT<C>::W;
+  typedef typename VT<C, VB>::V V;
+  typedef typename VT<C, VB>::I I;
+  constexpr int W = VT<C, VB>::W;
   const int64_t vocab = a.vocab;
   const int64_t d = a.d;
   const T* x = static_cast<const T*>(a.x) + r * vocab;
@@ -175,9 +175,11 @@ TSF_INLINE double kl_row(const KLArgs& a, int64_t r, int64_t& nbad, Scratch& sc)
         const int64_t b0 = b * kBlock;
         const int64_t n = std::min<int64_t>(kBlock, vocab - b0);
         const float f = float(dense * std::exp(double(mb[b]) - md - log_s));
-        const vf fv = splat<vf>(f);
+        typedef typename VT<float, VB>::V VF;
+        constexpr int WF = VT<float, VB>::W;
+        const VF fv = splat<VF>(f);
         int64_t k = 0;
-        for (; k + 16 <= n; k += 16) vstore(gf + b0 + k, vload<vf>(gf + b0 + k) * fv);
+        for (; k + WF <= n; k += WF) vstore(gf + b0 + k, vload<VF>(gf + b0 + k) * fv);
         for (; k < n; ++k) gf[b0 + k] *= f;
       }
     }
@@ -214,7 +216,7 @@ TSF_INLINE double kl_row(const KLArgs& a, int64_t r, int64_t& nbad, Scratch& sc)
   return loss;
 }
 
-template <int DT>
+template <int DT, int VB>
 TSF_INLINE int64_t kl_rows_impl(const KLArgs& a, int64_t r0, int64_t r1) {
   int64_t nbad = 0;
   Scratch sc;
@@ -222,7 +224,7 @@ TSF_INLINE int64_t kl_rows_impl(const KLArgs& a, int64_t r0, int64_t r1) {
   sc.zj.resize(size_t(a.d));
   sc.mb.resize(size_t((a.vocab + kBlock - 1) / kBlock));
   for (int64_t r = r0; r < r1; ++r) {
-    const double v = kl_row<DT>(a, r, nbad, sc);
+    const double v = kl_row<DT, VB>(a, r, nbad, sc);
     if constexpr (DT == kF64) static_cast<double*>(a.loss)[r] = v;
     else static_cast<float*>(a.loss)[r] = float(v);
   }
@@ -231,23 +233,23 @@ TSF_INLINE int64_t kl_rows_impl(const KLArgs& a, int64_t r0, int64_t r1) {
 
 typedef int64_t (*KLFn)(const KLArgs&, int64_t, int64_t);
 
-#define TSF_KL_VARIANTS(ISA, ATTR)                                                            \
+#define TSF_KL_VARIANTS(ISA, ATTR, VB)                                                            \
   ATTR int64_t kl_##ISA##_f32(const KLArgs& a, int64_t r0, int64_t r1) {                     \
-    return kl_rows_impl<kF32>(a, r0, r1);                                                   \
+    return kl_rows_impl<kF32, VB>(a, r0, r1);                                                   \
   }                                                                                         \
   ATTR int64_t kl_##ISA##_f64(const KLArgs& a, int64_t r0, int64_t r1) {                     \
-    return kl_rows_impl<kF64>(a, r0, r1);                                                   \
+    return kl_rows_impl<kF64, VB>(a, r0, r1);                                                   \
   }                                                                                         \
   ATTR int64_t kl_##ISA##_bf16(const KLArgs& a, int64_t r0, int64_t r1) {                    \
-    return kl_rows_impl<kBF16>(a, r0, r1);                                                  \
+    return kl_rows_impl<kBF16, VB>(a, r0, r1);                                                  \
   }                                                                                         \
   ATTR int64_t kl_##ISA##_f16(const KLArgs& a, int64_t r0, int64_t r1) {                     \
-    return kl_rows_impl<kF16>(a, r0, r1);                                                   \
+    return kl_rows_impl<kF16, VB>(a, r0, r1);                                                   \
   }
 
-TSF_KL_VARIANTS(avx512, TSF_AVX512)
-TSF_KL_VARIANTS(avx2, TSF_AVX2)
-TSF_KL_VARIANTS(base, )
+TSF_KL_VARIANTS(avx512, TSF_AVX512, 64)
+TSF_KL_VARIANTS(avx2, TSF_AVX2, 32)
+TSF_KL_VARIANTS(base, , 16)
 
 const KLFn kTable[3][4] = {
     {kl_base_f32, kl_base_f64, kl_base_bf16, kl_base_f16},

@@ -52,13 +52,13 @@ template <class C> struct Heap {
   }
 };
 
-template <int DT, bool DIV>
+template <int DT, bool DIV, int VB>
 TSF_INLINE void select_row(const SelectArgs& a, int64_t r, typename Storage<DT>::C* hv,
                            int32_t* hi, int64_t* order) {
   typedef typename Storage<DT>::T T;
   typedef typename Storage<DT>::C C;
-  typedef typename VT<C>::V V;
-  constexpr int W = VT<C>::W;
+  typedef typename VT<C, VB>::V V;
+  constexpr int W = VT<C, VB>::W;
   const int64_t vocab = a.vocab;
   const int64_t d = a.d;
   const T* x = static_cast<const T*>(a.x) + r * vocab;
@@ -154,7 +154,7 @@ TSF_INLINE void select_row(const SelectArgs& a, int64_t r, typename Storage<DT>:
   }
 }
 
-template <int DT>
+template <int DT, int VB>
 TSF_INLINE int64_t select_rows_impl(const SelectArgs& a, int64_t r0, int64_t r1) {
   typedef typename Storage<DT>::C C;
   const int64_t d = a.d;
@@ -163,31 +163,31 @@ TSF_INLINE int64_t select_rows_impl(const SelectArgs& a, int64_t r0, int64_t r1)
   std::vector<int64_t> order(static_cast<size_t>(d));
   const bool div = a.temperature != 1.0;
   for (int64_t r = r0; r < r1; ++r) {
-    if (div) select_row<DT, true>(a, r, hv.data(), hi.data(), order.data());
-    else select_row<DT, false>(a, r, hv.data(), hi.data(), order.data());
+    if (div) select_row<DT, true, VB>(a, r, hv.data(), hi.data(), order.data());
+    else select_row<DT, false, VB>(a, r, hv.data(), hi.data(), order.data());
   }
   return 0;
 }
 
 typedef int64_t (*SelFn)(const SelectArgs&, int64_t, int64_t);
 
-#define TSF_SEL_VARIANTS(ISA, ATTR)                                                           \
+#define TSF_SEL_VARIANTS(ISA, ATTR, VB)                                                           \
   ATTR int64_t sel_##ISA##_f32(const SelectArgs& a, int64_t r0, int64_t r1) {                \
-    return select_rows_impl<kF32>(a, r0, r1);                                               \
+    return select_rows_impl<kF32, VB>(a, r0, r1);                                               \
   }                                                                                         \
   ATTR int64_t sel_##ISA##_f64(const SelectArgs& a, int64_t r0, int64_t r1) {                \
-    return select_rows_impl<kF64>(a, r0, r1);                                               \
+    return select_rows_impl<kF64, VB>(a, r0, r1);                                               \
   }                                                                                         \
   ATTR int64_t sel_##ISA##_bf16(const SelectArgs& a, int64_t r0, int64_t r1) {               \
-    return select_rows_impl<kBF16>(a, r0, r1);                                              \
+    return select_rows_impl<kBF16, VB>(a, r0, r1);                                              \
   }                                                                                         \
   ATTR int64_t sel_##ISA##_f16(const SelectArgs& a, int64_t r0, int64_t r1) {                \
-    return select_rows_impl<kF16>(a, r0, r1);                                               \
+    return select_rows_impl<kF16, VB>(a, r0, r1);                                               \
   }
 
-TSF_SEL_VARIANTS(avx512, TSF_AVX512)
-TSF_SEL_VARIANTS(avx2, TSF_AVX2)
-TSF_SEL_VARIANTS(base, )
+TSF_SEL_VARIANTS(avx512, TSF_AVX512, 64)
+TSF_SEL_VARIANTS(avx2, TSF_AVX2, 32)
+TSF_SEL_VARIANTS(base, , 16)
 
 const SelFn kTable[3][4] = {
     {sel_base_f32, sel_base_f64, sel_base_bf16, sel_base_f16},

@@ -588,3 +588,43 @@ def test_inplace_backward_writes_the_gradient_into_the_logits(backend):
     bad[3, 5] = float("nan")
     with pytest.raises(ValueError, match="student_logits gives a non-finite loss at flattened position 3"):
         tf.topd_kl_loss(bad.requires_grad_() * 1.0, idx, lp, backend=backend, inplace_backward=True)
+
+
+def test_grad_workspace_is_reused_only_when_the_last_gradient_is_gone(backend):
+    x, idx, lp = make_case(6, 1000, 5, seed=43)
+    ws = tf.loss.grad_workspace
+    ws.release()
+    want, wgrad = _math_grad(x, idx, lp, tail="bucket")
+    first = x.clone().requires_grad_()
+    tf.topd_kl_loss(first, idx, lp, tail="bucket", backend=backend).backward()
+    kept = first.grad  # still alive: the next call must not write into it
+    kept_copy = kept.clone()
+    fresh, reused = ws.fresh, ws.reused
+    other = (x * 0.5).requires_grad_()
+    tf.topd_kl_loss(other, idx, lp, tail="bucket", backend=backend).backward()
+    assert (ws.fresh, ws.reused) == (fresh + 1, reused)
+    assert other.grad.data_ptr() != kept.data_ptr()
+    assert torch.equal(kept, kept_copy)
+    assert_grad_close(kept, wgrad)
+    # once nobody holds the cached gradient, the next call writes into it (no new buffer)
+    ptr = other.grad.data_ptr()
+    del other, first, kept
+    third = x.clone().requires_grad_()
+    loss = tf.topd_kl_loss(third, idx, lp, tail="bucket", backend=backend)
+    loss.backward()
+    assert ws.reused == reused + 1 and third.grad.data_ptr() == ptr
+    assert_loss_close(loss.detach(), want)
+    assert_grad_close(third.grad, wgrad)
+    # a smaller call reuses the larger buffer; disabled, every call allocates
+    small = x[:2].clone().requires_grad_()
+    tf.topd_kl_loss(small, idx[:2], lp[:2], tail="bucket", backend=backend).backward()
+    assert_grad_close(small.grad, _math_grad(x[:2], idx[:2], lp[:2], tail="bucket")[1])
+    ws.enabled = False
+    try:
+        del small
+        before = (ws.fresh, ws.reused)
+        tf.topd_kl_loss(x.clone().requires_grad_(), idx, lp, backend=backend).backward()
+        assert (ws.fresh, ws.reused) == before
+    finally:
+        ws.enabled = True
+        ws.release()

@@ -20,6 +20,7 @@ logits, -inf at a teacher index or at the CE label, or a loss too large for its 
 
 from __future__ import annotations
 
+import threading
 from typing import NamedTuple
 
 import torch
@@ -358,6 +359,63 @@ def fused_linear_select_topd(
 # --------------------------------------------------------------------------- topd_kl_loss
 
 
+class GradWorkspace:
+    """A reused [N, V] gradient buffer for ``topd_kl_loss`` on CPU.
+
+    A freshly allocated N x V buffer costs its first-touch page faults on every call (torch's
+    CPU allocator hands blocks this large back to the OS on free): on the VMs measured here
+    4-6x a copy of the logits, more than the whole kernel. The workspace keeps one buffer
+    and hands it out again only when nothing else references its storage any more (storage
+    use count 1: only this cache), so a returned gradient is never aliased by a later call;
+    while the previous gradient is still alive (x.grad kept, retain_graph, ...) a fresh
+    buffer is allocated (and cached in its place), counted in ``fresh``. The cost: one
+    [N, V] buffer stays allocated between calls (a smaller call reuses a larger one);
+    ``release()`` frees it, ``enabled = False`` turns the cache off. CUDA tensors never use
+    it (the CUDA caching allocator already reuses memory).
+    """
+
+    def __init__(self) -> None:
+        self.enabled = True
+        self.reused = 0
+        self.fresh = 0
+        self._storage = None
+        self._lock = threading.Lock()
+        # private torch API (torch._inductor uses it too); without it the cache stays off
+        self._use_count = getattr(torch._C, "_storage_Use_Count", None)
+
+    def release(self) -> None:
+        """Drops the cached buffer (a gradient handed out earlier stays valid)."""
+        self._storage = None
+
+    def empty_like(self, t: torch.Tensor) -> torch.Tensor:
+        """An uninitialised tensor like ``t`` (contiguous), from the cache when it is free."""
+        if not self.enabled or t.device.type != "cpu" or self._use_count is None:
+            return torch.empty_like(t, memory_format=torch.contiguous_format)
+        nbytes = t.numel() * t.element_size()
+        with self._lock:
+            st = self._storage
+            if st is not None and self._use_count(st._cdata) == 1 and st.nbytes() >= nbytes:
+                self.reused += 1
+            else:
+                self.fresh += 1
+                st = torch.empty(nbytes, dtype=torch.uint8).untyped_storage()
+                self._storage = st
+            return torch.empty(0, dtype=t.dtype).set_(st, 0, t.shape, _contiguous_strides(t.shape))
+
+
+def _contiguous_strides(shape) -> tuple[int, ...]:
+    strides, acc = [], 1
+    for size in reversed(shape):
+        strides.append(acc)
+        acc *= max(size, 1)
+    return tuple(reversed(strides))
+
+
+grad_workspace = GradWorkspace()
+
+
+
+
 def _check_rows(rows, targets, name, logits_of_row, temperature, dtype) -> None:
     """Raises a ValueError saying why, when an unmasked row's loss is not finite."""
     pos = _first_bad_row(rows, targets.row_mask)
@@ -386,7 +444,7 @@ class _TopDKLFunction(torch.autograd.Function):
                 )
             ctx.save_for_backward(logits)  # saved after the bump: unpacks cleanly
         else:
-            grad = torch.empty_like(logits)
+            grad = grad_workspace.empty_like(logits)
             rows = impl.topd_kl(logits, targets, temperature, scale, grad)
             _check_rows(rows, targets, "student_logits", lambda p: logits[p], temperature, rows.dtype)
             ctx.save_for_backward(grad)

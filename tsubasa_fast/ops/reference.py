@@ -86,14 +86,48 @@ def topd_kl(
     """
     if tail not in TAIL_MODES:
         raise ValueError(f"tail must be one of {TAIL_MODES}, got {tail!r}")
-    z = student_logits.to(compute_dtype(student_logits.dtype)) / temperature
+    z = student_logits.to(compute_dtype(student_logits.dtype))
+    if temperature != 1.0:
+        z = z / temperature
     # log q = (z - m) - log sum exp(z - m): exact for logits of any finite size (torch's
     # log_softmax is the same formula but sums the exps less accurately in float32)
     shifted = z - z.detach().amax(dim=-1, keepdim=True)  # invariant to the shift: no grad
-    log_s = torch.logsumexp(shifted, dim=-1, keepdim=True)
+    # shifted <= 0 with a 0 at the max, so the sum is in [1, V]: no overflow, and one exp
+    # pass (torch.logsumexp would subtract its own max again)
+    log_s = shifted.exp().sum(dim=-1).log()
     idx = teacher_indices.long()
-    log_q = shifted.gather(-1, idx) - log_s
-    lp = teacher_logprobs.to(z.dtype)
+    log_rest = log_rest_mass(shifted, idx) if tail == "bucket" else None
+    shifted_label = None
+    if ce_weight:
+        if labels is None:
+            raise ValueError("labels is required when ce_weight > 0")
+        shifted_label = shifted.gather(-1, labels.long().clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return loss_from_parts(
+        shifted.gather(-1, idx), log_s, teacher_logprobs, tail=tail, log_rest=log_rest,
+        shifted_label=shifted_label, labels=labels, ce_weight=ce_weight,
+    )
+
+
+def loss_from_parts(
+    shifted_idx: torch.Tensor,
+    log_s: torch.Tensor,
+    teacher_logprobs: torch.Tensor,
+    *,
+    tail: str,
+    log_rest: torch.Tensor | None = None,
+    shifted_label: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    ce_weight: float = 0.0,
+) -> torch.Tensor:
+    """The loss from the few numbers it depends on: the full row enters only through log s
+    (and, for the bucket tail, log of the exps' sum outside the set).
+
+    shifted_idx [..., d] and shifted_label [...] are z - m at the teacher indices and the
+    label; log_s [...] = log sum_v exp(z_v - m); log_rest [...] = log sum_{v not in set}
+    exp(z_v - m). Differentiable in all of them (the torch backend gets its gradient so).
+    """
+    log_q = shifted_idx - log_s.unsqueeze(-1)
+    lp = teacher_logprobs.to(log_q.dtype)
     if tail == "renorm":
         log_w = lp - torch.logsumexp(lp, dim=-1, keepdim=True)
         loss = (log_w.exp() * (log_w - log_q)).sum(-1)
@@ -102,14 +136,11 @@ def topd_kl(
         loss = (w * (lp - log_q)).sum(-1)
         if tail == "bucket":
             p_tail = (1.0 - w.sum(-1)).clamp_min(0.0)
-            log_q_rest = log_rest_mass(shifted, idx) - log_s.squeeze(-1)
-            log_q_tail = log_q_rest.clamp_min(math.log(TAIL_EPS))
+            log_q_tail = (log_rest - log_s).clamp_min(math.log(TAIL_EPS))
             loss = loss + torch.xlogy(p_tail, p_tail) - p_tail * log_q_tail
     if ce_weight:
-        if labels is None:
-            raise ValueError("labels is required when ce_weight > 0")
         use = labels != IGNORE_INDEX
-        ce = (log_s - shifted.gather(-1, labels.long().clamp_min(0).unsqueeze(-1))).squeeze(-1)
+        ce = log_s - shifted_label
         loss = loss + ce_weight * torch.where(use, ce, torch.zeros_like(ce))
     return loss
 
