@@ -36,8 +36,10 @@ def demo_config(model: str | None = None, steps: int | None = None,
     return PersonalizeConfig(
         model=model, load_in_4bit=load_in_4bit, source="llm", manager="rule",
         synth=SynthConfig(generator="llm", pairs_per_prompt=2, check_answerable=False),
+        # ce_weight: the teacher's top-d alone teaches its own style ("The answer is: ..."); the CE
+        # term on the pair's answer (a short span, like the held-back gold answers) teaches the span
         train=TrainConfig(steps=steps, epochs=3.0, batch_size=8, micro_batch_size=4, lr=3e-4,
-                          warmup_ratio=0.1, checkpoint_every=10))
+                          warmup_ratio=0.1, checkpoint_every=10, ce_weight=1.0))
 
 
 def evaluate(personalizer: Personalizer, questions, echo=print, max_new_tokens: int = 24) -> list[dict]:

@@ -152,6 +152,11 @@ class Personalizer:
         store = open_store(self.out / "store", c.embedder)
         try:
             extractor = ObservationExtractor(self.chat, name="base") if c.source == "llm" else None
+            if extractor is not None:  # sessions not extracted yet, in batches (cached ones are skipped)
+                todo = [s for s in self.conv.sessions
+                        if store.kv_get(f"extract:{extractor.name}:{self.conv.sample_id}:{s.number}:{self.speaker}")
+                        is None]
+                extractor.prefetch(todo, self.speaker)
             manager = make_manager(c.manager, chat=self.chat if c.manager == "llm" else None)
 
             def show(obs, decision):

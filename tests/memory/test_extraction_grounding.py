@@ -74,3 +74,31 @@ def test_third_person_rewrite():
     for said, expected in cases:
         assert third_person(said, "Maya", "Sam") == expected, said
     assert third_person("Do you like it?", "Maya") == "Do you like it?"  # no other speaker given
+
+
+class BatchChat:
+    """A constrained chat stand-in: answers each prompt of a batch with the facts scripted for its session date."""
+
+    def __init__(self, by_date):
+        self.by_date, self.batches = by_date, []
+
+    def structured_batch(self, batch, schemas, max_new_tokens=None, **gen):
+        self.batches.append(len(batch))
+        return [next(v for k, v in self.by_date.items() if k in m[-1]["content"]) for m in batch]
+
+    def structured(self, messages, schema, max_new_tokens=None, **gen):
+        return self.structured_batch([messages], [schema], max_new_tokens, **gen)[0]
+
+
+def test_prefetch_extracts_sessions_in_one_batch():
+    later = Session(2, "6:40 pm on 6 March, 2023", dt.datetime(2023, 3, 6, 18, 40),
+                    (Turn("Maya", "D2:1", "I booked a trip to Lisbon."),))
+    chat = BatchChat({"5 March 2023": [{"dia_id": "D1:3", "text": "Maya has a ginger cat named Miso."}],
+                      "6 March 2023": [{"dia_id": "D2:1", "text": "Maya booked a trip to Lisbon."}]})
+    ex = ObservationExtractor(chat, min_items=1)
+    assert ex.prefetch([SESSION, later], "Maya") == 2 and chat.batches == [2]
+    assert [e.text for e in ex.extract(SESSION, "Maya")] == ["Maya has a ginger cat named Miso."]
+    assert [e.text for e in ex.extract(later, "Maya")] == ["Maya booked a trip to Lisbon."]
+    assert chat.batches == [2] and ex.stats["constrained"] == 2 and ex.stats["observations"] == 2
+    ex.extract(later, "Maya")  # not prefetched any more: asked on its own
+    assert chat.batches == [2, 1]

@@ -304,10 +304,35 @@ class ObservationExtractor:
                       "retries": 0, "skipped": 0, "duplicates": 0, "ungrounded": 0,
                       "fallback_sessions": 0, "fallback_observations": 0}
         self.ungrounded_examples: list[dict] = []
+        self._prefetched: dict[tuple[int, str], list] = {}
 
     @property
     def constrained(self) -> bool:
         return callable(getattr(self.chat, "structured", None))
+
+    def prefetch(self, sessions, speaker: str, batch_size: int = 16) -> int:
+        """Extract several sessions in padded batches (one decode for many prompts: several times
+        faster on a CPU than one session at a time); :meth:`extract` then uses the results.
+        A batch with a reply cut off is left to :meth:`extract`. Returns the sessions prefetched."""
+        if not self.constrained:
+            return 0
+        todo = [s for s in sessions if any(t.speaker == speaker for t in s.turns)
+                and (s.number, speaker) not in self._prefetched]
+        done = 0
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            try:
+                replies = self.chat.structured_batch(
+                    [build_prompt(s, speaker) for s in chunk],
+                    [extraction_schema(s, speaker, self.max_items, self.min_items) for s in chunk],
+                    max_new_tokens=self.max_new_tokens, repetition_penalty=self.repetition_penalty)
+            except StructuredOutputError as e:
+                log.info("batched extraction of %d sessions left to one-by-one: %s", len(chunk), e)
+                continue
+            for s, items in zip(chunk, replies):
+                self._prefetched[(s.number, speaker)] = items
+            done += len(chunk)
+        return done
 
     def extract(self, session: Session, speaker: str) -> list[Extracted] | None:
         """Observations about ``speaker``; None when no valid reply came (counted in ``skipped``)."""
@@ -320,7 +345,10 @@ class ObservationExtractor:
         for attempt in range(tries):
             reply = None
             try:
-                if self.constrained:
+                if (session.number, speaker) in self._prefetched:
+                    self.stats["constrained"] += 1
+                    items = self._prefetched.pop((session.number, speaker))
+                elif self.constrained:
                     self.stats["constrained"] += 1
                     items = self.chat.structured(messages, schema, max_new_tokens=self.max_new_tokens,
                                                  repetition_penalty=self.repetition_penalty)
