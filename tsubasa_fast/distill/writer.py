@@ -137,7 +137,7 @@ def write_pairs(chat, texts: Sequence[str], user: str, n_pairs: int, batch_size:
             continue
         jobs.append((i, writer_messages(text, name, spans, n_pairs), writer_schema(spans, user, n_pairs)))
     constrained = callable(getattr(chat, "structured_batch", None))
-    max_new = 40 * n_pairs + 16
+    max_new = 76 * n_pairs + 8  # the longest valid reply (160-char question, 80-char answer) fits
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
         stats["prompts"] += len(chunk)
