@@ -67,6 +67,8 @@ def main(argv=None) -> None:
             rows.append(row)
             kept_all += pairs
             print(json.dumps(row), flush=True)
+            for p in pairs:  # every kept pair as it comes (a long run killed half-way still shows them)
+                print(f"  {p['question']} -> {p['answer']}", flush=True)
     print("\n| speaker | observations | generated | kept | malformed (% of generated) | seconds |")
     print("|---|---|---|---|---|---|")
     for r in rows:
