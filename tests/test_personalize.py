@@ -17,8 +17,9 @@ def _config(model):
     from tsubasa_fast.distill.train import TrainConfig
 
     return PersonalizeConfig(model=model, source="utterances", manager="rule", embedder="hashing", lora_r=4,
-                             synth=SynthConfig(generator="rule", check_answerable=False,
-                                                       check_well_formed=False),  # random model
+                             # raw utterances: the rule writer refuses them, the LLM writer takes them
+                             synth=SynthConfig(generator="llm", pairs_per_prompt=1, check_answerable=False,
+                                               check_well_formed=False),  # random model
                              train=TrainConfig(steps=2, batch_size=4, micro_batch_size=4, lr=1e-3))
 
 
@@ -74,3 +75,26 @@ def test_out_dir_of_another_user_is_refused(tiny_qwen3, tmp_path):
     Personalizer(SAMPLE, "Maya", out, _config(tiny_qwen3))._save_state()
     with pytest.raises(ValueError, match="another history or user"):
         Personalizer(SAMPLE, "Sam", out, _config(tiny_qwen3))
+
+
+def test_evidence_already_in_the_students_top_k_is_counted_and_can_be_excluded(tmp_path):
+    """A pair whose question is its own memory's text retrieves that memory first; a pair whose
+    question is another memory's text does not: 1 of 2 in the top-1."""
+    from tsubasa_fast.distill.train import TrainConfig
+    from tsubasa_fast.memory.store import open_store
+
+    texts = ["[5 March 2023] Maya has a ginger cat named Miso.",
+             "[14 May 2023] Maya applied for a UX researcher job at Harbour Health.",
+             "[20 August 2023] Maya moved into a flat in Southville, Bristol."]
+    p = Personalizer(SAMPLE, "Maya", tmp_path / "run",
+                     PersonalizeConfig(embedder="hashing", train=TrainConfig(k=1)))
+    store = open_store(tmp_path / "run" / "store", "hashing")
+    for i, t in enumerate(texts):
+        store.add(p.user_id, t, op_key=f"k{i}")
+    store.close()
+    pairs = [{"question": texts[0], "context": texts[0]}, {"question": texts[2], "context": texts[1]}]
+    got = p._evidence_in_topk(pairs)
+    assert got == {"k": 1, "pairs": 2, "in_topk": 1, "share": 0.5, "policy": "include"}
+    assert [q["evidence_in_topk"] for q in pairs] == [True, False]
+    with pytest.raises(ValueError, match="evidence_in_topk must be 'include' or 'exclude'"):
+        PersonalizeConfig(evidence_in_topk="sometimes")

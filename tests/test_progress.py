@@ -11,11 +11,14 @@ class _Tty(io.StringIO):
         return True
 
 
-def _redraws(stream, monkeypatch, steps=2000):
+def _redraws(stream, monkeypatch, steps=2000, postfix=False):
     monkeypatch.setattr(sys, "stderr", stream)
     with P.progress_bar(total=steps, desc="stage", unit="x") as bar:
-        for _ in range(steps):
+        for i in range(steps):
             bar.update(1)
+            if postfix:  # as the synth and training stages report kept pairs / the loss
+                bar.set_postfix(kept=i)
+                bar.set_description("stage")
     return stream.getvalue().count("\r")
 
 
@@ -23,6 +26,12 @@ def test_a_log_gets_an_opening_and_a_closing_line_only(monkeypatch):
     log = io.StringIO()  # not a terminal, like a CI log or `make demo | tee`
     assert _redraws(log, monkeypatch) == 2  # the 0/2000 line and the 2000/2000 line
     assert "2000/2000" in log.getvalue()
+
+
+def test_a_postfix_in_a_log_does_not_redraw(monkeypatch):
+    log = io.StringIO()
+    assert _redraws(log, monkeypatch, postfix=True) == 2
+    assert "kept=1999" in log.getvalue()  # the closing line shows the last postfix
 
 
 def test_a_terminal_keeps_its_live_bar(monkeypatch):

@@ -26,17 +26,20 @@ USER = "Maya"
 
 def demo_config(model: str | None = None, steps: int | None = None,
                 load_in_4bit: bool | None = None) -> PersonalizeConfig:
-    """Defaults sized for 2 CPU cores in a few minutes: LLM extraction (falling back to the
-    user's own words when the small model's JSON is malformed), the rule manager, rule-written
-    questions checked by the model, a short training run."""
+    """Defaults sized for 2 CPU cores in a few minutes: grounded LLM extraction (falling back,
+    counted, to the user's own words in the third person where the small model invents), the
+    rule manager, questions by the LLM writer under its grammar (answers copied from the
+    memory) filtered by the malformed-pair check, a short training run."""
     from .distill.synth import SynthConfig
     from .distill.train import TrainConfig
 
     return PersonalizeConfig(
         model=model, load_in_4bit=load_in_4bit, source="llm", manager="rule",
-        synth=SynthConfig(generator="rule", pairs_per_prompt=2),
+        synth=SynthConfig(generator="llm", pairs_per_prompt=2, check_answerable=False),
+        # ce_weight: the teacher's top-d alone teaches its own style ("The answer is: ..."); the CE
+        # term on the pair's answer (a short span, like the held-back gold answers) teaches the span
         train=TrainConfig(steps=steps, epochs=3.0, batch_size=8, micro_batch_size=4, lr=3e-4,
-                          warmup_ratio=0.1, checkpoint_every=10))
+                          warmup_ratio=0.1, checkpoint_every=10, ce_weight=1.0))
 
 
 def evaluate(personalizer: Personalizer, questions, echo=print, max_new_tokens: int = 24) -> list[dict]:

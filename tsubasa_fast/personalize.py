@@ -42,6 +42,10 @@ class PersonalizeConfig:
     manager: str = "rule"  # evolution: "llm", "rule" or "static"
     embedder: str = "minilm"
     lora_r: int = 16
+    # pairs whose evidence (the memory they were written from) is already in the student's top-k
+    # for their question: "include" (train on them too) or "exclude" (only pairs the teacher knows
+    # more about); the share is reported either way
+    evidence_in_topk: str = "include"
     synth: "object" = None  # distill.synth.SynthConfig
     teacher: "object" = None  # distill.teacher.TeacherConfig
     train: "object" = None  # distill.train.TrainConfig
@@ -56,6 +60,9 @@ class PersonalizeConfig:
             raise ValueError(f"source must be 'llm' or 'utterances', got {self.source!r}")
         if self.manager not in ("llm", "rule", "static"):
             raise ValueError(f"manager must be 'llm', 'rule' or 'static', got {self.manager!r}")
+        if self.evidence_in_topk not in ("include", "exclude"):
+            raise InputError(f"evidence_in_topk must be 'include' or 'exclude', got {self.evidence_in_topk!r}",
+                             field="evidence_in_topk")
         self.synth = self.synth or SynthConfig()
         self.teacher = self.teacher or TeacherConfig()
         self.train = self.train or TrainConfig(epochs=2.0)
@@ -145,6 +152,11 @@ class Personalizer:
         store = open_store(self.out / "store", c.embedder)
         try:
             extractor = ObservationExtractor(self.chat, name="base") if c.source == "llm" else None
+            if extractor is not None:  # sessions not extracted yet, in batches (cached ones are skipped)
+                todo = [s for s in self.conv.sessions
+                        if store.kv_get(f"extract:{extractor.name}:{self.conv.sample_id}:{s.number}:{self.speaker}")
+                        is None]
+                extractor.prefetch(todo, self.speaker)
             manager = make_manager(c.manager, chat=self.chat if c.manager == "llm" else None)
 
             def show(obs, decision):
@@ -159,6 +171,7 @@ class Personalizer:
         out = {"stats": stats.as_dict(), "live_memories": live}
         if extractor is not None:
             out["extraction"] = dict(extractor.stats)
+            out["ungrounded_examples"] = list(extractor.ungrounded_examples)
         self.echo(f"  {live} live memories; operations {stats.ops}")
         return out
 
@@ -173,11 +186,41 @@ class Personalizer:
         if not pairs:
             raise StageError(f"no QA pair survived the filters ({report['dropped']}); "
                              "try the rule question writer or a larger model")
+        overlap = self._evidence_in_topk(pairs)
+        report["evidence_in_topk"] = overlap
+        if self.config.evidence_in_topk == "exclude":
+            pairs = [p for p in pairs if not p.get("evidence_in_topk")]
+            report["dropped"]["evidence_in_topk"] = overlap["in_topk"]
+            report["kept"] = len(pairs)
+            if not pairs:
+                raise StageError(f"every pair's evidence is already in the student's top-{overlap['k']}; "
+                                 "keep them (evidence_in_topk='include')")
         write_qa_jsonl(self.out / "qa.jsonl", pairs)
         write_report(self.out / "qa.report.json", report)
         self.echo(f"  {report['kept']} QA pairs kept of {report['generated']} generated; dropped {report['dropped']}")
         return {"kept": report["kept"], "generated": report["generated"], "dropped": report["dropped"],
-                "malformed_generations": report.get("malformed_generations", 0)}
+                "malformed_generations": report.get("malformed_generations", 0),
+                "malformed_rules": {k: v for k, v in report.get("malformed_rules", {}).items() if v},
+                "writer": report.get("writer"), "generator": report.get("generator"),
+                "answerability": report.get("answerability"), "evidence_in_topk": overlap}
+
+    def _evidence_in_topk(self, pairs: list[dict]) -> dict:
+        """Marks each pair whose evidence is among the student's top-k memories for its question;
+        returns the count and share (the teacher knows more than the student only on the others)."""
+        from .distill.grounding import memory_retriever
+
+        cfg = self.config.train
+        retrieve = memory_retriever(self.out / "store", self.user_id, cfg.k, cfg.retrieval)
+        try:
+            hits = 0
+            for p in pairs:
+                seen = set(retrieve(p["question"]))
+                p["evidence_in_topk"] = all(line in seen for line in p["context"].splitlines() if line.strip())
+                hits += p["evidence_in_topk"]
+        finally:
+            retrieve.store.close()
+        return {"k": cfg.k, "pairs": len(pairs), "in_topk": hits,
+                "share": round(hits / len(pairs), 3) if pairs else None, "policy": self.config.evidence_in_topk}
 
     def stage_teacher(self) -> dict:
         from .distill.cache import TeacherCache
@@ -220,9 +263,14 @@ class Personalizer:
         return report
 
 
+def _counts(d: dict | None) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted((d or {}).items())) or "none"
+
+
 def _markdown(r: dict) -> str:
     mem, qa, tc, tr = r["memory"] or {}, r["qa"] or {}, r["teacher_cache"] or {}, r["training"] or {}
     ops = (mem.get("stats") or {}).get("ops", {})
+    ex = mem.get("extraction")
     lines = [
         f"# Personalisation report: {r['user']}", "",
         f"History `{r['history']}`, model {r['model']}.", "",
@@ -235,9 +283,31 @@ def _markdown(r: dict) -> str:
         f"{tc.get('bytes_per_token')} bytes/token |",
         f"| training | {r['seconds'].get('train')} | {tr.get('steps')} steps, loss {tr.get('first_loss')} -> "
         f"{tr.get('last_loss')} |", "",
-        f"Peak resident memory: {r['peak_rss_mib']} MiB.", "",
-        "![loss curve](adapter/loss.png)", "",
+        "## Fallbacks and errors, by stage", "",
     ]
+    if ex is not None:
+        lines += [
+            f"- memory, LLM extraction: {ex.get('sessions')} sessions, {ex.get('observations')} observations; "
+            f"**{ex.get('ungrounded', 0)} facts dropped as not supported by their turn**, "
+            f"**{ex.get('fallback_sessions', 0)} sessions fell back to the user's own utterances in the third "
+            f"person ({ex.get('fallback_observations', 0)} observations)**; {ex.get('skipped', 0)} sessions "
+            f"skipped (invalid or cut-off reply), {ex.get('retries', 0)} retries, {ex.get('duplicates', 0)} "
+            f"repeated facts dropped."]
+        for e in mem.get("ungrounded_examples") or []:
+            lines.append(f"  - dropped (session {e.get('session')}, {e.get('dia_id')}): {e.get('text')}")
+    lines.append(f"- memory, writing: {(mem.get('stats') or {}).get('skipped_sessions', 0)} sessions with no "
+                 "valid extraction.")
+    if qa:
+        w = qa.get("writer") or {}
+        lines += [
+            f"- QA synthesis ({qa.get('generator')} writer): {qa.get('malformed_generations', 0)} prompts gave no "
+            f"pair; writer {_counts(w)}; dropped by filter: {_counts(qa.get('dropped'))}; malformed-pair rules "
+            f"broken: {_counts(qa.get('malformed_rules'))}; answerability check: {qa.get('answerability')}."]
+        ev = qa.get("evidence_in_topk") or {}
+        if ev:
+            lines.append(f"- teacher evidence already in the student's top-{ev.get('k')}: {ev.get('in_topk')} of "
+                         f"{ev.get('pairs')} pairs ({ev.get('share')}); policy: {ev.get('policy')}.")
+    lines += ["", f"Peak resident memory: {r['peak_rss_mib']} MiB.", "", "![loss curve](adapter/loss.png)", ""]
     return "\n".join(lines)
 
 

@@ -23,12 +23,15 @@ CTX = "Jon is starting his own dance studio due to his passion for dancing; he h
     ("Where is Jon hosting a dance competition?", "May", CTX, "Jon", ["wrong_kind"]),
     ("What does Jon juggle?", "between", "Jon juggles between his studio and his job.", "Jon", ["cut_off"]),
     ("What is Jon starting?", "his own dance studio due", CTX, "Jon", ["cut_off"]),
-    ("When did Caroline move to Denver?", "Denver", "Caroline moved to Denver.", "Caroline", ["wrong_kind"]),
-    ("How many cats does Maya have?", "cats", "Maya has cats.", "Maya", ["wrong_kind"]),
+    ("When did Caroline move?", "Denver", "Caroline moved to Denver.", "Caroline", ["wrong_kind"]),
+    ("How many pets does Maya have?", "cats", "Maya has cats.", "Maya", ["wrong_kind"]),
+    ("How many cats does Maya have?", "cats", "Maya has cats.", "Maya", ["wrong_kind", "answer_in_question"]),
     ("What does Maya love?", "green tea", "Maya loves coffee.", "Maya", ["unsupported"]),
     ("What does Maya love", "coffee", "Maya loves coffee.", "Maya", ["garbled"]),
     ("What does Maya love?", "?!", "Maya loves coffee.", "Maya", ["empty_answer"]),
     ("What does Maya do?", " ".join(["runs"] * 16), "Maya runs.", "Maya", ["long_answer"]),
+    ("What is the name of Jon's dance studio?", "dance studio", CTX, "Jon", ["answer_in_question"]),
+    ("Who is Maya's sister?", "her sister Lena", "Maya's sister Lena visits.", "Maya", []),
 ])
 def test_rules(question, answer, context, user, expected):
     got = pair_problems(question, answer, context, user)

@@ -91,7 +91,7 @@ def test_f1_and_question_filters():
 def test_synthesize_counts_every_filter_and_keeps_provenance(store):
     chat = FakeChat(GEN, ANSWERS)
     # grounding filter off here: its own test below; this one exercises the re-ask filter
-    cfg = S.SynthConfig(f1_threshold=0.5, min_context_overlap=0.0)
+    cfg = S.SynthConfig(generator="llm-text", f1_threshold=0.5, min_context_overlap=0.0)
     pairs, rep = S.synthesize(store, USER, chat, cfg, progress=False)
     assert [p["question"] for p in pairs] == ["What is the name of Caroline's dog?",
                                               "What instrument is Caroline learning?"]
@@ -120,7 +120,7 @@ def test_synthesize_counts_every_filter_and_keeps_provenance(store):
 def test_a_failed_re_ask_is_an_error_not_unanswerable(store):
     answers = {**ANSWERS, "instrument": RuntimeError("re-ask crashed")}
     pairs, rep = S.synthesize(store, USER, FakeChat(GEN, answers),
-                              S.SynthConfig(f1_threshold=0.5, min_context_overlap=0.0), progress=False)
+                              S.SynthConfig(generator="llm-text", f1_threshold=0.5, min_context_overlap=0.0), progress=False)
     assert [p["question"] for p in pairs] == ["What is the name of Caroline's dog?"]
     # both phrasings of the piano question hit the failing re-ask (the cached failure is not a
     # kept pair, so the second is no duplicate): two errors, no "unanswerable" verdict
@@ -131,7 +131,7 @@ def test_a_failed_re_ask_is_an_error_not_unanswerable(store):
 
 def test_groups_limit_and_output_roundtrip(store, tmp_path):
     chat = FakeChat(GEN, ANSWERS)
-    cfg = S.SynthConfig(group_size=2, limit=1, check_answerable=False)
+    cfg = S.SynthConfig(generator="llm-text", group_size=2, limit=1, check_answerable=False)
     pairs, rep = S.synthesize(store, USER, chat, cfg, progress=False)
     assert rep["prompts"] == 1 and rep["observations"] == 2 and rep["answerability"] == "skipped"
     assert rep["answerability_skipped"] == rep["kept"] == len(pairs) > 0
@@ -288,7 +288,7 @@ def test_ungrounded_answers_are_dropped_and_counted(tmp_path):
         text = " ".join(m["content"] for m in messages)
         return writer(messages) if "Q:" in text or "pairs" in text.lower() else chat(messages)
 
-    pairs, report = synthesize(store, "conv-t:Caroline", fake, SynthConfig(check_answerable=False), progress=False)
+    pairs, report = synthesize(store, "conv-t:Caroline", fake, SynthConfig(generator="llm-text", check_answerable=False), progress=False)
     assert report["dropped"]["ungrounded"] == 1
     assert [p["answer"] for p in pairs] == ["three years ago"]
     store.close()

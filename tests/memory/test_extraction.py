@@ -29,7 +29,7 @@ def test_extract_validates_and_retries(locomo_file):
     good = json.dumps([{"dia_id": "D1:1", "text": "Ann went to pottery class yesterday."},
                        {"dia_id": "D1:3", "text": "Ann likes clay."},
                        {"dia_id": "D1:3", "text": "Ann  likes clay."}])
-    ex = ObservationExtractor(Scripted(["not json at all", good]))
+    ex = ObservationExtractor(Scripted(["not json at all", good]), grounding=False)  # grounding: its own test
     out = ex.extract(s1, "Ann")
     assert ex.stats["retries"] == 1 and ex.stats["skipped"] == 0 and ex.stats["unconstrained"] == 2
     assert [(e.text, e.dia_ids) for e in out] == [("Ann went to pottery class on 30 April 2023.", ("D1:1",)),
@@ -69,7 +69,7 @@ def test_extraction_under_the_grammar_with_a_random_model(locomo_file, tiny_qwen
 
     lm = ChatLM.load(tiny_qwen3, max_new_tokens=400)
     (conv,) = load_locomo(locomo_file)
-    ex = ObservationExtractor(lm)
+    ex = ObservationExtractor(lm, grounding=False)  # the grammar alone (nonsense is never grounded)
     for speaker in ("Ann", "Bob"):
         own = {t.dia_id for t in conv.sessions[0].turns if t.speaker == speaker}
         out = ex.extract(conv.sessions[0], speaker)
@@ -88,7 +88,7 @@ def test_llm_ingest_caches_extraction_and_keeps_raw(store, locomo_file):
                                 {"text": f"Ann other fact {s.number}.", "dia_id": f"D{s.number}:3"}]), "garbage",
                     "garbage"]  # Bob's extraction fails twice -> skipped
     chat = Scripted(replies)
-    ex = ObservationExtractor(chat)
+    ex = ObservationExtractor(chat, grounding=False)  # invented facts on purpose; grounding has its own test
     st = ingest_conversation(store, conv, "llm", make_manager("static"), extractor=ex)
     assert st.applied == 6 and st.skipped_sessions == 3 and ex.stats["skipped"] == 3
     assert len(store.raw_sessions("conv-t:Bob")) == 3  # nothing Bob said is lost

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ..fileio import atomic_write_text
+from ..progress import progress_bar
 from ..memory.retrieval import DEFAULT_ALPHA, DEFAULT_MODE, DEFAULT_SPEAKER_BOOST, FUSIONS, MODES
 from ..memory.store import MemoryStoreError, open_store
 from . import group
@@ -128,8 +129,6 @@ def register(subparsers) -> None:
 
 
 def cmd_ingest(args) -> int:
-    from tqdm import tqdm
-
     from ..memory.evolution import make_manager
     from ..memory.extraction import ObservationExtractor
     from ..memory.ingest import IngestStats, ingest_conversation
@@ -148,7 +147,7 @@ def cmd_ingest(args) -> int:
     store = open_store(args.store, args.embedder, lock_timeout=args.lock_timeout)
     stats = IngestStats()
     try:
-        with tqdm(total=sum(len(c.sessions) for c in convs), desc="ingest", unit="session") as bar:
+        with progress_bar(total=sum(len(c.sessions) for c in convs), desc="ingest", unit="session") as bar:
             for conv in convs:
                 bar.set_postfix_str(conv.sample_id)
                 ingest_conversation(store, conv, args.source, manager, extractor=extractor,

@@ -18,6 +18,8 @@ rules are what a reader rejects at a glance, stated so that a program can apply 
 * ``wrong_kind``: a when-question whose answer holds no time expression; a where- or
   who-question answered by a time expression only ("Where ...? -> May"); a how-many question
   whose answer holds no number.
+* ``answer_in_question``: every content word of the answer is already in the question
+  ("What is the name of Jon's dance studio? -> dance studio"): nothing is asked.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from __future__ import annotations
 import re
 
 RULES = ("empty_answer", "long_answer", "no_user", "not_third_person", "garbled", "cut_off",
-         "unsupported", "wrong_kind")
+         "unsupported", "wrong_kind", "answer_in_question")
 
 _FIRST_SECOND = re.compile(r"\b(i|me|my|mine|myself|we|us|our|ours|you|your|yours|yourself)\b", re.I)
 _SUBJECT = re.compile(r"^\s*(?:what|where|when|who|whom|why|how|which)\s+"
@@ -110,4 +112,8 @@ def pair_problems(question: str, answer: str, context: str, user: str, *, max_wo
                or (re.match(r"\s*how many\b", lead)
                    and not any(w.isdigit() or w in _NUMBER_WORDS for w in aw))):
         problems.append("wrong_kind")
+    content = [w for w in aw if w not in _CONTENT_SKIP and w != first.lower()]
+    qwords = set(_words(q))
+    if content and all(w in qwords for w in content):
+        problems.append("answer_in_question")
     return problems

@@ -37,3 +37,30 @@ def student_messages(memories: list[str] | None, question: str) -> list[dict]:
     title = None if memories is None else "Memories"
     return [{"role": "system", "content": SYSTEM},
             {"role": "user", "content": _user_turn(question, title, memories or [])}]
+
+
+# ------------------------------------------------------------------ the LLM question writer
+WRITER_VERSION = "tsubasa-writer-1"  # bump when the writer's prompt below changes
+
+WRITER_SYSTEM = ("You write quiz questions about a person from one fact about them. Write a short question "
+                 "about the person that the fact answers, then pick its answer from the candidate answers. "
+                 "Name the person in the question; never say I, you or my. Answer with JSON.")
+# One worked example (invented, not from any dataset).
+_WRITER_EXAMPLE = ("[3 March 2022] Priya adopted a cat named Miso after she moved to Leeds.", "Priya",
+                   ["3 March 2022", "cat", "Miso", "Leeds"],
+                   '[{"question": "What is the name of Priya\'s cat?", "answer": "Miso"}, '
+                   '{"question": "Where did Priya move?", "answer": "Leeds"}]')
+
+
+def _writer_turn(text: str, name: str, spans: list[str], n_pairs: int) -> str:
+    return (f"Fact: {text}\nPerson: {name}\nCandidate answers: {'; '.join(spans)}\n\n"
+            f"Write up to {n_pairs} questions about {name} as JSON.")
+
+
+def writer_messages(text: str, name: str, spans: list[str], n_pairs: int) -> list[dict]:
+    """Chat messages for the question writer: one observation, the user's name, its candidate answers."""
+    ex_text, ex_name, ex_spans, ex_reply = _WRITER_EXAMPLE
+    return [{"role": "system", "content": WRITER_SYSTEM},
+            {"role": "user", "content": _writer_turn(ex_text, ex_name, ex_spans, 2)},
+            {"role": "assistant", "content": ex_reply},
+            {"role": "user", "content": _writer_turn(text, name, list(spans), n_pairs)}]

@@ -53,7 +53,7 @@ from .pair_check import pair_problems
 log = logging.getLogger(__name__)
 
 ChatFn = Callable[[list[dict]], str]
-GENERATORS = ("llm", "rule")
+GENERATORS = ("llm", "rule", "llm-text")
 SYNTH_VERSION = "tsubasa-synth-1"
 
 
@@ -61,7 +61,9 @@ SYNTH_VERSION = "tsubasa-synth-1"
 class SynthConfig:
     """Knobs of :func:`synthesize` (defaults suit SmolLM2-135M on a CPU)."""
 
-    generator: str = "llm"              # "llm" (the base model writes pairs) or "rule" (templates)
+    generator: str = "llm"              # "llm": the base model under the writer's grammar (.writer);
+                                        # "rule": templates over parsed observations; "llm-text": the
+                                        # unconstrained Q:/A: writer (ablation)
     group_size: int = 1                 # observations shown per generation prompt
     pairs_per_prompt: int = 2           # pairs asked for per prompt (rule: per observation clause)
     max_answer_words: int = 15          # filter (c)
@@ -603,6 +605,14 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15) -> list[tuple
 
 
 # ----------------------------------------------------------------------------- pipeline
+_RAW_UTTERANCE = re.compile(r"^(?:\[[^\]]*\]\s*)?[A-Z][\w .'-]{0,40}:\s")
+
+
+def is_raw_utterance(record: Record) -> bool:
+    """True for a memory that is a speaker's raw turn ("[date] Maya: I ..."), not an observation."""
+    return (record.source or {}).get("kind") == "utterances" or bool(_RAW_UTTERANCE.match(record.text))
+
+
 def _groups(records: Sequence[Record], size: int) -> list[list[Record]]:
     return [list(records[i:i + size]) for i in range(0, len(records), size)]
 
@@ -625,12 +635,20 @@ def synthesize(store: MemoryStore, user: str, chat: ChatFn | None, config: Synth
     Raises ValueError for an unknown user (no live memories).
     """
     cfg = config or SynthConfig()
-    if cfg.generator == "llm" and chat is None:
-        raise ValueError("the llm generator needs a chat model (or use generator='rule')")
+    if cfg.generator != "rule" and chat is None:
+        raise ValueError(f"the {cfg.generator} generator needs a chat model (or use generator='rule')")
     records = store.all(user)
     if not records:
         users = ", ".join(store.users()[:10]) or "none"
         raise InputError(f"no live memories for user {user!r} in {store.path} (users: {users})", field="user")
+    if cfg.generator == "rule":
+        raw = [r for r in records if is_raw_utterance(r)]
+        if raw and (any((r.source or {}).get("kind") == "utterances" for r in raw) or 2 * len(raw) >= len(records)):
+            raise InputError(
+                f"the rule question writer needs parsed observations (third-person sentences about the user), "
+                f"but {len(raw)} of {len(records)} memories of {user!r} are raw utterances (e.g. {raw[0].text[:60]!r}); "
+                "write the memory from observations or LLM extraction, or use the llm question writer",
+                field="generator")
     if chat is not None and cfg.seed is not None:
         try:
             import torch
@@ -642,8 +660,16 @@ def synthesize(store: MemoryStore, user: str, chat: ChatFn | None, config: Synth
     if cfg.limit is not None:
         groups = groups[: cfg.limit]
     check = cfg.check_answerable and chat is not None
+    writer_stats: dict = {}
+    written = None
+    if cfg.generator == "llm":
+        from .writer import WRITER_VERSION, write_pairs
+
+        written = write_pairs(chat, ["\n".join(r.text for r in g) for g in groups], user, cfg.pairs_per_prompt,
+                              stats=writer_stats)
     report = {
         "version": SYNTH_VERSION, "user": user, "generator": cfg.generator,
+        "writer_version": WRITER_VERSION if cfg.generator == "llm" else None, "writer": writer_stats,
         "live_memories": len(records), "observations": sum(len(g) for g in groups),
         "prompts": len(groups), "generated": 0, "kept": 0,
         "malformed_generations": 0, "malformed_items": 0,
@@ -671,10 +697,14 @@ def synthesize(store: MemoryStore, user: str, chat: ChatFn | None, config: Synth
     if progress:
         bar = progress_bar(total=len(groups), desc=f"synth ({cfg.generator})", unit="prompt")
     try:
-        for group in groups:
+        for gi, group in enumerate(groups):
             texts = [r.text for r in group]
             context = "\n".join(texts)
-            if cfg.generator == "llm":
+            if written is not None:
+                cands = written[gi]
+                if not cands:
+                    report["malformed_generations"] += 1
+            elif cfg.generator == "llm-text":
                 try:
                     reply = _call(chat, generation_messages(texts, cfg.pairs_per_prompt), cfg.max_new_tokens)
                 except Exception as exc:  # a failed generation is skipped, never fatal

@@ -11,6 +11,13 @@ resolved against the session date; repeated texts are dropped (counted).
 A chat that cannot be constrained (a plain ``messages -> str`` callable, e.g. a scripted fake)
 is validated against the same schema; an invalid reply is retried ``retries`` times, then the
 session is skipped with a counted warning. Every outcome is counted in ``stats``.
+
+Grounding (ours): a small model invents facts the grammar cannot stop ("Maya adopted a dog
+named Bella"). A fact is kept only when its content words are supported by the text of the
+turn it cites (:func:`unsupported_words`); the others are dropped and counted
+(``ungrounded``). A session left with no grounded fact falls back, visibly (``fallback_sessions``,
+``fallback_observations``), to the speaker's own utterances rewritten in the third person
+(:func:`third_person`: "I moved to Bristol" -> "Maya moved to Bristol").
 """
 
 from __future__ import annotations
@@ -87,6 +94,121 @@ def resolve_relative_dates(text: str, date: _dt.date | _dt.datetime) -> str:
     return text
 
 
+# --------------------------------------------------------------------------- grounding
+_WORD = re.compile(r"[A-Za-z0-9]+")
+_FUNCTION = frozenset("""
+a an the and or but nor so yet if then than that this these those there here what which who whom whose
+when where why how is are was were be been being am has have had do does did will would can could
+should shall may might must to of in on at for with by from into onto about as over under after before
+during since until up down out off again also just still very really too not no yes all any some each
+every both either neither other another such own same her his their its she he they it them him hers
+theirs itself herself himself themselves one ones i me my we us our you your named called said says
+told tells mentioned shared talked likes liked loves loved feels felt thinks thought wants wanted
+got gets get went goes go going made makes make new now recently currently week month year day
+days weeks months years ago last next later earlier before after s t
+""".split()) | {m.lower() for m in calendar.month_name if m} | {d.lower() for d in calendar.day_name}
+MIN_GROUNDED = 0.67  # share of a fact's common content words its turn must support
+
+
+def _stem(word: str) -> str:
+    return word[:5] if len(word) > 5 else word
+
+
+def unsupported_words(text: str, turn_text: str, speaker: str, date: _dt.date | _dt.datetime) -> tuple[list[str], int]:
+    """``(unsupported, n_content)``: the content words of ``text`` the cited turn does not support.
+
+    Content words are the words left after removing function words, light verbs, month and
+    day names and the speaker's name. A word is supported when the turn (with its relative
+    dates resolved against ``date``, plus the session date itself) has it or a word sharing
+    its first 5 letters ("painting" / "paints").
+    """
+    d = date.date() if isinstance(date, _dt.datetime) else date
+    support = _WORD.findall(f"{turn_text} {resolve_relative_dates(turn_text, d)} {_fmt(d)}".lower())
+    words, stems = set(support), {_stem(w) for w in support}
+    names = {w.lower() for w in _WORD.findall(speaker)}
+    content = [w for w in _WORD.findall(text.lower()) if w not in _FUNCTION and w not in names]
+    return [w for w in content if w not in words and _stem(w) not in stems], len(content)
+
+
+def is_grounded(text: str, turn_text: str, speaker: str, date: _dt.date | _dt.datetime) -> bool:
+    """True when ``text`` is supported by its turn: every name and number in it occurs there
+    (capitalised words after the first, digits), and at least MIN_GROUNDED of its other
+    content words do; a fact with no content word beyond the name is not grounded."""
+    missing, n = unsupported_words(text, turn_text, speaker, date)
+    if n == 0:
+        return False
+    missing_set = set(missing)
+    tokens = _WORD.findall(text)
+    for i, tok in enumerate(tokens):
+        low = tok.lower()
+        if low in missing_set and (tok.isdigit() or any(c.isdigit() for c in tok) or (i > 0 and tok[:1].isupper())):
+            return False
+    return (n - len(missing)) / n >= MIN_GROUNDED
+
+
+_CONTRACTIONS = [  # first person -> third person, applied in order (case-insensitive)
+    (r"\bI'm\b|\bI am\b", "{n} is"), (r"\bI've\b", "{n} has"), (r"\bI'll\b", "{n} will"),
+    (r"\bI'd\b", "{n} would"), (r"\bI was\b", "{n} was"), (r"\bI have\b", "{n} has"),
+    (r"\bI do not\b|\bI don't\b", "{n} does not"), (r"\bI do\b", "{n} does"),
+    (r"\bmyself\b", "{n}"), (r"\bmine\b", "{n}'s"), (r"\bmy\b", "{n}'s"), (r"\bme\b", "{n}"),
+]
+_PAST = frozenset("""got went made took saw ran had did said found felt left came began bought met thought told won
+lost kept brought read put set cut gave wrote sent spent sold built taught heard knew grew drove flew
+swam sang began became chose paid lent meant slept woke wore held stood understood sat""".split())
+_MODAL = frozenset("can could will would should shall may might must".split())
+_ADVERB = frozenset("just still already also really never always actually finally only even usually "
+                    "often sometimes totally definitely recently".split())
+
+
+_IRREGULAR_3RD = {"have": "has", "am": "is", "do": "does", "don't": "doesn't", "haven't": "hasn't",
+                  "go": "goes", "was": "was", "wasn't": "wasn't"}
+
+
+def _third_verb(verb: str) -> str:
+    low = verb.lower()
+    if low in _IRREGULAR_3RD:
+        return _IRREGULAR_3RD[low]
+    if low in _PAST or low in _MODAL or low.endswith("ed") or not low.isalpha():
+        return verb
+    if low.endswith(("s", "sh", "ch", "x", "z", "o")):
+        return verb + "es"
+    if low.endswith("y") and len(low) > 1 and low[-2] not in "aeiou":
+        return verb[:-1] + "ies"
+    return verb + "s"
+
+
+def third_person(text: str, name: str, other: str | None = None) -> str:
+    """``text`` said by ``name`` rewritten in the third person, deterministically.
+
+    I / me / my / mine -> the name ("I love my cat" -> "Maya loves Maya's cat"), with the verb
+    after "I" put in the third person (adverbs skipped; past tenses and modals unchanged);
+    "you" / "your" -> the other speaker's name when given. Other words are kept as they are.
+    """
+    out = text.replace("\u2019", "'")
+    for pattern, repl in _CONTRACTIONS:
+        out = re.sub(pattern, repl.format(n=name), out, flags=re.I)
+
+    def subject(m: re.Match) -> str:
+        advs, verb = m.group(1) or "", m.group(2)
+        return f"{name} {advs}{_third_verb(verb)}"
+
+    adv = "|".join(sorted(_ADVERB))
+    out = re.sub(rf"\bI\s+((?:(?:{adv})\s+)*)([A-Za-z]+(?:'t)?)(?![\w'])", subject, out)
+    out = re.sub(r"\bI\b", name, out)
+    if other:
+        out = re.sub(r"\byour\b", f"{other}'s", out, flags=re.I)
+        out = re.sub(r"\byou\b", other, out, flags=re.I)
+    return out
+
+
+def utterance_observations(session: Session, speaker: str) -> list["Extracted"]:
+    """The fallback: ``speaker``'s own utterances of ``session`` in the third person, one per turn."""
+    others = [t.speaker for t in session.turns if t.speaker != speaker]
+    other = others[0] if others and len(set(others)) == 1 else None
+    return [Extracted(third_person(t.full_text(), speaker, other), (t.dia_id,))
+            for t in session.turns if t.speaker == speaker]
+
+
 def build_prompt(session: Session, speaker: str) -> list[dict]:
     lines = [f"[{t.dia_id}] {t.speaker}: {t.full_text()}" for t in session.turns]
     user = (f"Session date: {session.date_str}.\nConversation:\n" + "\n".join(lines) +
@@ -117,18 +239,27 @@ def extraction_schema(session: Session, speaker: str, max_items: int = MAX_ITEMS
             "items": item}
 
 
-def _extracted(items: list[dict], session: Session) -> tuple[list[Extracted], int]:
-    """Schema-valid items -> observations (relative dates resolved); and the count of repeats dropped."""
+def _extracted(items: list[dict], session: Session, speaker: str | None = None,
+               grounding: bool = False) -> tuple[list[Extracted], int, list[dict]]:
+    """Schema-valid items -> observations (relative dates resolved); the count of repeats dropped;
+    and, with ``grounding``, the items dropped as not supported by their turn."""
     out: list[Extracted] = []
     seen: set[str] = set()
+    ungrounded: list[dict] = []
+    turns = {t.dia_id: t.full_text() for t in session.turns}
+    repeats = 0
     for item in items:
         text = resolve_relative_dates(item["text"].strip(), session.date)
         key = " ".join(text.lower().split())
         if key in seen:
+            repeats += 1
+            continue
+        if grounding and not is_grounded(text, turns.get(item["dia_id"], ""), speaker or "", session.date):
+            ungrounded.append({"dia_id": item["dia_id"], "text": text})
             continue
         seen.add(key)
         out.append(Extracted(text, (item["dia_id"],)))
-    return out, len(items) - len(out)
+    return out, repeats, ungrounded
 
 
 def parse_extraction(reply: str, session: Session, speaker: str) -> list[Extracted]:
@@ -145,11 +276,18 @@ class ObservationExtractor:
 
     ``stats``: sessions, observations, constrained / unconstrained calls, retries, skipped
     (sessions given up: invalid replies of an unconstrained chat, or a constrained reply cut off
-    by the token limit), duplicates (repeated texts dropped).
+    by the token limit), duplicates (repeated texts dropped), ungrounded (facts their turn does
+    not support, dropped), fallback_sessions / fallback_observations (sessions with no grounded
+    fact, and the third-person utterances that stand in for them). ``ungrounded_examples``
+    keeps the first few dropped facts for the report.
+
+    ``grounding=False`` keeps every schema-valid fact (ablation); ``fallback=False`` leaves a
+    session with no grounded fact empty instead of falling back to its utterances.
     """
 
     def __init__(self, chat: Callable, retries: int = 1, name: str = "llm", max_items: int = MAX_ITEMS,
-                 min_items: int = MIN_ITEMS, repetition_penalty: float | None = REPETITION_PENALTY):
+                 min_items: int = MIN_ITEMS, repetition_penalty: float | None = REPETITION_PENALTY,
+                 grounding: bool = True, fallback: bool = True, report_examples: int = 5):
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
         if not 1 <= max_items <= 50:
@@ -161,12 +299,40 @@ class ObservationExtractor:
         self.repetition_penalty = repetition_penalty
         # room for the longest valid reply at one token per character (a real model needs ~1/4)
         self.max_new_tokens = max_items * (MAX_CHARS + 24) + 8
+        self.grounding, self.fallback, self.report_examples = grounding, fallback, report_examples
         self.stats = {"sessions": 0, "observations": 0, "constrained": 0, "unconstrained": 0,
-                      "retries": 0, "skipped": 0, "duplicates": 0}
+                      "retries": 0, "skipped": 0, "duplicates": 0, "ungrounded": 0,
+                      "fallback_sessions": 0, "fallback_observations": 0}
+        self.ungrounded_examples: list[dict] = []
+        self._prefetched: dict[tuple[int, str], list] = {}
 
     @property
     def constrained(self) -> bool:
         return callable(getattr(self.chat, "structured", None))
+
+    def prefetch(self, sessions, speaker: str, batch_size: int = 16) -> int:
+        """Extract several sessions in padded batches (one decode for many prompts: several times
+        faster on a CPU than one session at a time); :meth:`extract` then uses the results.
+        A batch with a reply cut off is left to :meth:`extract`. Returns the sessions prefetched."""
+        if not self.constrained:
+            return 0
+        todo = [s for s in sessions if any(t.speaker == speaker for t in s.turns)
+                and (s.number, speaker) not in self._prefetched]
+        done = 0
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            try:
+                replies = self.chat.structured_batch(
+                    [build_prompt(s, speaker) for s in chunk],
+                    [extraction_schema(s, speaker, self.max_items, self.min_items) for s in chunk],
+                    max_new_tokens=self.max_new_tokens, repetition_penalty=self.repetition_penalty)
+            except StructuredOutputError as e:
+                log.info("batched extraction of %d sessions left to one-by-one: %s", len(chunk), e)
+                continue
+            for s, items in zip(chunk, replies):
+                self._prefetched[(s.number, speaker)] = items
+            done += len(chunk)
+        return done
 
     def extract(self, session: Session, speaker: str) -> list[Extracted] | None:
         """Observations about ``speaker``; None when no valid reply came (counted in ``skipped``)."""
@@ -179,7 +345,10 @@ class ObservationExtractor:
         for attempt in range(tries):
             reply = None
             try:
-                if self.constrained:
+                if (session.number, speaker) in self._prefetched:
+                    self.stats["constrained"] += 1
+                    items = self._prefetched.pop((session.number, speaker))
+                elif self.constrained:
                     self.stats["constrained"] += 1
                     items = self.chat.structured(messages, schema, max_new_tokens=self.max_new_tokens,
                                                  repetition_penalty=self.repetition_penalty)
@@ -195,8 +364,17 @@ class ObservationExtractor:
                 log.warning("extraction for session %d / %s skipped after %d tries: %s (reply %r)",
                             session.number, speaker, attempt + 1, e, (reply or "")[:120])
                 return None
-            out, repeats = _extracted(items, session)
+            out, repeats, dropped = _extracted(items, session, speaker, self.grounding)
             self.stats["duplicates"] += repeats
+            self.stats["ungrounded"] += len(dropped)
+            room = self.report_examples - len(self.ungrounded_examples)
+            self.ungrounded_examples += [dict(d, session=session.number) for d in dropped[:max(room, 0)]]
+            if not out and dropped and self.fallback:
+                out = utterance_observations(session, speaker)
+                self.stats["fallback_sessions"] += 1
+                self.stats["fallback_observations"] += len(out)
+                log.info("session %d / %s: no grounded fact, %d utterances in the third person instead",
+                         session.number, speaker, len(out))
             self.stats["observations"] += len(out)
             return out
         return None

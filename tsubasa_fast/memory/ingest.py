@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .evolution import Manager, Observation, StaticManager, apply_decision
-from .extraction import Extracted, ObservationExtractor, resolve_relative_dates
+from .extraction import ObservationExtractor, resolve_relative_dates, utterance_observations
 from ..core import Conversation, Session
 from ..errors import InputError
 from .store import MemoryStore
@@ -52,7 +52,9 @@ def session_observations(conv: Conversation, session: Session, source: str, *,
 
     ``speakers`` limits the work to those speakers' memories (default: both).
     ``utterance_fallback`` (ours): when the LLM's extraction of a session stays malformed, the
-    speaker's own utterances of that session become its observations instead of nothing.
+    speaker's own utterances of that session, in the third person
+    (:func:`.extraction.utterance_observations`), become its observations instead of nothing;
+    counted in the extractor's ``fallback_sessions`` / ``fallback_observations``.
     """
     obs: list[Observation] = []
     skipped = 0
@@ -87,8 +89,9 @@ def session_observations(conv: Conversation, session: Session, source: str, *,
                                                     "fallback": "utterances" if utterance_fallback else None})
                     if not utterance_fallback:
                         continue
-                    got = [Extracted(f"{t.speaker}: {t.full_text()}", (t.dia_id,))
-                           for t in session.turns if t.speaker == speaker]
+                    got = utterance_observations(session, speaker)
+                    extractor.stats["fallback_sessions"] += 1
+                    extractor.stats["fallback_observations"] += len(got)
                 cached = [[e.text, list(e.dia_ids)] for e in got]
                 if store is not None:
                     store.kv_put(cache_key, cached)

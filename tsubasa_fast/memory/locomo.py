@@ -341,8 +341,8 @@ def evaluate_retrieval(conversations: Iterable[Conversation], search: SearchFn,
     per_cat: dict[int, dict] = {}
     it = items
     if progress:
-        from tqdm import tqdm
-        it = tqdm(items, desc="retrieval eval", unit="q")
+        from ..progress import progress_bar
+        it = progress_bar(items, desc="retrieval eval", unit="q")
     for conv, qa in it:
         ranked = merge(search, conv, qa.question, kmax)
         gold = set(qa.evidence)
