@@ -157,7 +157,8 @@ def test_add_with_inference_extracts_and_evolves(mem):
     # the narrative keeps both states with their dates
     assert "Boston (8 May 2023)" in second[0]["memory"] and "Leeds (1 June 2023)" in second[0]["memory"]
     assert [h["event"] for h in mem.history(1)] == ["ADD", "RECONCILE"]
-    third = mem.add([{"role": "user", "content": "Rex, my dog, is great.", "name": "Ann"}], user_id="u-ann",
+    # (the fact must be grounded in the message: an invented one is dropped, see test_extraction_grounding)
+    third = mem.add([{"role": "user", "content": "Yesterday I adopted Rex, my dog.", "name": "Ann"}], user_id="u-ann",
                     date="2023-05-08")["results"]
     assert third == [{"id": 2, "memory": "Ann adopted a dog named Rex on 7 May 2023.", "event": "IGNORE"}]
     assert [r["id"] for r in mem.get_all(user_id="u-ann")["results"]] == [1, 2]

@@ -23,6 +23,7 @@ turn it cites (:func:`unsupported_words`); the others are dropped and counted
 from __future__ import annotations
 
 import calendar
+import functools
 import datetime as _dt
 import logging
 import re
@@ -110,8 +111,16 @@ days weeks months years ago last next later earlier before after s t
 MIN_GROUNDED = 0.67  # share of a fact's common content words its turn must support
 
 
-def _stem(word: str) -> str:
-    return word[:5] if len(word) > 5 else word
+@functools.lru_cache(maxsize=1)
+def _snowball():
+    import Stemmer  # PyStemmer, the stemmer bm25s uses
+
+    return Stemmer.Stemmer("english")
+
+
+def _stems(word: str) -> tuple[str, str]:
+    """The word's Snowball stem ("lives" / "live") and its first 5 letters ("painting" / "paints")."""
+    return _snowball().stemWord(word), word[:5] if len(word) > 5 else word
 
 
 def unsupported_words(text: str, turn_text: str, speaker: str, date: _dt.date | _dt.datetime) -> tuple[list[str], int]:
@@ -119,15 +128,16 @@ def unsupported_words(text: str, turn_text: str, speaker: str, date: _dt.date | 
 
     Content words are the words left after removing function words, light verbs, month and
     day names and the speaker's name. A word is supported when the turn (with its relative
-    dates resolved against ``date``, plus the session date itself) has it or a word sharing
-    its first 5 letters ("painting" / "paints").
+    dates resolved against ``date``, plus the session date itself) has it, a word with its
+    Snowball stem ("lives" / "live") or one sharing its first 5 letters ("painting" / "paints").
     """
     d = date.date() if isinstance(date, _dt.datetime) else date
     support = _WORD.findall(f"{turn_text} {resolve_relative_dates(turn_text, d)} {_fmt(d)}".lower())
-    words, stems = set(support), {_stem(w) for w in support}
+    words = set(support)
+    stems = {s for w in words for s in _stems(w)}
     names = {w.lower() for w in _WORD.findall(speaker)}
     content = [w for w in _WORD.findall(text.lower()) if w not in _FUNCTION and w not in names]
-    return [w for w in content if w not in words and _stem(w) not in stems], len(content)
+    return [w for w in content if w not in words and not stems.intersection(_stems(w))], len(content)
 
 
 def is_grounded(text: str, turn_text: str, speaker: str, date: _dt.date | _dt.datetime) -> bool:
