@@ -7,8 +7,9 @@ import re
 import pytest
 
 from tsubasa_fast.distill import synth as S
-from tsubasa_fast.distill.prompts import WRITER_SYSTEM
-from tsubasa_fast.distill.writer import candidate_spans, strip_date, write_pairs, writer_schema
+from tsubasa_fast.distill.prompts import PICK_SYSTEM, WRITER_SYSTEM
+from tsubasa_fast.distill.writer import (STEMS, answer_spans, candidate_spans, pick_schema, question_schema, span_kind,
+                                         strip_date, write_pairs)
 from tsubasa_fast.memory import HashingEmbedder, MemoryStore
 
 USER = "sample-maya:Maya"
@@ -28,86 +29,117 @@ def test_candidate_spans_are_dates_names_and_noun_runs_of_the_text():
     assert candidate_spans("Maya is.", USER) == []
 
 
-def test_writer_schema_copies_answers_and_names_the_user():
+def test_answers_are_names_numbers_and_dates_with_their_kind():
+    # "Miso" only opens its sentence (no proper-noun evidence) and single common words are not asked
+    assert [(s, span_kind(s, CAT)) for s in candidate_spans(CAT, USER)] == [
+        ("5 March 2023", "date"), ("Miso", "thing"), ("ginger cat", "thing"), ("fine", "thing"),
+        ("sister Lena", "name"), ("visiting", "thing"), ("Edinburgh", "name")]
+    assert answer_spans(CAT, USER, 3) == [("sister Lena", "name"), ("Edinburgh", "name"), ("5 March 2023", "date")]
+    assert answer_spans(CAT, USER, 5) == [("sister Lena", "name"), ("Edinburgh", "name"), ("5 March 2023", "date"),
+                                          ("ginger cat", "thing")]
+    # a date written in the text is asked instead of the prefix date; weekdays are dates
+    text = "[17 March 2024] Maya has two cats and a run on Sunday, then moves to Bath on 2 May 2024."
+    assert answer_spans(text, USER, 9) == [("Bath", "name"), ("two cats", "number"), ("2 May 2024", "date"),
+                                           ("Sunday", "date")]
+
+
+def test_question_schema_fits_the_answer_kind_and_names_the_user():
     from tsubasa_fast.structured import grammar_for
 
-    spans = candidate_spans(CAT, USER)
-    schema = writer_schema(spans, USER, 2)
-    g = grammar_for(schema)  # llguidance accepts it
-    ok = [{"answer": "Miso", "question": "What is the name of Maya's cat?"}]
-    assert g.validate(json.dumps(ok)) == ok
-    q = re.compile(schema["items"]["properties"]["question"]["pattern"])
-    for bad in ("What is the name of her cat?", "What is Maya's cat", "Is Maya fine?", "what is Maya's cat?"):
-        assert not q.search(bad), bad
-    for bad_reply in ([{"answer": "a dog", "question": "What does Maya have?"}],  # not copied from the text
-                      [], ok * 3):                                                # 1..2 items
-        with pytest.raises(ValueError):
-            g.validate(json.dumps(bad_reply))
+    date_q = re.compile(question_schema("date", USER)["properties"]["question"]["pattern"])
+    name_q = re.compile(question_schema("name", USER)["properties"]["question"]["pattern"])
+    assert date_q.search("When did Maya move to Bristol?") and not date_q.search("Where did Maya move?")
+    assert name_q.search("Where did Maya move to?") and name_q.search("Who is Maya's sister?")
+    for bad in ("What is the name of her cat?", "What is Maya's cat", "Is Maya fine?", "what is Maya's cat?",
+                "When did Maya move?"):
+        assert not name_q.search(bad), bad
+    g = grammar_for(pick_schema(["Bristol", "Leeds"]))  # llguidance accepts both schemas
+    assert g.validate('{"answer": "Leeds"}') == {"answer": "Leeds"}
+    with pytest.raises(ValueError):
+        g.validate('{"answer": "Paris"}')
+    grammar_for(question_schema("number", USER))
     with pytest.raises(ValueError, match="spans"):
-        writer_schema([], USER, 2)
+        pick_schema([])
+    with pytest.raises(ValueError, match="kind"):
+        question_schema("colour", USER)
 
 
 class Writer:
-    """Scripted writer chat: replies by a keyword of the fact; counts calls."""
+    """Scripted writer chat: question prompts answered by their "Answer:" line, round-trip
+    prompts by their "Question:" line; counts calls."""
 
-    def __init__(self, replies):
-        self.replies, self.calls = replies, []
+    def __init__(self, questions, picks):
+        self.questions, self.picks, self.calls = questions, picks, []
 
     def __call__(self, messages, max_new_tokens=None):
         self.calls.append(messages)
-        assert messages[0]["content"] == WRITER_SYSTEM
-        last = messages[-1]["content"]
-        for key, reply in self.replies.items():
-            if key in last:
-                return reply
-        return "no idea"
+        system, last = messages[0]["content"], messages[-1]["content"]
+        if system == WRITER_SYSTEM:
+            answer = last.split("Answer: ")[1].split("\n")[0]
+            return json.dumps({"question": self.questions[answer]}) if answer in self.questions else "no idea"
+        assert system == PICK_SYSTEM
+        question = last.split("Question: ")[1].split("\n")[0]
+        return json.dumps({"answer": self.picks[question]})
 
 
-def test_write_pairs_validates_unconstrained_replies_and_counts():
-    chat = Writer({"Miso": json.dumps([{"answer": "Miso", "question": "What is the name of Maya's cat?"},
-                                       {"answer": "Miso", "question": "Who is Maya's cat?"}]),
-                   "Harbour": json.dumps([{"answer": "Paris", "question": "Where does Maya work?"}])})
+QUESTIONS = {"sister Lena": "Who is Maya's visitor next month?", "Edinburgh": "Where is Maya's sister visiting from?",
+             "UX researcher job": "What job did Maya apply for?", "Harbour Health": "Where did I apply?",
+             "Bristol": "Where is the job Maya applied for?"}
+PICKS = {"Who is Maya's visitor next month?": "sister Lena", "Where is Maya's sister visiting from?": "Edinburgh",
+         "What job did Maya apply for?": "Harbour Health", "Where is the job Maya applied for?": "Bristol"}
+
+
+def test_write_pairs_asks_for_each_answer_and_checks_the_round_trip():
+    chat = Writer(QUESTIONS, PICKS)
     stats = {}
-    out = write_pairs(chat, [CAT, JOB, "Maya is."], USER, 2, stats=stats)
-    # the repeated answer is written once; "Paris" is not in the job fact: the reply is invalid
-    assert out == [[("What is the name of Maya's cat?", "Miso")], [], []]
-    assert stats == {"prompts": 2, "no_spans": 1, "malformed_generations": 1, "errors": 0}
+    out = write_pairs(chat, [CAT, JOB, "Maya is."], USER, 3, stats=stats)
+    # CAT: the date's question was not written (invalid reply); JOB: "Where did I apply?" fails the
+    # pattern (no user), and the job question's round trip picks another span
+    assert out == [[("Who is Maya's visitor next month?", "sister Lena"), ("Where is Maya's sister visiting from?", "Edinburgh")],
+                   [("Where is the job Maya applied for?", "Bristol")], []]
+    assert stats == {"prompts": 6, "no_spans": 1, "malformed_generations": 2, "errors": 0,
+                     "round_trip_checked": 4, "round_trip_failed": 1, "duplicate_questions": 0}
     prompt = chat.calls[0][-1]["content"]
-    assert "Person: Maya" in prompt and "Candidate answers: 5 March 2023; Miso; ginger cat" in prompt
+    assert prompt.startswith("Fact: " + CAT) and "Person: Maya\nAnswer: sister Lena" in prompt
+    pick = [c for c in chat.calls if c[0]["content"] == PICK_SYSTEM][0][-1]["content"]
+    assert "Candidates: 5 March 2023; Miso; ginger cat; fine; sister Lena; visiting; Edinburgh" in pick
+    assert write_pairs(chat, [JOB], USER, 3, round_trip=False) == [
+        [("What job did Maya apply for?", "UX researcher job"), ("Where is the job Maya applied for?", "Bristol")]]
 
 
 def test_synthesize_with_the_llm_writer(tmp_path):
     store = MemoryStore(tmp_path / "s", HashingEmbedder())
     store.add(USER, CAT, observed_at="2023-03-05", source={"session": 1, "dia_ids": ["D1:12"]})
     store.add(USER, JOB, observed_at="2023-05-14", source={"session": 2, "dia_ids": ["D2:3"]})
-    chat = Writer({"Miso": json.dumps([{"answer": "Miso", "question": "What is the name of Maya's cat?"},
-                                       {"answer": "Edinburgh", "question": "Where is Maya's sister Lena visiting from?"}]),
-                   "Harbour": json.dumps([{"answer": "Harbour Health", "question": "Where did I apply?"}])})
-    pairs, rep = S.synthesize(store, USER, chat, S.SynthConfig(check_answerable=False), progress=False)
+    pairs, rep = S.synthesize(store, USER, Writer(QUESTIONS, PICKS), S.SynthConfig(check_answerable=False,
+                                                                                   pairs_per_prompt=3),
+                              progress=False)
     assert [(p["question"], p["answer"]) for p in pairs] == [
-        ("What is the name of Maya's cat?", "Miso"), ("Where is Maya's sister Lena visiting from?", "Edinburgh")]
-    # "Where did I apply?" fails the grammar's pattern (no user): an invalid reply, counted
-    assert rep["writer"]["malformed_generations"] == 1 and rep["malformed_generations"] == 1
-    assert rep["writer_version"] == "tsubasa-writer-1" and all(p["generator"] == "llm" for p in pairs)
+        ("Who is Maya's visitor next month?", "sister Lena"), ("Where is Maya's sister visiting from?", "Edinburgh"),
+        ("Where is the job Maya applied for?", "Bristol")]
+    assert rep["writer"]["round_trip_failed"] == 1 and rep["writer"]["malformed_generations"] == 2
+    assert rep["writer_version"] == "tsubasa-writer-2" and all(p["generator"] == "llm" for p in pairs)
+    assert [p["record_ids"] for p in pairs] == [[1], [1], [2]]
     store.close()
 
 
 def test_the_writer_under_the_grammar_with_a_random_model(tiny_qwen3):
-    """A random model writes nonsense, but every pair's answer is a span of the fact and its
-    question names the user."""
+    """A random model writes nonsense, but every pair's answer is one of the picked spans and its
+    question names the user and opens with a wh-word of the answer's kind."""
     from tsubasa_fast.llm import ChatLM
 
     lm = ChatLM.load(tiny_qwen3)
     stats = {}
-    out = write_pairs(lm, [CAT, JOB], USER, 2, stats=stats)
-    spans = [candidate_spans(CAT, USER), candidate_spans(JOB, USER)]
-    assert stats["prompts"] == 2
+    out = write_pairs(lm, [CAT, JOB], USER, 2, stats=stats, round_trip=False)
+    assert stats["prompts"] == 4
     written = 0
-    for pairs, allowed in zip(out, spans):
+    for pairs, text in zip(out, [CAT, JOB]):
+        allowed = dict(answer_spans(text, USER, 2))
         for q, a in pairs:
             written += 1
             assert a in allowed and "Maya" in q and q.endswith("?"), (q, a)
-    assert written + stats["malformed_generations"] >= 1
+            assert q.startswith(STEMS[allowed[a]]), (q, a)
+    assert written + stats["malformed_generations"] + stats["duplicate_questions"] == 4
 
 
 def test_the_rule_writer_refuses_raw_utterances(tmp_path):

@@ -9,6 +9,8 @@ manifest: changing a prompt below must bump it, which invalidates old caches.
 
 from __future__ import annotations
 
+import json
+
 TEMPLATE_VERSION = "tsubasa-prompts-2"  # 2: thinking off in chat templates (Qwen3)
 
 SYSTEM = ("You answer questions about the user from what you know of them. "
@@ -40,27 +42,53 @@ def student_messages(memories: list[str] | None, question: str) -> list[dict]:
 
 
 # ------------------------------------------------------------------ the LLM question writer
-WRITER_VERSION = "tsubasa-writer-1"  # bump when the writer's prompt below changes
+WRITER_VERSION = "tsubasa-writer-2"  # bump when the writer's prompts below change
+# 2: answer first (the program picks the span, the model writes its question), round-trip check
 
-WRITER_SYSTEM = ("You write quiz questions about a person from one fact about them. Write a short question "
-                 "about the person that the fact answers, then pick its answer from the candidate answers. "
-                 "Name the person in the question; never say I, you or my. Answer with JSON.")
-# One worked example (invented, not from any dataset).
-_WRITER_EXAMPLE = ("[3 March 2022] Priya adopted a cat named Miso after she moved to Leeds.", "Priya",
-                   ["3 March 2022", "cat", "Miso", "Leeds"],
-                   '[{"question": "What is the name of Priya\'s cat?", "answer": "Miso"}, '
-                   '{"question": "Where did Priya move?", "answer": "Leeds"}]')
+WRITER_SYSTEM = ("You write one quiz question about a person. The given answer, taken from the fact, must "
+                 "answer your question. Name the person in the question; never say I, you or my. "
+                 "Answer with JSON.")
+# Worked examples (invented, not from any dataset): one per kind of answer.
+_WRITER_EXAMPLES = (
+    ("[3 March 2022] Priya adopted a cat named Miso after she moved to Leeds.", "Priya", "Miso",
+     "What is the name of Priya's cat?"),
+    ("[3 March 2022] Priya adopted a cat named Miso after she moved to Leeds.", "Priya", "Leeds",
+     "Where did Priya move?"),
+    ("[9 May 2021] Tom starts his new job at Acme Bank on 2 June 2021.", "Tom", "2 June 2021",
+     "When does Tom start his new job?"),
+    ("[9 May 2021] Tom has run three marathons with his brother Ben.", "Tom", "three marathons",
+     "How many marathons has Tom run?"),
+    ("[9 May 2021] Tom has run three marathons with his brother Ben.", "Tom", "Ben",
+     "Who has Tom run marathons with?"),
+)
 
 
-def _writer_turn(text: str, name: str, spans: list[str], n_pairs: int) -> str:
-    return (f"Fact: {text}\nPerson: {name}\nCandidate answers: {'; '.join(spans)}\n\n"
-            f"Write up to {n_pairs} questions about {name} as JSON.")
+def _writer_turn(text: str, name: str, answer: str) -> str:
+    return f"Fact: {text}\nPerson: {name}\nAnswer: {answer}\n\nWrite the question about {name} as JSON."
 
 
-def writer_messages(text: str, name: str, spans: list[str], n_pairs: int) -> list[dict]:
-    """Chat messages for the question writer: one observation, the user's name, its candidate answers."""
-    ex_text, ex_name, ex_spans, ex_reply = _WRITER_EXAMPLE
-    return [{"role": "system", "content": WRITER_SYSTEM},
-            {"role": "user", "content": _writer_turn(ex_text, ex_name, ex_spans, 2)},
-            {"role": "assistant", "content": ex_reply},
-            {"role": "user", "content": _writer_turn(text, name, list(spans), n_pairs)}]
+def question_messages(text: str, name: str, answer: str) -> list[dict]:
+    """Chat messages for the question writer: one observation, the user's name, the answer to ask for."""
+    messages = [{"role": "system", "content": WRITER_SYSTEM}]
+    for ex_text, ex_name, ex_answer, ex_question in _WRITER_EXAMPLES:
+        messages += [{"role": "user", "content": _writer_turn(ex_text, ex_name, ex_answer)},
+                     {"role": "assistant", "content": json.dumps({"question": ex_question})}]
+    return messages + [{"role": "user", "content": _writer_turn(text, name, answer)}]
+
+
+PICK_SYSTEM = "Answer the question from the fact: pick the answer among the candidates. Answer with JSON."
+_PICK_EXAMPLE = ("[9 May 2021] Tom has run three marathons with his brother Ben.", "Who has Tom run marathons with?",
+                 ["9 May 2021", "three marathons", "brother Ben"], "brother Ben")
+
+
+def _pick_turn(text: str, question: str, spans: list[str]) -> str:
+    return f"Fact: {text}\nQuestion: {question}\nCandidates: {'; '.join(spans)}"
+
+
+def pick_messages(text: str, question: str, spans: list[str]) -> list[dict]:
+    """Chat messages for the writer's round-trip check: the question answered from its observation."""
+    ex_text, ex_q, ex_spans, ex_answer = _PICK_EXAMPLE
+    return [{"role": "system", "content": PICK_SYSTEM},
+            {"role": "user", "content": _pick_turn(ex_text, ex_q, ex_spans)},
+            {"role": "assistant", "content": json.dumps({"answer": ex_answer})},
+            {"role": "user", "content": _pick_turn(text, question, list(spans))}]

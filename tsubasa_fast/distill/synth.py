@@ -30,7 +30,6 @@ teacher / student formats that go into the teacher cache's manifest).
 
 from __future__ import annotations
 
-import collections
 import inspect
 import json
 import logging
@@ -46,6 +45,7 @@ from ..errors import InputError
 from ..fileio import atomic_write_text
 from ..memory.store import MemoryStore, Record
 from ..progress import progress_bar
+from ..text import token_f1
 from .data import pair_key
 from .pair_check import RULES as PAIR_RULES
 from .pair_check import pair_problems
@@ -105,19 +105,6 @@ def normalize_answer(text: str) -> str:
     """SQuAD-style normalisation: lowercase, no punctuation, no articles, single spaces."""
     text = str(text).lower().translate(_PUNCT)
     return " ".join(_ARTICLES.sub(" ", text).split())
-
-
-def token_f1(prediction: str, gold: str) -> float:
-    """Token-overlap F1 of two answers after :func:`normalize_answer`."""
-    pred, ref = normalize_answer(prediction).split(), normalize_answer(gold).split()
-    if not pred or not ref:
-        return float(pred == ref)
-    common = collections.Counter(pred) & collections.Counter(ref)
-    same = sum(common.values())
-    if same == 0:
-        return 0.0
-    p, r = same / len(pred), same / len(ref)
-    return 2 * p * r / (p + r)
 
 
 _CONVERSATION = re.compile(

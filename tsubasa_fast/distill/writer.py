@@ -1,18 +1,19 @@
-"""The LLM question writer: per observation, short factoid pairs decoded under a JSON-schema grammar.
+"""The LLM question writer: answer first, then its question under a JSON-schema grammar, then a round trip.
 
-The base model sees one observation (with its date), the user's name and the observation's
-candidate answer spans (:func:`candidate_spans`: dates, names, numbers and the noun phrases
-between function words), after one worked example (prompt version ``WRITER_VERSION`` in
-:mod:`.prompts`). Its reply is decoded under :func:`writer_schema`: a list of
-``{"answer": ..., "question": ...}`` items where ``answer`` is an enum of those spans (so every
-answer is copied from the observation: never invented, never cut off mid-word) and
-``question`` is a wh-question, written before its answer, that names the user and ends with
-"?". What the grammar cannot state (third person, the right kind of answer, the answer not
-given away by the question) is left to :mod:`.pair_check`, run afterwards as a filter.
+For each observation the program picks the answers (:func:`answer_spans`: names, numbers and
+dates of the text, then noun runs, each a span copied from it, so no answer is invented or
+cut off) and the base model writes one question per answer after worked examples (prompt
+version ``WRITER_VERSION`` in :mod:`.prompts`), decoded under :func:`question_schema`: a
+question that opens with a wh-word fitting the answer's kind (When for a date, How many for
+a number, ...), names the user and ends with "?". The model then answers its own question
+from the observation, choosing among all its spans (:func:`pick_schema`); a pair whose pick is
+not its answer is dropped. Question first (writer 1), SmolLM2-135M copied its example's stem
+into almost every question and then picked an unrelated span. What the grammar cannot state
+(third person, the answer not given away) is left to :mod:`.pair_check`, run afterwards.
 
 A chat without ``structured_batch`` (a plain ``messages -> str`` callable, e.g. a scripted
-fake in tests) has its reply validated against the same schema instead (counted as malformed
-when invalid).
+fake in tests) has its replies validated against the same schemas instead (counted as
+malformed when invalid).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import re
 from typing import Sequence
 
 from ..structured import StructuredOutputError, parse_reply
-from .prompts import WRITER_VERSION, writer_messages
+from .prompts import WRITER_VERSION, pick_messages, question_messages
 
-__all__ = ["WRITER_VERSION", "candidate_spans", "writer_schema", "write_pairs", "strip_date"]
+__all__ = ["WRITER_VERSION", "candidate_spans", "answer_spans", "span_kind", "question_schema", "pick_schema",
+           "write_pairs", "strip_date"]
 
 _DATE_PREFIX = re.compile(r"^\s*\[([^\]]+)\]\s*")
 _MONTH = ("January|February|March|April|May|June|July|August|September|October|November|December")
@@ -47,7 +49,6 @@ day days week weeks month months year years today yesterday tomorrow tonight mor
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9'’.-]*[A-Za-z0-9]|[A-Za-z0-9]")
 MAX_SPAN_WORDS = 5
 MAX_SPANS = 24
-QUESTION_WORDS = ("What", "Where", "When", "Who", "Which", "How many", "How")
 
 
 def strip_date(text: str) -> tuple[str | None, str]:
@@ -100,75 +101,155 @@ def _name(user: str) -> str:
     return user.rpartition(":")[2].strip() or user
 
 
-def writer_schema(spans: Sequence[str], user: str, n_pairs: int) -> dict:
-    """JSON schema of one reply: 1..n_pairs items, answer one of ``spans``, question naming the user."""
-    if not spans:
-        raise ValueError("spans: no candidate answer in the observation")
+def span_kind(span: str, text: str) -> str:
+    """What kind of thing ``span`` is in ``text``: "date", "number", "name" or "thing".
+
+    A name is a span with a capital letter that does not merely open a sentence (so it is a
+    proper noun: "Harbour Health", "Lena"); the kind picks the question's wh-word.
+    """
+    words = span.split()
+    if _DATE.fullmatch(span) or (words and all(w.lower().rstrip("s") in _TIME_NAMES for w in words)):
+        return "date"
+    if any(ch.isdigit() for ch in span) or any(w.lower() in _NUMBER_WORDS for w in words):
+        return "number"
+    _, body = strip_date(text)
+    capital = [i for i, w in enumerate(words) if w[:1].isupper()]
+    if capital and (capital != [0] or len(words) > 1 or
+                    re.search(rf"(?:[a-z0-9,] ){re.escape(span)}\b", body)):
+        return "name"
+    return "thing"
+
+
+_TIME_NAMES = frozenset(("monday tuesday wednesday thursday friday saturday sunday weekend evening morning "
+                         "afternoon night christmas easter summer winter spring autumn " + _MONTH.replace("|", " ")
+                         ).lower().split())
+_NUMBER_WORDS = frozenset("two three four five six seven eight nine ten eleven twelve twenty thirty forty "
+                          "fifty hundred thousand dozen".split())
+# the wh-words a question about each kind of span may open with
+STEMS = {"date": ("When",), "number": ("How many", "How much", "How long", "How far", "What"),
+         "name": ("Who", "Where", "What", "Which"), "thing": ("What", "Where", "Which", "How", "Who")}
+_KIND_ORDER = {"name": 0, "number": 1, "date": 2, "thing": 3}
+
+
+def answer_spans(text: str, user: str, n: int) -> list[tuple[str, str]]:
+    """Up to ``n`` ``(span, kind)`` answers to ask about, most specific first.
+
+    Names, then numbers, then dates written in the text (the prefix date only when the text
+    has no other date: "When did Maya ...?" asks about the event, which the prefix dates), then
+    noun runs of at least two words; single common words ("fine", "visiting") are not asked.
+    """
+    date, _ = strip_date(text)
+    spans = candidate_spans(text, user)
+    kinds = [(s, span_kind(s, text)) for s in spans]
+    body_dates = [s for s, k in kinds if k == "date" and s != date]
+    picked = []
+    for s, k in kinds:
+        if k == "thing" and len(s.split()) < 2:
+            continue
+        if s == date and body_dates:
+            continue
+        picked.append((s, k))
+    picked.sort(key=lambda sk: _KIND_ORDER[sk[1]])
+    return picked[:n]
+
+
+def question_schema(kind: str, user: str) -> dict:
+    """JSON schema of one written question: opens with a wh-word of ``kind``, names the user, ends with "?"."""
+    if kind not in STEMS:
+        raise ValueError(f"kind must be one of {tuple(STEMS)}, got {kind!r}")
     name = re.escape(_name(user))
     word = r"[A-Za-z0-9'-]+"
-    lead = "|".join(QUESTION_WORDS)
-    question = rf"^({lead})( {word}){{0,8}} {name}('s)?( {word}){{1,10}}\?$"
-    # the question is written first, then its answer picked among the spans: answer-first, SmolLM2-135M
-    # picked the first span and wrote a question about something else
-    item = {"type": "object", "additionalProperties": False, "required": ["question", "answer"],
-            "properties": {"question": {"type": "string", "pattern": question, "maxLength": 160},
-                           "answer": {"enum": list(spans)}}}
-    return {"type": "array", "minItems": 1, "maxItems": n_pairs, "items": item}
+    lead = "|".join(STEMS[kind])
+    pattern = rf"^({lead})( {word}){{0,8}} {name}('s)?( {word}){{1,10}}\?$"
+    return {"type": "object", "additionalProperties": False, "required": ["question"],
+            "properties": {"question": {"type": "string", "pattern": pattern, "maxLength": 160}}}
+
+
+def pick_schema(spans: Sequence[str]) -> dict:
+    """JSON schema of the round-trip check's reply: one of the observation's spans."""
+    if not spans:
+        raise ValueError("spans: no candidate answer in the observation")
+    return {"type": "object", "additionalProperties": False, "required": ["answer"],
+            "properties": {"answer": {"enum": list(spans)}}}
+
+
+def _run(chat, jobs: list, max_new: int, batch_size: int, stats: dict) -> list:
+    """The chat's replies to ``[(messages, schema), ...]``: under the grammar when the chat has
+    ``structured_batch``, else validated text; ``None`` for a reply that failed (counted)."""
+    out: list = []
+    constrained = callable(getattr(chat, "structured_batch", None))
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start:start + batch_size]
+        if constrained:
+            try:
+                out += chat.structured_batch([m for m, _ in chunk], [s for _, s in chunk], max_new_tokens=max_new)
+                continue
+            except StructuredOutputError:
+                pass  # one cut-off row: redo the rows one by one
+        for m, s in chunk:
+            try:
+                out.append(chat.structured_batch([m], [s], max_new_tokens=max_new)[0] if constrained
+                           else parse_reply(chat(m), s))
+            except StructuredOutputError:
+                stats["malformed_generations"] += 1
+                out.append(None)
+            except Exception:  # a failed generation is counted, never fatal
+                stats["errors"] += 1
+                out.append(None)
+    return out
 
 
 def write_pairs(chat, texts: Sequence[str], user: str, n_pairs: int, batch_size: int = 8,
-                stats: dict | None = None) -> list[list[tuple[str, str]]]:
-    """Pairs ``[(question, answer), ...]`` for each observation text (``[]`` for one that failed).
+                stats: dict | None = None, round_trip: bool = True) -> list[list[tuple[str, str]]]:
+    """Pairs ``[(question, answer), ...]`` for each observation text (``[]`` for one with none).
 
-    ``stats`` (optional) is updated with ``prompts``, ``no_spans`` (observations with no
-    candidate answer), ``malformed_generations`` (replies invalid or cut off) and ``errors``
-    (generation raised).
+    Answer first: the answers are picked by :func:`answer_spans` (up to ``n_pairs`` per
+    observation), and the model writes one question per answer under :func:`question_schema`
+    (its wh-word fits the answer's kind). With ``round_trip`` the model then answers each
+    question from the observation, picking among all its candidate spans
+    (:func:`pick_schema`); a pair whose pick is not its answer is dropped: the question does
+    not ask for what it claims to.
+
+    ``stats`` (optional) is updated with ``prompts``, ``no_spans`` (observations with nothing
+    to ask), ``malformed_generations`` (replies invalid or cut off), ``errors`` (generation
+    raised), ``round_trip_checked``, ``round_trip_failed`` and ``duplicate_questions`` (a question
+    already written for another answer: dropped).
     """
     stats = stats if stats is not None else {}
-    for k in ("prompts", "no_spans", "malformed_generations", "errors"):
+    for k in ("prompts", "no_spans", "malformed_generations", "errors", "round_trip_checked",
+              "round_trip_failed", "duplicate_questions"):
         stats.setdefault(k, 0)
     name = _name(user)
-    jobs = []
-    out: list[list[tuple[str, str]]] = [[] for _ in texts]
+    asks = []  # (text index, span, all spans)
     for i, text in enumerate(texts):
-        spans = candidate_spans(text, user)
-        if not spans:
+        answers = answer_spans(text, user, n_pairs)
+        if not answers:
             stats["no_spans"] += 1
             continue
-        jobs.append((i, writer_messages(text, name, spans, n_pairs), writer_schema(spans, user, n_pairs)))
-    constrained = callable(getattr(chat, "structured_batch", None))
-    max_new = 76 * n_pairs + 8  # the longest valid reply (160-char question, 80-char answer) fits
-    for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start:start + batch_size]
-        stats["prompts"] += len(chunk)
-        if constrained:
-            try:
-                replies = chat.structured_batch([m for _, m, _ in chunk], [s for _, _, s in chunk],
-                                                max_new_tokens=max_new)
-            except StructuredOutputError:
-                replies = []
-                for _, m, s in chunk:  # one cut-off row: redo the rows one by one
-                    try:
-                        replies.append(chat.structured_batch([m], [s], max_new_tokens=max_new)[0])
-                    except StructuredOutputError:
-                        stats["malformed_generations"] += 1
-                        replies.append([])
-        else:
-            replies = []
-            for _, m, s in chunk:
-                try:
-                    replies.append(parse_reply(chat(m), s))
-                except StructuredOutputError:
-                    stats["malformed_generations"] += 1
-                    replies.append([])
-                except Exception:  # a failed generation is counted, never fatal
-                    stats["errors"] += 1
-                    replies.append([])
-        for (i, _, _), items in zip(chunk, replies):
-            seen = set()
-            for item in items:  # one pair per answer and per question (the first one written)
-                keys = ("a:" + item["answer"].lower(), "q:" + " ".join(item["question"].lower().split()))
-                if not seen.intersection(keys):
-                    seen.update(keys)
-                    out[i].append((item["question"], item["answer"]))
+        spans = candidate_spans(text, user)
+        asks += [(i, span, kind, spans) for span, kind in answers]
+    stats["prompts"] += len(asks)
+    replies = _run(chat, [(question_messages(texts[i], name, span), question_schema(kind, user))
+                          for i, span, kind, _ in asks], 60, batch_size, stats)
+    written = [(i, r["question"], span, spans) for (i, span, _, spans), r in zip(asks, replies) if r is not None]
+    if round_trip and written:
+        picks = _run(chat, [(pick_messages(texts[i], q, spans), pick_schema(spans)) for i, q, _, spans in written],
+                     40, batch_size, stats)
+        stats["round_trip_checked"] += len(written)
+        kept = []
+        for w, p in zip(written, picks):
+            if p is not None and p["answer"].lower() == w[2].lower():
+                kept.append(w)
+            else:
+                stats["round_trip_failed"] += 1
+        written = kept
+    out: list[list[tuple[str, str]]] = [[] for _ in texts]
+    seen: set[str] = set()
+    for i, q, span, _ in written:
+        key = " ".join(q.lower().split())
+        if key in seen:  # one answer per question (a question asked twice teaches a coin toss)
+            stats["duplicate_questions"] += 1
+            continue
+        seen.add(key)
+        out[i].append((q, span))
     return out

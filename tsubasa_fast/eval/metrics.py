@@ -33,6 +33,7 @@ from functools import lru_cache
 from typing import Any, Iterable, Mapping
 
 from ..core import CATEGORY_NAMES
+from ..text import set_tokens, token_f1  # noqa: F401 (defined once, in text)
 
 ANSWERABLE_CATEGORIES = (1, 2, 3, 4)
 ADVERSARIAL_PHRASES = ("no information available", "not mentioned")
@@ -43,7 +44,6 @@ LENIENT_ADVERSARIAL_PHRASES = ADVERSARIAL_PHRASES + (
 )
 SCORE_KEYS = ("f1", "f1_stemmed", "bleu1")
 
-_PUNCT_TO_SPACE = str.maketrans({c: " " for c in string.punctuation})
 _PUNCT_DROP = str.maketrans("", "", string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the|and)\b")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -59,22 +59,6 @@ def _nltk(what: str):
     except ImportError:
         raise ImportError(f"{what} needs nltk: pip install nltk (it is in the 'distill' extra)") from None
     return nltk
-
-
-# ------------------------------------------------------------------ Mem0-style set F1
-def set_tokens(text: Any) -> set[str]:
-    """Mem0-style tokens: lowercase, punctuation -> spaces, unique words."""
-    return set(_text(text).lower().translate(_PUNCT_TO_SPACE).split())
-
-
-def token_f1(prediction: Any, reference: Any) -> float:
-    """Set-based token F1 (Mem0 / A-MEM); 0.0 when either side has no tokens."""
-    pred, ref = set_tokens(prediction), set_tokens(reference)
-    common = len(pred & ref)
-    if not pred or not ref or not common:
-        return 0.0
-    p, r = common / len(pred), common / len(ref)
-    return 2 * p * r / (p + r)
 
 
 # ------------------------------------------------------------------ LoCoMo's stemmed F1
