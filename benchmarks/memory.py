@@ -4,6 +4,7 @@
     python -m benchmarks.memory --skip-recall   # timings only
     python -m benchmarks.memory --json benchmarks/results/memory.json
     python -m benchmarks.memory --store-only 10000 20000   # store timings + HNSW recall only
+    python -m benchmarks.memory --first-search STORE conv-26   # a fresh process's first search
 
 Timings (not tests): store write overhead per record excluding embedding (pre-computed
 vectors), search p50 at 10,000 memories of one user (384-d, HNSW), ingest of one LoCoMo
@@ -155,6 +156,37 @@ def bench_recall(locomo: Path) -> list[dict]:
     return rows
 
 
+def bench_first_search(store_path: Path, conversation: str, query: str = "When did Caroline go to the LGBTQ support group?") -> dict:
+    """A fresh process's first ``search_conversation`` over one LoCoMo conversation's store
+    (the pool is built: BM25 indexes, units and their vectors), then a second one; MiniLM is
+    loaded and warmed before the clock starts. Counts the texts the embedder is given."""
+    from tsubasa_fast.memory.retrieval import Retriever
+    from tsubasa_fast.memory.store import open_store
+
+    store = open_store(store_path, must_exist=True)
+    store.embedder.embed(["warm up"])
+    texts = []
+    inner = store.embedder.embed
+
+    def counting(batch):
+        texts.extend(batch)
+        return inner(batch)
+
+    store.embedder.embed = counting
+    users = sorted(u for u in store.users() if u.startswith(conversation + ":"))
+    r = Retriever(store)
+    t = time.perf_counter()
+    r.search_users(users, query, 3)
+    first = time.perf_counter() - t
+    n_first = len(texts)
+    t = time.perf_counter()
+    r.search_users(users, query, 3)
+    second = time.perf_counter() - t
+    store.close()
+    return {"store": str(store_path), "users": users, "first_s": round(first, 3), "second_s": round(second, 4),
+            "texts_embedded_first": n_first, "texts_embedded_second": len(texts) - n_first}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--locomo", type=Path, default=DEV, help="LoCoMo file (default: the shared dev file)")
@@ -162,7 +194,12 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, default=None, help="write all results here")
     p.add_argument("--store-only", type=int, nargs="+", metavar="N", default=None,
                    help="only the store benchmark, at these sizes (e.g. 10000 20000)")
+    p.add_argument("--first-search", nargs=2, metavar=("STORE", "CONVERSATION"), default=None,
+                   help="only the first-search cost of a fresh process on an existing store")
     args = p.parse_args(argv)
+    if args.first_search:
+        print(json.dumps(bench_first_search(Path(args.first_search[0]), args.first_search[1])), flush=True)
+        return 0
     if args.store_only:
         rows = [bench_store(n) for n in args.store_only]
         for r in rows:
