@@ -318,7 +318,7 @@ def bench_llm_rerank(store_path: Path, locomo: Path, every: int = 6, depth: int 
     out = [{"variant": f"default on these {len(rows)} questions", **_recall(rows, base)}]
     for key in ("rel", "upr"):
         out.append({"variant": f"{key} alone", **_recall(rows, [np.argsort(-r[key], kind="stable").tolist() for r in rows])})
-        for w in (0.25, 0.5, 1.0):
+        for w in (0.1, 0.25, 0.5, 1.0):
             orders = [np.argsort(-(z(r["s"]) + w * z(r[key])), kind="stable").tolist() for r in rows]
             out.append({"variant": f"z(default) + {w} z({key})", **_recall(rows, orders)})
     out.append({"variant": "seconds per question (both scorers)", "s": round(secs, 1)})
