@@ -7,6 +7,7 @@
     python -m benchmarks.memory --first-search STORE conv-26   # a fresh process's first search
     python -m benchmarks.memory --rerank-variants STORE        # reorderings of the default top 20
     python -m benchmarks.memory --llm-rerank STORE --every 6   # SmolLM2-135M rerank probe (slow)
+    python -m benchmarks.memory --add-uncovered-turns STORE    # + raw turns no live memory cites
 
 Timings (not tests): store write overhead per record excluding embedding (pre-computed
 vectors), search p50 at 10,000 memories of one user (384-d, HNSW), ingest of one LoCoMo
@@ -325,6 +326,29 @@ def bench_llm_rerank(store_path: Path, locomo: Path, every: int = 6, depth: int 
     return out
 
 
+def add_uncovered_turns(store_path: Path, locomo: Path) -> dict:
+    """Adds to an (evolved) store the raw utterances that no live memory of their conversation
+    cites, as ``memory ingest --source utterances`` writes them (static ADD, the same op keys)."""
+    from tsubasa_fast.memory.evolution import Decision, apply_decision
+    from tsubasa_fast.memory.ingest import session_observations
+    from tsubasa_fast.memory.locomo import load_locomo
+    from tsubasa_fast.memory.store import open_store
+
+    store = open_store(store_path, must_exist=True)
+    added = 0
+    for c in load_locomo(locomo):
+        cited = {d for u in c.user_ids for r in store.all(u) for d in r.dia_ids}
+        todo = [o for s in c.sessions for o in session_observations(c, s, "utterances")[0]
+                if o.source["dia_ids"][0] not in cited]
+        for o, v in zip(todo, store.embedder.embed([o.text for o in todo]) if todo else []):
+            o.vec = v
+            apply_decision(store, o, Decision("ADD", decision_source="static"))
+            added += 1
+    live = store.count()
+    store.close()
+    return {"store": str(store_path), "added": added, "live": live}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--locomo", type=Path, default=DEV, help="LoCoMo file (default: the shared dev file)")
@@ -339,7 +363,12 @@ def main(argv=None) -> int:
     p.add_argument("--llm-rerank", type=Path, metavar="STORE", default=None,
                    help="only the SmolLM2 rerank probe on an existing store")
     p.add_argument("--every", type=int, default=6, help="--llm-rerank: every n-th question (default 6)")
+    p.add_argument("--add-uncovered-turns", type=Path, metavar="STORE", default=None,
+                   help="only: add the raw turns no live memory cites to an existing store")
     args = p.parse_args(argv)
+    if args.add_uncovered_turns:
+        print(json.dumps(add_uncovered_turns(args.add_uncovered_turns, args.locomo)), flush=True)
+        return 0
     if args.rerank_variants or args.llm_rerank:
         rows = (bench_rerank_variants(args.rerank_variants, args.locomo) if args.rerank_variants
                 else bench_llm_rerank(args.llm_rerank, args.locomo, args.every))
