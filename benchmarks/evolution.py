@@ -136,8 +136,9 @@ def score_case(case: dict, store, search, ops: list[str], live: list[str] | None
     return CaseResult(case["id"], case["kind"], not fails, fails, ops, ops_ok, tops)
 
 
-def run_suite(cases: list[dict], manager, embedder, workdir: Path) -> list[CaseResult]:
-    """Ingest every case like ``memory ingest --source observations`` and score it."""
+def run_suite(cases: list[dict], manager, embedder, workdir: Path, progress: bool = False) -> list[CaseResult]:
+    """Ingest every case like ``memory ingest --source observations`` and score it; ``progress``
+    prints each case's result as it is scored (a run stopped early still tells its figure so far)."""
     from tsubasa_fast.memory import MemoryStore
     from tsubasa_fast.memory.ingest import ingest_conversation
     from tsubasa_fast.memory.locomo import load_locomo
@@ -154,6 +155,11 @@ def run_suite(cases: list[dict], manager, embedder, workdir: Path) -> list[CaseR
             ingest_conversation(store, conv, "observations", manager, date_prefix=False,
                                 speakers=(conv.speaker_a,), on_decision=lambda o, d: ops.append(d.op))
             results.append(score_case(case, store, search, ops))
+            if progress:
+                r = results[-1]
+                print(f"  case {len(results)}/{len(cases)} {r.id}: {'pass' if r.passed else 'FAIL'} ops {r.ops} "
+                      f"(passed so far {sum(x.passed for x in results)}/{len(results)}; "
+                      f"stats {dict(manager.stats)})", flush=True)
     finally:
         store.close()
     return results
@@ -256,6 +262,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=None, help="causal LM folder for the llm manager (default SmolLM2-135M)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("-v", "--verbose", action="store_true", help="print each failed check")
+    ap.add_argument("--progress", action="store_true", help="print each case's result as it is scored")
     ap.add_argument("--cli", action="store_true",
                     help="also: the default manager through the CLI (memory ingest / search --json -k 1 / export)")
     ap.add_argument("--locomo-recall", action="store_true",
@@ -279,7 +286,7 @@ def main(argv=None) -> int:
         manager = make(name, chat)
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
-            results = run_suite(cases, manager, embedder, Path(tmp))
+            results = run_suite(cases, manager, embedder, Path(tmp), progress=args.progress)
         s = summarise(results)
         s["seconds"] = round(time.perf_counter() - t0, 1)
         s["manager_stats"] = dict(manager.stats)

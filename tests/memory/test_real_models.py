@@ -61,3 +61,28 @@ def test_smollm2_extractor_on_tiny_session(tmp_path):
     assert len(store.raw_sessions("conv-t:Ann")) == 1
     assert 2 <= len(replies) <= 4 and all(isinstance(r, str) and r.strip() for r in replies)
     store.close()
+
+
+def test_stored_unit_vectors_equal_single_minilm_embeddings(minilm, tmp_path):
+    """The vectors an UPDATE stores for its observation (embedded in the pipeline's batch) are
+    MiniLM's embedding of that observation alone, computed afresh."""
+    import sqlite3
+
+    from tsubasa_fast.memory.evolution import Decision, Observation, apply_decision
+
+    texts = ["Caroline adopted a rescue dog.", "Caroline's dog is called Max and loves the beach.",
+             "Caroline is studying counseling at night school."]
+    vecs = minilm.embed(texts)
+    obs = [Observation("u", t, "2023-05-08", {"dia_ids": [f"D1:{i}"]}, f"k{i}", vec=v)
+           for i, (t, v) in enumerate(zip(texts, vecs))]
+    s = MemoryStore(tmp_path / "s", minilm)
+    rec = apply_decision(s, obs[0], Decision("ADD"))
+    rec = apply_decision(s, obs[1], Decision("UPDATE", rec.id, "Caroline adopted a rescue dog, Max, who loves the beach."))
+    apply_decision(s, obs[2], Decision("ADD"))
+    s.close()
+    db = sqlite3.connect(tmp_path / "s" / "memory.sqlite")
+    rows = db.execute("SELECT record_id, embedding FROM observation_vectors").fetchall()
+    db.close()
+    assert [r for r, _ in rows] == [rec.id]
+    fresh = MiniLMEmbedder().embed([texts[1]])[0]  # a second model instance, the text alone
+    np.testing.assert_allclose(np.frombuffer(rows[0][1], np.float32), fresh, atol=1e-4)

@@ -1,4 +1,4 @@
-"""Soft delete (status 'deleted') and the schema 1 -> 2 migration of existing store files.
+"""Soft delete (status 'deleted') and the migration of schema-1 store files (1 -> 2 -> 3).
 
 ``data/store_v1`` is a store written by the schema-1 code (commit 476a248, the last before
 'deleted' existed) with HashingEmbedder(64) and hnsw_threshold=3::
@@ -155,8 +155,9 @@ def test_schema_1_store_opens_and_migrates(tmp_path):
     s = MemoryStore(path, HashingEmbedder(64), hnsw_threshold=3)
     cols = "id, user_id, text, version, status, supersedes, superseded_by, root_id, chg"
     assert _raw(path, f"SELECT {cols} FROM records ORDER BY id") == V1_RECORDS
-    assert _raw(path, "SELECT value FROM meta WHERE key='schema_version'") == [("2",)]
+    assert _raw(path, "SELECT value FROM meta WHERE key='schema_version'") == [("3",)]
     assert "'deleted'" in _records_sql(path)
+    assert _raw(path, "SELECT COUNT(*) FROM observation_vectors") == [(0,)]  # schema 3's table, empty
     assert _raw(path, "PRAGMA foreign_key_check") == []
     assert sorted(n for (n,) in _raw(path, "SELECT name FROM sqlite_master WHERE type='index'"
                                            " AND tbl_name='records' AND sql IS NOT NULL")) == \
@@ -215,7 +216,7 @@ def test_kill9_during_migration_leaves_schema_1(tmp_path):
     assert _raw(path, "SELECT * FROM records ORDER BY id") == before
     assert _raw(path, "SELECT value FROM meta WHERE key='schema_version'") == [("1",)]
     with MemoryStore(path, HashingEmbedder(64), hnsw_threshold=3) as s:  # migrates now
-        assert _raw(path, "SELECT value FROM meta WHERE key='schema_version'") == [("2",)]
+        assert _raw(path, "SELECT value FROM meta WHERE key='schema_version'") == [("3",)]
         assert [r.text for r in s.all("ann")] == [V1_RECORDS[0][2], V1_RECORDS[2][2], V1_RECORDS[3][2]]
 
 
@@ -223,10 +224,10 @@ def test_newer_schema_is_refused(tmp_path):
     path = tmp_path / "s"
     MemoryStore(path, HashingEmbedder(64)).close()
     db = sqlite3.connect(path / "memory.sqlite")
-    db.execute("UPDATE meta SET value='3' WHERE key='schema_version'")
+    db.execute("UPDATE meta SET value='4' WHERE key='schema_version'")
     db.commit()
     db.close()
-    with pytest.raises(StoreVersionError, match="schema version 3, newer than this tsubasa_fast knows"):
+    with pytest.raises(StoreVersionError, match="schema version 4, newer than this tsubasa_fast knows"):
         MemoryStore(path, HashingEmbedder(64))
 
 

@@ -397,7 +397,7 @@ def apply_decision(store: MemoryStore, obs: Observation, d: Decision):
     if d.op == "ADD":
         return store.add(obs.user_id, obs.text, embedding=obs.vec, **common)
     if d.op in ("UPDATE", "RECONCILE"):
-        return store.rewrite(d.target_id, d.text, op=d.op, **common)
+        return store.rewrite(d.target_id, d.text, op=d.op, observation_embedding=obs.vec, **common)
     store.log_decision(obs.user_id, "IGNORE", target_id=d.target_id, decision_source=d.decision_source,
                        op_key=obs.key, payload=dict(payload, source=obs.source))
     return None

@@ -18,7 +18,8 @@ returns exactly min(k, live) results.
 
 An evolved record (UPDATE / RECONCILE merged several observations into one text) is also scored
 by its *units*: the observations its version chain absorbed, each with its own date and cited
-utterances (:func:`memory_units`). Its BM25 score is the best of the merged text's and its units',
+utterances (:func:`memory_units`; their vectors are read from the store, :func:`unit_vectors`,
+not re-embedded). Its BM25 score is the best of the merged text's and its units',
 its cosine the mean of the merged text's and its best unit's, so merging does not dilute either side.
 Results are diversified by provenance (``diversify``): a record whose cited utterances all appear
 in higher-ranked results is moved below the ones that add evidence.
@@ -126,6 +127,11 @@ def memory_units(store: MemoryStore, user_id: str, records: Sequence[Record]) ->
     The text is the observation the event log recorded for the write that made the version
     (the version's own text when the log has none, e.g. a user's rewrite).
     """
+    return {rid: [u[:3] for u in units] for rid, units in _unit_chains(store, user_id, records).items()}
+
+
+def _unit_chains(store: MemoryStore, user_id: str, records: Sequence[Record]):
+    """:func:`memory_units` with the id of the version each unit comes from as a fourth item."""
     multi = [r for r in records if r.version > 1]
     if not multi:
         return {}
@@ -133,9 +139,9 @@ def memory_units(store: MemoryStore, user_id: str, records: Sequence[Record]) ->
     observed: dict[int, str] = {}
     for e in store.events(user_id):
         obs = (e.get("payload") or {}).get("observation")
-        if e.get("op") in ("ADD", "UPDATE", "RECONCILE") and e.get("record_id") and isinstance(obs, str) and obs:
+        if e.get("op") in ("ADD", "UPDATE", "RECONCILE") and e.get("record_id") and isinstance(obs, str) and obs.strip():
             observed[e["record_id"]] = obs
-    out: dict[int, list[tuple[str, list[str], str | None]]] = {}
+    out: dict[int, list[tuple[str, list[str], str | None, int]]] = {}
     for r in multi:
         chain, v = [], r
         while v is not None:
@@ -145,8 +151,30 @@ def memory_units(store: MemoryStore, user_id: str, records: Sequence[Record]) ->
         for v in reversed(chain):
             new = [d for d in v.dia_ids if d not in cited]
             cited.update(v.dia_ids)
-            units.append((observed.get(v.id, v.text), new, v.observed_at))
+            units.append((observed.get(v.id, v.text), new, v.observed_at, v.id))
         out[r.id] = units
+    return out
+
+
+def unit_vectors(store: MemoryStore, units: Sequence[tuple[str, int]]) -> np.ndarray:
+    """Vectors of units given as ``(text, version id)``, float64, read from the store: the
+    observation's stored vector (observation_vectors), or the version's own when the unit is its
+    text. Only units the store has no vector for (versions written before schema 3) are embedded."""
+    if not units:
+        return np.zeros((0, store.dim))
+    stored = store.db.version_vectors(sorted({v for _, v in units}))
+    out = np.zeros((len(units), store.dim), dtype=np.float64)
+    missing = []
+    for i, (text, vid) in enumerate(units):
+        vtext, own, obs = stored.get(vid, (None, None, None))
+        if obs is not None:
+            out[i] = np.frombuffer(obs, dtype=np.float32)
+        elif own is not None and text == vtext:
+            out[i] = np.frombuffer(own, dtype=np.float32)
+        else:
+            missing.append(i)
+    if missing:
+        out[missing] = store.embedder.embed([units[i][0] for i in missing]).astype(np.float64)
     return out
 
 
@@ -239,12 +267,13 @@ class Retriever:
         for n, u in enumerate(user_ids):
             turns = session_turns(self.store, u) if self.mode != "dense" else {}
             got = self.store.all(u)
-            chains = memory_units(self.store, u, got) if self.units else {}
+            chains = _unit_chains(self.store, u, got) if self.units else {}
             for r in got:
                 lex = lexical_text(r, turns)
                 if r.id in chains:
                     own = r.source.get("kind") == "utterances"
-                    units += [(len(recs), _lexical(d, t, ids, own, turns), t) for t, ids, d in chains[r.id]]
+                    units += [(len(recs), _lexical(d, t, ids, own, turns), (t, vid))
+                              for t, ids, d, vid in chains[r.id]]
                 else:
                     units.append((len(recs), lex, None))  # a single-version record is its own unit
                 recs.append((r, lex))
@@ -258,8 +287,7 @@ class Retriever:
         if self.units and recs:
             unit_bm25 = bm25s.BM25(k1=BM25_K1, b=BM25_B)
             unit_bm25.index(tokenize([t for _, t, _ in units]), show_progress=False)
-        unit_vecs = (self.store.embedder.embed([t for _, t in merged]).astype(np.float64) if merged
-                     else np.zeros((0, 1)))
+        unit_vecs = unit_vectors(self.store, [t for _, t in merged]) if merged else np.zeros((0, 1))
         data = ([r for r, _ in recs], np.array(owner, dtype=np.int64), bm25,
                 (unit_bm25, unit_of, np.array([i for i, _ in merged], dtype=np.int64), unit_vecs))
         self._cache[user_ids] = (stamp, data)

@@ -211,25 +211,34 @@ class MemoryStore:
 
     def add(self, user_id: str, text: str, *, observed_at: str | None = None,
             source: dict | None = None, decision_source: str = "user", op_key: str | None = None,
-            embedding: np.ndarray | None = None, payload: dict | None = None) -> Record:
-        """Append a new live record (decision ADD). Idempotent when ``op_key`` is given."""
+            embedding: np.ndarray | None = None, payload: dict | None = None,
+            observation_embedding: np.ndarray | None = None) -> Record:
+        """Append a new live record (decision ADD). Idempotent when ``op_key`` is given.
+
+        A ``payload['observation']`` that differs from ``text`` has its vector stored with the
+        record (``observation_embedding``, else embedded here) for retrieval by units."""
         return self._commit(self._plan("ADD", user_id=user_id, text=text, observed_at=observed_at,
                                        source=source, decision_source=decision_source, op_key=op_key,
-                                       embedding=embedding, payload=payload))
+                                       embedding=embedding, payload=payload,
+                                       observation_embedding=observation_embedding))
 
     def rewrite(self, target_id: int, text: str, *, op: str = "UPDATE", observed_at: str | None = None,
                 source: dict | None = None, decision_source: str = "user", op_key: str | None = None,
-                embedding: np.ndarray | None = None, payload: dict | None = None) -> Record:
+                embedding: np.ndarray | None = None, payload: dict | None = None,
+                observation_embedding: np.ndarray | None = None) -> Record:
         """UPDATE or RECONCILE: write a new version of ``target_id``; the old one is superseded.
 
         The new version's source dia_ids are the union of the old and the new ones, so the
-        evidence trail survives the rewrite.
+        evidence trail survives the rewrite. The observation it absorbed
+        (``payload['observation']``, when it differs from ``text``) has its vector stored in the
+        same transaction (``observation_embedding``, else embedded here).
         """
         if op not in REWRITE_OPS:
             raise InputError(f"must be one of {REWRITE_OPS}, got {op!r}", field="op")
         return self._commit(self._plan(op, target_id=target_id, text=text, observed_at=observed_at,
                                        source=source, decision_source=decision_source, op_key=op_key,
-                                       embedding=embedding, payload=payload))
+                                       embedding=embedding, payload=payload,
+                                       observation_embedding=observation_embedding))
 
     def delete(self, record_id: int, *, decision_source: str = "user", op_key: str | None = None,
                payload: dict | None = None) -> Record:

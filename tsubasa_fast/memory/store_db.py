@@ -34,9 +34,11 @@ try:
 except ImportError:  # pragma: no cover
     fcntl = None
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # 1: records.status live | superseded. 2: adds 'deleted' (a soft delete: the version stays
-# readable in its history, searches skip it). Older stores are migrated on open.
+# readable in its history, searches skip it). 3: adds observation_vectors (the embedding of the
+# observation a version absorbed, when it differs from the version's text: retrieval scores an
+# evolved memory by its observations without re-embedding them). Older stores are migrated on open.
 STATUSES = ("live", "superseded", "deleted")
 SQLITE_HEADER = b"SQLite format 3\x00"
 
@@ -82,8 +84,13 @@ CREATE TABLE IF NOT EXISTS raw_sessions (
     created_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS observation_vectors (
+    record_id INTEGER PRIMARY KEY REFERENCES records(id),
+    embedding BLOB NOT NULL
+);
 """
-_TABLES = {"meta", "records", "events", "raw_sessions", "kv"}
+_OBSERVATION_VECTORS_DDL = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS observation_vectors"):].strip().rstrip(";")
+_TABLES = {"meta", "records", "events", "raw_sessions", "kv"}  # present in every schema version
 _RECORDS_DDL = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS records"):_SCHEMA.index(");\nCREATE INDEX") + 1]
 _RECORD_INDEXES = [ln for ln in _SCHEMA.splitlines() if ln.startswith("CREATE INDEX IF NOT EXISTS records_")]
 
@@ -342,6 +349,9 @@ class StoreDB:
         """Brings a store of an older schema up to :data:`SCHEMA_VERSION` in ONE write
         transaction (a crash leaves the old schema intact); returns the new meta rows.
 
+        2 -> 3: the table observation_vectors is created (empty: retrieval embeds the observations
+        of versions written before it, as it did then).
+
         1 -> 2: the records table gains the status 'deleted'. SQLite cannot alter a CHECK
         constraint, so the table is rebuilt: new table, rows copied with their ids, the old
         one dropped, the new one renamed, its indexes and AUTOINCREMENT counter restored
@@ -377,6 +387,9 @@ class StoreDB:
                 if bad:
                     raise StoreCorruptError(f"{self.path}: migrating to schema 2 found {len(bad)} broken "
                                             f"version links (first: {bad[0]}); nothing was changed")
+            if current < 3:
+                db.execute(_OBSERVATION_VECTORS_DDL)
+            if current < SCHEMA_VERSION:
                 db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
                            (str(SCHEMA_VERSION),))
                 db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('migrated_at', ?)", (now(),))
@@ -420,6 +433,23 @@ class StoreDB:
             db.execute("UPDATE records SET status='superseded', superseded_by=?, chg=? WHERE id=?",
                        (rid, chg, supersedes))
         return rid
+
+    @staticmethod
+    def insert_observation_vector(db: sqlite3.Connection, record_id: int, embedding: bytes) -> None:
+        db.execute("INSERT INTO observation_vectors(record_id, embedding) VALUES (?, ?)", (record_id, embedding))
+
+    def version_vectors(self, ids: Sequence[int]) -> dict[int, tuple[str, bytes, bytes | None]]:
+        """Record id -> (its text, its embedding, the embedding of the observation it absorbed or
+        None), read in one snapshot."""
+        out: dict[int, tuple[str, bytes, bytes | None]] = {}
+        ids = list(ids)
+        with self.read() as db:
+            for i in range(0, len(ids), 500):
+                part = ids[i:i + 500]
+                out.update({rid: (text, emb, obs) for rid, text, emb, obs in db.execute(
+                    "SELECT r.id, r.text, r.embedding, o.embedding FROM records r LEFT JOIN observation_vectors o"
+                    f" ON o.record_id = r.id WHERE r.id IN ({','.join('?' * len(part))})", part)})
+        return out
 
     @staticmethod
     def mark_deleted(db: sqlite3.Connection, record_id: int, chg: int) -> None:

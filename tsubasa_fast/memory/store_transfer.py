@@ -32,7 +32,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, St
 
 from ..fileio import atomic_write_bytes
 from .store_db import RecordNotFoundError, StaleTargetError
-from .store_writes import DECISION_SOURCES, DELETE_OP, WRITE_OPS, apply_delete, apply_write, check_user, plan_write
+from .store_writes import (DECISION_SOURCES, DELETE_OP, WRITE_OPS, apply_delete, apply_write, check_user,
+                           observation_of, plan_write)
 
 
 class ImportFormatError(ValueError):
@@ -285,7 +286,8 @@ def _present_event(store, ln: EventLine) -> bool:
     return store.db.event_for_key(f"import:{o_store}:event:{o_seq}") is not None
 
 
-def _import_record(store, db, ln: RecordLine, vec, mapping: dict, applied: list, result: ImportResult) -> None:
+def _import_record(store, db, ln: RecordLine, vec, obs_vec, mapping: dict, applied: list,
+                   result: ImportResult) -> None:
     local = _present_record(store, ln)
     if local is not None:
         mapping[ln.id] = local
@@ -296,7 +298,8 @@ def _import_record(store, db, ln: RecordLine, vec, mapping: dict, applied: list,
         ln.op or ("ADD" if ln.supersedes is None else "UPDATE"), store._embed_one, user_id=ln.user_id,
         target_id=None if ln.supersedes is None else mapping[ln.supersedes], text=ln.text,
         observed_at=ln.observed_at, source=ln.source, decision_source=ln.decision_source,
-        op_key=f"import:{o_store}:{o_id}", embedding=vec, created_at=ln.created_at, ts=ln.event_ts,
+        op_key=f"import:{o_store}:{o_id}", embedding=vec, observation_embedding=obs_vec,
+        created_at=ln.created_at, ts=ln.event_ts,
         payload=dict(ln.event_payload, origin={"store_id": o_store, "id": o_id}, imported_from=ln.store_id,
                      original_id=ln.id))
     seq = store.db.next_seq(db)
@@ -351,14 +354,18 @@ def import_jsonl(store, path: str | os.PathLike) -> ImportResult:
             with _naming_line(path, n):
                 if isinstance(ln, RecordLine) and _present_record(store, ln) is None:
                     todo.append((n, ln))
-        vecs = dict(zip((n for n, _ in todo), store.embedder.embed([ln.text for _, ln in todo]))) if todo else {}
+        # the observations a record absorbed (when they differ from its text) in the same batch
+        obs = [(n, o) for n, ln in todo if (o := observation_of(ln.event_payload, ln.text)) is not None]
+        got = store.embedder.embed([ln.text for _, ln in todo] + [o for _, o in obs]) if todo else []
+        vecs = dict(zip((n for n, _ in todo), got[:len(todo)]))
+        obs_vecs = dict(zip((n for n, _ in obs), got[len(todo):]))
         mapping: dict[int, int] = {}  # exported id -> id here
         applied = []
         with store.db.write() as db:
             for n, ln in lines:
                 with _naming_line(path, n):
                     if isinstance(ln, RecordLine):
-                        _import_record(store, db, ln, vecs.get(n), mapping, applied, result)
+                        _import_record(store, db, ln, vecs.get(n), obs_vecs.get(n), mapping, applied, result)
                     else:
                         _import_event(store, db, ln, mapping, applied, result)
         for user, seq, rid, vec, removed in applied:

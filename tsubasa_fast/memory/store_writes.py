@@ -84,12 +84,21 @@ class WritePlan:
     payload: dict
     created_at: str | None = None
     ts: str | None = None
+    obs_vec: np.ndarray | None = None  # the vector of payload['observation'] when it differs from text
+
+
+def observation_of(payload: dict | None, text: str) -> str | None:
+    """The observation a write absorbed (``payload['observation']``) when it differs from the
+    written text: the write then stores its vector too (table observation_vectors)."""
+    obs = (payload or {}).get("observation")
+    return obs if isinstance(obs, str) and obs.strip() and obs != text else None
 
 
 def plan_write(op: str, embed: Callable[[str, np.ndarray | None], np.ndarray], *, user_id=None, target_id=None,
                text, observed_at=None, source=None, decision_source="user", op_key=None, embedding=None,
-               payload=None, created_at=None, ts=None) -> WritePlan:
-    """Validates a write; ``embed(text, embedding)`` gives (or checks) its vector, last."""
+               payload=None, created_at=None, ts=None, observation_embedding=None) -> WritePlan:
+    """Validates a write; ``embed(text, embedding)`` gives (or checks) its vector, last, and the
+    vector of the observation it absorbed (``observation_embedding``, or embedded here)."""
     if op not in WRITE_OPS:
         raise InputError(f"must be one of {WRITE_OPS}, got {op!r}", field="op")
     if op == "ADD":
@@ -103,8 +112,11 @@ def plan_write(op: str, embed: Callable[[str, np.ndarray | None], np.ndarray], *
         raise InputError(f"must be a dict or None, got {type(payload).__name__}", field="payload")
     source, decision_source, op_key = check_source(source), check_decision_source(decision_source), \
         check_op_key(op_key)
+    vec = embed(text, embedding)
+    obs = observation_of(payload, text)
+    obs_vec = None if obs is None else embed(obs, observation_embedding)
     return WritePlan(op, user_id, target_id, text, observed_at, source, decision_source, op_key,
-                     embed(text, embedding), dict(payload or {}), created_at, ts)
+                     vec, dict(payload or {}), created_at, ts, obs_vec)
 
 
 def find_replay(db: StoreDB, plan: WritePlan) -> Record | None:
@@ -175,6 +187,8 @@ def apply_write(db: StoreDB, conn: sqlite3.Connection, plan: WritePlan, seq: int
             conn, user_id=plan.user_id, text=plan.text, observed_at=plan.observed_at,
             created_at=plan.created_at or now(), version=1, supersedes=None, root_id=None,
             source=plan.source, decision_source=plan.decision_source, embedding=plan.vec.tobytes(), chg=seq)
+        if plan.obs_vec is not None:
+            db.insert_observation_vector(conn, rid, plan.obs_vec.tobytes())
         db.insert_event(conn, seq=seq, user_id=plan.user_id, op="ADD", record_id=rid, target_id=None,
                         decision_source=plan.decision_source, op_key=plan.op_key,
                         payload=dict(plan.payload, text=plan.text), ts=plan.ts)
@@ -191,6 +205,8 @@ def apply_write(db: StoreDB, conn: sqlite3.Connection, plan: WritePlan, seq: int
         created_at=plan.created_at or now(), version=old.version + 1, supersedes=old.id,
         root_id=old.root_id, source=merged_src, decision_source=plan.decision_source,
         embedding=plan.vec.tobytes(), chg=seq)
+    if plan.obs_vec is not None:
+        db.insert_observation_vector(conn, rid, plan.obs_vec.tobytes())
     db.insert_event(conn, seq=seq, user_id=old.user_id, op=plan.op, record_id=rid, target_id=old.id,
                     decision_source=plan.decision_source, op_key=plan.op_key,
                     payload=dict(plan.payload, text=plan.text, previous=old.text), ts=plan.ts)
