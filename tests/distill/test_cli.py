@@ -10,6 +10,8 @@ import pytest
 from safetensors.torch import load_file
 
 from tsubasa_fast.cli import main
+from tsubasa_fast.distill.cache import TeacherCache
+from tsubasa_fast.distill.data import pair_key
 from tsubasa_fast.memory import HashingEmbedder, MemoryStore
 
 from .conftest import FACTS
@@ -82,6 +84,30 @@ def test_two_process_ddp_matches_one_process(setup):
     m1, m2 = ([json.loads(x) for x in (root / d / "metrics.jsonl").read_text().splitlines()] for d in ("one", "ddp"))
     assert [m["tokens"] for m in m2] == [m["tokens"] for m in m1]
     assert [m["loss"] for m in m2] == pytest.approx([m["loss"] for m in m1], rel=1e-3)
+
+
+def test_two_processes_see_each_example_once_per_epoch(setup):
+    # 5 examples over 2 processes x micro-batch 1: accelerate's even_batches would repeat one
+    # each epoch; a zero-weight example fills the gap instead. 2 steps an epoch (per rank 3
+    # micro-batches, 2 accumulated): the answer tokens of each epoch are the dataset's, once.
+    root, qa, common = setup
+    odd = root / "qa5.jsonl"
+    odd.write_text("".join(json.dumps({"question": q, "answer": a, "context": c}) + "\n"
+                           for c, q, a in FACTS[:5]))
+    cache = TeacherCache(root / "cache")
+    total = sum(cache.get(pair_key(q, a, c))[0].shape[0] for c, q, a in FACTS[:5])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "tsubasa_fast.cli", "train", *common, "--qa", str(odd), "--cache", str(root / "cache"),
+           "--out", str(root / "odd"), *TRAIN[2:], "--steps", "4"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((root / "odd" / "tsubasa_adapter.json").read_text())["training"]
+    assert summary["world_size"] == 2 and summary["examples"] == 5
+    assert summary["repeated_per_epoch"] == 0 and summary["padded_per_epoch"] == 1
+    tokens = [json.loads(x)["tokens"] for x in (root / "odd" / "metrics.jsonl").read_text().splitlines()]
+    assert len(tokens) == 4 and all(t > 0 for t in tokens)
+    assert tokens[0] + tokens[1] == total and tokens[2] + tokens[3] == total, (tokens, total)
 
 
 def test_bad_input_is_a_clear_error(setup, capsys, tmp_path):

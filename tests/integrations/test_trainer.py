@@ -18,8 +18,10 @@ from tsubasa_fast.integrations import (
     TopDDataCollator,
     TopDDistillationTrainer,
     TopDKLMixin,
+    apply_topd_kl,
     last_complete_checkpoint,
 )
+from tsubasa_fast.integrations.trainer import zero_weight_examples
 from tsubasa_fast.ops import reference
 
 V, D = 1_000, 5
@@ -125,18 +127,23 @@ def reference_step_gradient(model, rows):
         m = r["teacher_mask"]
         total = total + reference.topd_kl(logits[m], r["teacher_indices"], r["teacher_logprobs"].double()).sum()
         count += int(m.sum())
-    (total / count).backward()
-    return {n: p.grad.float() for n, p in ref.named_parameters() if p.requires_grad}, count
+    loss = total / count
+    loss.backward()
+    return {n: p.grad.float() for n, p in ref.named_parameters() if p.requires_grad}, count, float(loss.detach())
 
 
-@pytest.mark.parametrize("cls", [TopDDistillationTrainer, MixedTrainer])
-def test_one_accumulated_step_follows_the_global_token_mean(cls, tmp_path):
+@pytest.mark.parametrize("cls, padded", [(TopDDistillationTrainer, 0), (MixedTrainer, 0),
+                                         (TopDDistillationTrainer, 3)])
+def test_one_accumulated_step_follows_the_global_token_mean(cls, padded, tmp_path):
+    # padded: zero-weight examples shuffled in, some micro-batches made of them alone; the
+    # step must still be the gradient of the real examples alone
     rows = examples()
     model = tiny_model()
-    want, count = reference_step_gradient(model, rows)
+    want, count, _ = reference_step_gradient(model, rows)
     before = trainable(model)
     kwargs = {} if cls is TopDDistillationTrainer else {"data_collator": TopDDataCollator()}
-    trainer = cls(model=model, args=args(tmp_path), train_dataset=rows, **kwargs)
+    trainer = cls(model=model, args=args(tmp_path, gradient_accumulation_steps=3 + padded),
+                  train_dataset=rows + zero_weight_examples(rows[0], padded), **kwargs)
     trainer.train()
     after = trainable(model)
     assert trainer.state.log_history[0]["answer_tokens"] == count == 9
@@ -145,6 +152,60 @@ def test_one_accumulated_step_follows_the_global_token_mean(cls, tmp_path):
         scale = want[n].abs().max()
         assert scale > 0, n
         assert (got - want[n]).abs().max() <= 1e-4 * scale, n
+
+
+# --------------------------------------------------------------------------- zero-weight examples
+
+
+def grads_of(model, batch, **kw):
+    model.zero_grad(set_to_none=True)
+    loss = model(**batch, **kw).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_zero_weight_examples_add_no_rows_and_no_labels():
+    pad = zero_weight_examples(examples(1)[0], 2, pad_token_id=7)
+    batch = TopDDataCollator(pad_token_id=7)(pad)
+    assert batch["input_ids"].tolist() == [[7, 7], [7, 7]]
+    assert batch["attention_mask"].tolist() == [[1, 1], [1, 1]]  # no fully masked row (no NaN)
+    assert not batch["teacher_mask"].any()
+    assert (batch["labels"] == -100).all()  # nothing for num_items_in_batch to count
+    assert batch["teacher_indices"].shape == (2, 2, D)
+
+
+@pytest.mark.parametrize("num_items", [None, 9])
+def test_a_batch_of_zero_weight_examples_has_loss_0_and_zero_gradients(num_items):
+    model = apply_topd_kl(tiny_model())
+    model.train()
+    batch = TopDDataCollator()(zero_weight_examples(examples(1)[0], 3))
+    kw = {} if num_items is None else {"num_items_in_batch": torch.tensor(num_items)}
+    loss, grads = grads_of(model, batch, **kw)
+    assert loss.item() == 0.0  # a sum over no rows (mean: 0 rows give 0, not 0/0)
+    assert grads  # the graph reaches the adapter (DDP sees every parameter used) ...
+    for n, g in grads.items():  # ... with a gradient of exactly zero
+        assert g is not None and torch.count_nonzero(g) == 0, n
+
+
+def test_zero_weight_examples_mixed_in_change_neither_loss_nor_gradients():
+    rows = examples()
+    model = apply_topd_kl(tiny_model())
+    model.train()
+    want, count, want_loss = reference_step_gradient(model, rows)
+    pad = zero_weight_examples(rows[0], 3)
+    mixed = [pad[0], rows[0], pad[1], rows[1], rows[2], pad[2]]
+    items = {"num_items_in_batch": torch.tensor(count)}
+    loss, grads = grads_of(model, TopDDataCollator()(mixed), **items)
+    plain_loss, plain = grads_of(model, TopDDataCollator()(rows), **items)
+    mean_loss, _ = grads_of(model, TopDDataCollator()(mixed))  # reduction mean: over real rows only
+    assert loss.item() == pytest.approx(want_loss, rel=1e-5)
+    assert mean_loss.item() == pytest.approx(want_loss, rel=1e-5)
+    torch.testing.assert_close(loss, plain_loss, rtol=1e-6, atol=0)
+    for n in want:
+        scale = want[n].abs().max()
+        assert scale > 0, n
+        assert (grads[n] - want[n]).abs().max() <= 1e-4 * scale, n  # float64, full logits
+        assert (grads[n] - plain[n]).abs().max() <= 1e-6 * scale, n  # the batch without them
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -252,7 +252,7 @@ def train(student, pairs: list[QAPair], cache_dir, out_dir, config: TrainConfig,
     from transformers.trainer_callback import PrinterCallback
 
     from ..integrations import ProgressBarCallback, TopDDataCollator, TopDDistillationTrainer
-    from ..integrations.trainer import checkpoint_step, last_complete_checkpoint
+    from ..integrations.trainer import checkpoint_step, last_complete_checkpoint, zero_weight_examples
 
     config.validate()
     world = PartialState(cpu=student.device.type == "cpu").num_processes  # the CLI may have made it
@@ -284,10 +284,13 @@ def train(student, pairs: list[QAPair], cache_dir, out_dir, config: TrainConfig,
     with args.main_process_first(desc="student prompts"):  # rank 0 retrieves, the others read
         rows = build_student_data(pairs, retrieve, out_dir, config)
     examples = student_examples(student.tokenizer, rows, pairs, cache, config.max_length)
-    repeated = (-n) % (micro * world) if world > 1 else 0
-    if repeated:
-        log.warning("%d examples do not split evenly over %d processes x micro-batch %d: accelerate "
-                    "repeats %d of them at the end of every epoch", n, world, micro, repeated)
+    # accelerate's even_batches would repeat examples to fill the last micro-batches of an
+    # epoch (trained on twice); zero-weight examples fill them instead and change no gradient
+    padded = (-n) % (micro * world) if world > 1 else 0
+    if padded:
+        log.info("%d examples over %d processes x micro-batch %d: %d zero-weight examples pad "
+                 "every epoch", n, world, micro, padded)
+        examples += zero_weight_examples(examples[0], padded, _pad_id(student.tokenizer))
     metrics = _Metrics(out_dir / METRICS, on_step)
     stopper = _StopOnSignal()
     callbacks = [metrics, stopper, _NoFinalCheckpoint()] + ([ProgressBarCallback("distilling")] if progress else [])
@@ -308,7 +311,8 @@ def train(student, pairs: list[QAPair], cache_dir, out_dir, config: TrainConfig,
     summary = {"steps": total, "resumed_from": start, "examples": n,
                "first_loss": history[0]["loss"] if history else None,
                "last_loss": history[-1]["loss"] if history else None, "world_size": world,
-               "micro_batch_size": micro, "repeated_per_epoch": repeated,
+               "micro_batch_size": micro, "repeated_per_epoch": 0,
+               "padded_per_epoch": padded,
                "train": asdict(config), "cache": str(cache_dir), "teacher_d": cache.spec.d}
     if trainer.is_world_process_zero():
         student.save_adapter(out_dir, {"user": user, "training": summary})

@@ -95,6 +95,18 @@ class TopDDataCollator:
                 "teacher_logprobs": t_lp, "teacher_mask": mask, "labels": labels}
 
 
+def zero_weight_examples(like: dict, count: int, pad_token_id: int = 0) -> list[dict]:
+    """``count`` examples that weigh nothing: two ``pad_token_id`` tokens, ``teacher_mask``
+    all False, no teacher rows (d and dtypes as in ``like``). They add no loss rows and no
+    answer tokens (no labels, so none in ``num_items_in_batch``): padding a dataset with them
+    changes no gradient, e.g. to split it evenly over processes x micro-batch."""
+    idx, lp = torch.as_tensor(like["teacher_indices"]), torch.as_tensor(like["teacher_logprobs"])
+    return [{"input_ids": torch.full((2,), pad_token_id, dtype=torch.long),
+             "teacher_mask": torch.zeros(2, dtype=torch.bool),
+             "teacher_indices": idx.new_zeros((0, idx.shape[-1])),
+             "teacher_logprobs": lp.new_zeros((0, lp.shape[-1]))} for _ in range(count)]
+
+
 def _example(i: int, f: dict):
     missing = [k for k in ("input_ids", *TEACHER_ARGS) if k not in f]
     if missing:
