@@ -14,8 +14,9 @@ from .trainer import (
     TopDDistillationTrainer,
     TopDKLMixin,
     last_complete_checkpoint,
+    zero_weight_examples,
 )
 
 __all__ = ["CHECKPOINT_COMPLETE", "SUPPORTED_MODEL_TYPES", "ProgressBarCallback", "TopDDataCollator",
            "TopDDistillationTrainer", "TopDKLMixin", "apply_topd_kl", "last_complete_checkpoint",
-           "remove_topd_kl", "topd_kl_options"]
+           "remove_topd_kl", "topd_kl_options", "zero_weight_examples"]
