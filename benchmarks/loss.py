@@ -8,6 +8,7 @@ The topd_kl case also times ``torch.compile`` of the naive code and the memory f
 ``out.copy_(logits)`` of the N x V logits into a preallocated buffer (the kernel must read
 the logits and write an N x V gradient), and reports every row as a multiple of it; and
 ``logits.clone()`` alone, the part of the "incl. logits.clone()" rows spent before the loss.
+The fused-linear case runs with the lm_head frozen and trainable (``--heads``).
 On CUDA it adds Liger-Kernel's fused linear JSD when installed and the share of the 2-pass
 GEMM bound (4*N*H*V FLOP). Triton under the CPU interpreter is not timed (meaningless).
 """
@@ -312,6 +313,8 @@ def main(argv=None) -> None:
                          "left out of the fused-linear case unless named, it is slow there)")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile(naive)")
     ap.add_argument("--ns", type=int, nargs="+", default=None, help="token counts for select/topd_kl")
+    ap.add_argument("--heads", nargs="+", choices=["frozen", "trainable"], default=["frozen", "trainable"],
+                    help="fused-linear case: lm_head frozen (QLoRA) and/or trainable")
     ap.add_argument("--csv", default="benchmarks/results/loss.csv")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -339,9 +342,13 @@ def main(argv=None) -> None:
             rows += _rows("topd_kl fwd+bwd", f"N={n}", bench_topd_kl(n, backends, device, dtype, args.repeats, not args.no_compile), device_name=dev_name)
     if "fused" in only:
         for n, hdim in fused_shapes:
-            flop = 4 * n * hdim * VOCAB if device.type == "cuda" else None
-            impls = bench_fused_linear(n, hdim, fused_backends, device, dtype, args.repeats)
-            rows += _rows("fused_linear topd_kl fwd+bwd (frozen head)", f"N={n} H={hdim}", impls, flop, dev_name)
+            for head in args.heads:
+                train = head == "trainable"
+                # GEMM FLOP: logits and dZ W, plus dZ^T X when the head trains
+                flop = (6 if train else 4) * n * hdim * VOCAB if device.type == "cuda" else None
+                impls = bench_fused_linear(n, hdim, fused_backends, device, dtype, args.repeats, train)
+                rows += _rows(f"fused_linear topd_kl fwd+bwd ({head} head)", f"N={n} H={hdim}",
+                              impls, flop, dev_name)
     _print_table(rows)
     if args.csv:
         os.makedirs(os.path.dirname(args.csv) or ".", exist_ok=True)

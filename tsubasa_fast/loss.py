@@ -32,8 +32,10 @@ from .ops.targets import TopDTargets, prepare_targets
 
 REDUCTIONS = ("mean", "sum", "none")
 # Logit-chunk budgets for the fused-linear sweeps. On a GPU a chunk holds >= 1,024 tokens
-# where memory allows so each sweep of the lm_head is compute-bound.
-_CHUNK_BYTES = {"cuda": 1 << 30, "cpu": 128 << 20}
+# where memory allows so each sweep of the lm_head is compute-bound. On CPU 256 MiB (441
+# rows at V = 151,936); measured at N = 2,048, H = 1,024 (AVX-512, 2 threads): 220-row
+# chunks took 12 % longer than 512-row ones, 683-row ones were no faster.
+_CHUNK_BYTES = {"cuda": 1 << 30, "cpu": 256 << 20}
 _MIN_CHUNK_ROWS = {"cuda": 1024, "cpu": 16}
 # Teacher log-probabilities slightly above 0 come from fp16/bf16 rounding; more is misuse.
 _LOGPROB_TOLERANCE = 1e-3
@@ -290,8 +292,10 @@ def _chunk_rows(chunk_size, rows: int, vocab: int, dtype: torch.dtype, device: t
         return chunk_size
     kind = "cuda" if device.type == "cuda" else "cpu"
     elem = torch.finfo(dtype).bits // 8
-    by_budget = _CHUNK_BYTES[kind] // max(1, vocab * elem)
-    return max(1, min(max(rows, 1), max(_MIN_CHUNK_ROWS[kind], by_budget)))
+    by_budget = max(_MIN_CHUNK_ROWS[kind], _CHUNK_BYTES[kind] // max(1, vocab * elem))
+    rows = max(rows, 1)
+    chunks = -(-rows // by_budget)
+    return -(-rows // chunks)  # equal chunks: no small last one with an inefficient GEMM
 
 
 # --------------------------------------------------------------------------- select_topd
@@ -348,8 +352,14 @@ def fused_linear_select_topd(
     w = weight.detach()
     b = None if bias is None else bias.detach()
     with torch.no_grad():
+        buf = torch.empty(min(step, n), vocab, dtype=hidden.dtype, device=hidden.device)
         for s in range(0, n, step):
-            logits = F.linear(flat[s : s + step], w, b)
+            x = flat[s : s + step]
+            logits = buf[: x.shape[0]]  # one buffer for every chunk
+            if b is None:
+                torch.mm(x, w.t(), out=logits)
+            else:
+                torch.addmm(b, x, w.t(), out=logits)
             idx[s : s + step], lp[s : s + step] = impl.select_topd(logits, d, temperature)
     _check_finite_rows(lp, None, "hidden @ weight.T (the logits)")
     lead = hidden.shape[:-1]
@@ -535,35 +545,61 @@ _FUSED_NAME = "hidden @ weight.T (the student logits)"
 def _fused_sweep(hidden, weight, bias, targets, temperature, impl, step, scale, row_scale, needs):
     """One sweep over the unmasked rows: loss per row and, if asked, the gradients.
 
-    Each chunk's logits buffer is overwritten in place with its gradient, then turned into
-    grad_hidden (dZ W) and, only when the head is trainable, grad_weight (dZ^T X, in the
-    compute dtype: float32, or float64 for float64 inputs).
+    One [step, V] logits buffer serves every chunk (no second chunk alive while the next one
+    is computed, no fresh pages per chunk): the chunk's logits are written into it, overwritten
+    in place with their gradient, then turned into grad_hidden (dZ W, straight into its rows
+    when no row is masked) and, only when the head is trainable, accumulated into grad_weight
+    (dZ^T X in place, in the compute dtype: float32, or float64 for float64 inputs).
     """
     need_h, need_w, need_b = needs
     n = hidden.shape[0]
     acc = compute_dtype(hidden.dtype)
-    rows = targets.row_mask.nonzero().squeeze(1)
+    dense = bool(targets.row_mask.all())  # every row unmasked: chunks are plain slices
+    rows = None if dense else targets.row_mask.nonzero().squeeze(1)
+    total = n if dense else rows.numel()
     loss = torch.zeros(n, dtype=acc, device=hidden.device)
-    grad_h = torch.zeros_like(hidden) if need_h else None
+    any_grad = need_h or need_w or need_b
+    grad_h = None
+    if need_h:
+        make = torch.empty if dense else torch.zeros
+        grad_h = make(hidden.shape, dtype=hidden.dtype, device=hidden.device)
     grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
     grad_b = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b else None
-    any_grad = need_h or need_w or need_b
-    for s in range(0, rows.numel(), step):
-        r = rows[s : s + step]
-        x = hidden.index_select(0, r)
-        logits = F.linear(x, weight, bias)
-        loss.index_copy_(0, r, impl.topd_kl(logits, targets.rows(r), temperature, scale,
-                                            logits if any_grad else None))
+    w_inplace = need_w and weight.dtype == acc  # addmm_ straight into grad_w
+    step = max(1, min(step, total))
+    buf = torch.empty(step, weight.shape[0], dtype=hidden.dtype, device=hidden.device) if total else None
+    w_t = weight.t()
+    for s in range(0, total, step):
+        e = min(total, s + step)
+        r = torch.arange(s, e, device=hidden.device) if dense else rows[s:e]
+        x = hidden[s:e] if dense else hidden.index_select(0, r)
+        z = buf[: e - s]
+        if bias is None:
+            torch.mm(x, w_t, out=z)
+        else:
+            torch.addmm(bias, x, w_t, out=z)
+        part = targets if (dense and s == 0 and e == total) else targets.rows(r)
+        rows_loss = impl.topd_kl(z, part, temperature, scale, z if any_grad else None)
+        if dense:
+            loss[s:e] = rows_loss
+        else:
+            loss.index_copy_(0, r, rows_loss)
         if not any_grad:
             continue
         if row_scale is not None:
-            logits.mul_(row_scale.index_select(0, r).unsqueeze(1).to(logits.dtype))
+            z.mul_(row_scale.index_select(0, r).unsqueeze(1).to(z.dtype))
         if need_h:
-            grad_h.index_copy_(0, r, logits @ weight)
+            if dense:
+                torch.mm(z, weight, out=grad_h[s:e])
+            else:
+                grad_h.index_copy_(0, r, z @ weight)
         if need_w:
-            grad_w.add_(logits.t() @ x)
+            if w_inplace:
+                grad_w.addmm_(z.t(), x)
+            else:
+                grad_w.add_(z.t() @ x)
         if need_b:
-            grad_b.add_(logits.sum(0, dtype=acc))
+            grad_b.add_(z.sum(0, dtype=acc))
     return loss, grad_h, grad_w, grad_b
 
 
@@ -575,13 +611,16 @@ def _fused_check(loss, targets, hidden, weight, bias, temperature):
 
 
 class _FusedLinearTopDKLFunction(torch.autograd.Function):
-    """mean/sum: gradients computed in the forward sweep. none: recomputed in backward."""
+    """Gradients computed in the forward sweep (one logits GEMM and one dZ W GEMM, as naive
+    autograd), except for reduction="none" with a trainable head or bias: there the
+    per-position grad_output must scale dZ before dZ^T X, so backward recomputes the sweep.
+    (For grad_hidden alone a per-row scale commutes with dZ W and is applied in backward.)"""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, temperature, reduction, impl, step, lead, needs):
         count = int(targets.row_mask.sum())
         scale = _grad_scale(reduction, count)
-        eager = reduction != "none"
+        eager = reduction != "none" or not (needs[1] or needs[2])
         hidden_d = hidden.detach()
         weight_d = weight.detach()
         bias_d = None if bias is None else bias.detach()
@@ -591,6 +630,7 @@ class _FusedLinearTopDKLFunction(torch.autograd.Function):
         )
         _fused_check(loss, targets, hidden_d, weight_d, bias_d, temperature)
         ctx.reduction = reduction
+        ctx.eager = eager
         ctx.needs = needs
         ctx.param_dtype = weight.dtype
         if eager:
@@ -604,7 +644,10 @@ class _FusedLinearTopDKLFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
-        if ctx.reduction == "none":
+        if ctx.reduction == "none" and ctx.eager:
+            gh, gw, gb = ctx.saved_tensors  # frozen head: gw, gb are None
+            gh = _scaled(gh, grad_output.reshape(-1, 1))
+        elif ctx.reduction == "none":
             hidden, weight, bias, targets, temperature, impl, step = ctx.recompute
             _, gh, gw, gb = _fused_sweep(
                 hidden, weight, bias, targets, temperature, impl, step, 1.0,
