@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 
 from tsubasa_fast.ops import reference
@@ -55,3 +62,31 @@ def _locomo_dev():
 
 
 LOCOMO_DEV = _locomo_dev()
+
+
+def raw_sql(store_dir: Path, sql: str) -> list:
+    """Rows of ``sql`` on a store's file, read with plain sqlite3 (independent of the store code)."""
+    db = sqlite3.connect(Path(store_dir) / "memory.sqlite")
+    try:
+        return db.execute(sql).fetchall()
+    finally:
+        db.close()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def kill9_after_acks(script: str, args: list[str], n: int) -> list[list[str]]:
+    """Runs ``script`` (python -c) and SIGKILLs it after its ``n``-th "ACK ..." line; returns the
+    fields after "ACK" of every line read (what the child acknowledged before it died)."""
+    proc = subprocess.Popen([sys.executable, "-c", script, *map(str, args)], stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    acked = []
+    for line in proc.stdout:
+        acked.append(line.split()[1:])
+        if len(acked) >= n:
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL  # killed mid-way, not finished
+    return acked

@@ -33,6 +33,9 @@ from tsubasa_fast.memory import store_db
 from tsubasa_fast.memory.store import OpKeyConflictError, StoreVersionError
 from tsubasa_fast.memory.store_transfer import ImportFormatError
 
+from ..helpers import kill9_after_acks
+from ..helpers import raw_sql as _raw
+
 ROOT = Path(__file__).resolve().parents[2]
 V1 = Path(__file__).parent / "data" / "store_v1"
 V1_RECORDS = [  # (id, user, text, version, status, supersedes, superseded_by, root, chg), read off the fixture
@@ -44,13 +47,6 @@ V1_RECORDS = [  # (id, user, text, version, status, supersedes, superseded_by, r
 ]
 
 
-def _raw(path: Path, sql: str):
-    """Read a store file with plain sqlite3 (independent of the store code)."""
-    db = sqlite3.connect(path / "memory.sqlite")
-    try:
-        return db.execute(sql).fetchall()
-    finally:
-        db.close()
 
 
 def _records_sql(path: Path) -> str:
@@ -245,16 +241,8 @@ CHILD_DELETE = textwrap.dedent("""
 
 def test_kill9_during_deletes_loses_no_acknowledged_delete(tmp_path):
     path = tmp_path / "store"
-    proc = subprocess.Popen([sys.executable, "-c", CHILD_DELETE, str(path)], stdout=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    acked = []
-    for line in proc.stdout:
-        acked.append(int(line.split()[1]))
-        if len(acked) >= 400:
-            break
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert len(acked) == 400 and proc.returncode == -signal.SIGKILL  # killed mid-way, not finished
+    acked = [int(f[0]) for f in kill9_after_acks(CHILD_DELETE, [path], 400)]
+    assert len(acked) == 400
     s = MemoryStore(path, HashingEmbedder(64), hnsw_threshold=50)
     for rid in acked:
         assert s.get(rid).status == "deleted" and s.op_result(f"d{rid}") == ("DELETE", rid)

@@ -3,11 +3,7 @@ query, the stored vectors are the observations' embeddings, older stores migrate
 never leaves a version without its observation's vector."""
 
 import json
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -18,7 +14,9 @@ from tsubasa_fast.memory import HashingEmbedder, MemoryStore
 from tsubasa_fast.memory.evolution import Decision, Observation, apply_decision
 from tsubasa_fast.memory.retrieval import Retriever, memory_units, unit_vectors
 
-ROOT = Path(__file__).resolve().parents[2]
+from ..helpers import kill9_after_acks
+from ..helpers import raw_sql as _raw
+
 OBS = ["Ann got a guitar.", "Ann took guitar lessons in Leeds.", "Ann plays the guitar in a band."]
 MERGED = ["Ann got a guitar (8 May 2023); Ann took guitar lessons in Leeds (8 June 2023).",
           "Ann got a guitar (8 May 2023); Ann took guitar lessons in Leeds (8 June 2023); "
@@ -50,12 +48,6 @@ def _evolve(store) -> int:
     return rec.id
 
 
-def _raw(path: Path, sql: str):
-    db = sqlite3.connect(path / "memory.sqlite")
-    try:
-        return db.execute(sql).fetchall()
-    finally:
-        db.close()
 
 
 def test_a_fresh_process_first_search_embeds_only_the_query(tmp_path):
@@ -163,16 +155,7 @@ CHILD = textwrap.dedent("""
 
 def test_kill9_during_rewrites_leaves_every_acknowledged_vector(tmp_path):
     path = tmp_path / "s"
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    acked = []
-    for line in proc.stdout:
-        acked.append(tuple(int(x) for x in line.split()[1:]))
-        if len(acked) >= 300:
-            break
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    acked = [tuple(int(x) for x in f) for f in kill9_after_acks(CHILD, [path], 300)]
     with MemoryStore(path, HashingEmbedder(64)) as s:
         vecs = dict(_raw(path, "SELECT record_id, embedding FROM observation_vectors"))
         versions = {r.id: r for r in s.all("u", include_superseded=True)}
