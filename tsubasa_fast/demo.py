@@ -28,14 +28,15 @@ def demo_config(model: str | None = None, steps: int | None = None,
                 load_in_4bit: bool | None = None) -> PersonalizeConfig:
     """Defaults sized for 2 CPU cores in a few minutes: grounded LLM extraction (falling back,
     counted, to the user's own words in the third person where the small model invents), the
-    rule manager, questions by the LLM writer under its grammar (answers copied from the
-    memory) filtered by the malformed-pair check, a short training run."""
+    rule manager, questions by the LLM writer (writer 2: up to 3 answers per memory picked
+    from its names, numbers and dates, a question for each under the grammar, a round trip)
+    filtered by the malformed-pair check, a short training run."""
     from .distill.synth import SynthConfig
     from .distill.train import TrainConfig
 
     return PersonalizeConfig(
         model=model, load_in_4bit=load_in_4bit, source="llm", manager="rule",
-        synth=SynthConfig(generator="llm", pairs_per_prompt=2, check_answerable=False),
+        synth=SynthConfig(generator="llm", pairs_per_prompt=3, check_answerable=False),
         # ce_weight: the teacher's top-d alone teaches its own style ("The answer is: ..."); the CE
         # term on the pair's answer (a short span, like the held-back gold answers) teaches the span
         train=TrainConfig(steps=steps, epochs=3.0, batch_size=8, micro_batch_size=4, lr=3e-4,
