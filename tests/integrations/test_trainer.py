@@ -31,6 +31,17 @@ class MixedTrainer(TopDKLMixin, Trainer):
     """What a TRL user writes (``class MyTrainer(TopDKLMixin, trl.SFTTrainer)``), on plain Trainer."""
 
 
+def test_the_mixin_must_come_before_the_trainer():
+    with pytest.raises(TypeError, match="put TopDKLMixin before Trainer"):
+        class Wrong(Trainer, TopDKLMixin):  # Trainer.compute_loss would win: plain cross-entropy
+            pass
+
+    class Subclass(MixedTrainer):  # a subclass of a correct trainer may override compute_loss itself
+        def compute_loss(self, *a, **k):
+            return super().compute_loss(*a, **k)
+    assert Subclass.compute_loss is not Trainer.compute_loss
+
+
 def tiny_model(seed=0):
     cfg = Qwen3Config(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=2, num_key_value_heads=1, head_dim=16)

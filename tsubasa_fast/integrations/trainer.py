@@ -179,6 +179,18 @@ class TopDKLMixin:
     chunk_size); the model is patched here unless it already is and ``topd_kl`` is None.
     """
 
+    def __init_subclass__(cls, **kwargs):
+        """Refuses a class whose Trainer base comes first: its own compute_loss would win and
+        silently train plain cross-entropy instead of the top-d KL."""
+        super().__init_subclass__(**kwargs)
+        for klass in cls.__mro__[1:]:
+            if klass is TopDKLMixin:
+                break
+            if "compute_loss" in vars(klass):
+                raise TypeError(f"{cls.__name__}: put TopDKLMixin before {klass.__name__} in the bases "
+                                f"(class {cls.__name__}(TopDKLMixin, {klass.__name__})), or its compute_loss "
+                                "replaces the top-d KL")
+
     def __init__(self, *args, topd_kl: dict | None = None, **kwargs):
         model = kwargs.get("model", args[0] if args else None)
         if model is None:
