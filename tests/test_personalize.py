@@ -19,7 +19,7 @@ def _config(model):
     return PersonalizeConfig(model=model, source="utterances", manager="rule", embedder="hashing", lora_r=4,
                              # raw utterances: the rule writer refuses them, the LLM writer takes them
                              synth=SynthConfig(generator="llm", pairs_per_prompt=1, check_answerable=False,
-                                               check_well_formed=False),  # random model
+                                               check_well_formed=False, round_trip=False),  # random model
                              train=TrainConfig(steps=2, batch_size=4, micro_batch_size=4, lr=1e-3))
 
 

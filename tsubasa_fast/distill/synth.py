@@ -74,6 +74,7 @@ class SynthConfig:
     check_answerable: bool = True       # filter (b) on/off (needs an LLM)
     check_well_formed: bool = True      # the malformed-pair check (pair_check); off only for ablations
                                         # and pipeline tests on random models (reported as skipped)
+    round_trip: bool = True             # the llm writer's round trip (.writer); off likewise
     strip_question_words: bool = True   # filter (b): also score the re-answer without question words
     max_new_tokens: int = 80            # generation limit for writing pairs
     answer_max_new_tokens: int = 24     # generation limit for the answerability re-ask
@@ -653,7 +654,7 @@ def synthesize(store: MemoryStore, user: str, chat: ChatFn | None, config: Synth
         from .writer import WRITER_VERSION, write_pairs
 
         written = write_pairs(chat, ["\n".join(r.text for r in g) for g in groups], user, cfg.pairs_per_prompt,
-                              stats=writer_stats)
+                              stats=writer_stats, round_trip=cfg.round_trip)
     report = {
         "version": SYNTH_VERSION, "user": user, "generator": cfg.generator,
         "writer_version": WRITER_VERSION if cfg.generator == "llm" else None, "writer": writer_stats,
