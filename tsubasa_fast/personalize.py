@@ -117,7 +117,7 @@ class Personalizer:
 
             c = self.config
             self._student = Student(StudentConfig(model=c.model, load_in_4bit=c.load_in_4bit, device=c.device,
-                                                  lora_r=c.lora_r, lora_alpha=2 * c.lora_r,
+                                                  lora_r=c.lora_r,
                                                   seed=c.train.seed))
         return self._student
 

@@ -218,3 +218,9 @@ def test_four_bit_gradients_match_the_dequantised_model(tiny_qwen3, pairs):
     assert first_layer and all(grads[1][n].abs().max() > 0 for n in first_layer)
     for n in grads[0]:
         torch.testing.assert_close(grads[0][n], grads[1][n], rtol=2e-3, atol=1e-6)
+
+
+def test_lora_alpha_defaults_to_twice_the_rank():
+    """The LoRA scale is written once: personalize, eval qa and the CLI pass only the rank."""
+    assert StudentConfig(lora_r=8).lora_alpha == 16 and StudentConfig().lora_alpha == 32
+    assert StudentConfig(lora_r=8, lora_alpha=4).lora_alpha == 4

@@ -125,7 +125,7 @@ def cmd_train(args) -> int:
     PartialState(cpu=_student_config(args).resolved_device().type == "cpu")
     retrieve = None if args.no_memories else memory_retriever(args.store, args.user, args.k)
     pairs = load_qa(args.qa)
-    student = Student(_student_config(args, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
+    student = Student(_student_config(args, lora_r=args.lora_r,
                                       gradient_checkpointing=args.gradient_checkpointing, seed=args.seed))
     cfg = TrainConfig(steps=args.steps, epochs=args.epochs or 1.0, batch_size=args.batch_size,
                       micro_batch_size=args.micro_batch_size, lr=args.lr, warmup_ratio=args.warmup_ratio,

@@ -40,13 +40,17 @@ class StudentConfig:
     model: str | None = None  # local model folder; None = SmolLM2-135M-Instruct
     load_in_4bit: bool | None = None  # None: 4-bit on CUDA, full precision on CPU
     lora_r: int = 16
-    lora_alpha: int = 32
+    lora_alpha: int | None = None  # None: 2 * lora_r (the scale every entry point uses)
     lora_dropout: float = 0.0
     target_modules: tuple = LORA_TARGETS
     device: str | None = None  # None: cuda when available, else cpu
     gradient_checkpointing: bool = False
     seed: int = 0
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.lora_alpha is None:
+            self.lora_alpha = 2 * self.lora_r
 
     def resolved_device(self) -> torch.device:
         if self.device:

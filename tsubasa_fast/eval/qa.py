@@ -128,7 +128,7 @@ class QAEvaluator:
         if fresh or self._base is None:
             t0 = time.perf_counter()
             st = Student(StudentConfig(model=c.model, load_in_4bit=c.load_in_4bit, device=c.device,
-                                       lora_r=c.lora_r, lora_alpha=2 * c.lora_r,
+                                       lora_r=c.lora_r,
                                        seed=c.seed if seed is None else seed))
             self._time("load", t0)
             if fresh:
