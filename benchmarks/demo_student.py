@@ -1,7 +1,7 @@
 """Student against base on a finished demo folder: redo some stages with other settings, re-score.
 
 Copies a finished ``make demo`` output folder (its store, QA pairs and teacher cache), forgets the
-stages named by ``--redo`` (default: teacher and train), runs them again through
+stages named by ``--redo`` and every later one (default: teacher and train), runs them again through
 ``Personalizer.run()`` with the demo's config changed by ``--set`` (e.g. ``train.epochs=8`` or
 ``synth.pairs_per_prompt=2``) and prints the demo's table of held-back questions. The memory
 stays the same, so the base model's answers do too and only the distillation moves:
@@ -34,9 +34,10 @@ def main(argv=None) -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="change the demo config, e.g. train.lr=1e-4 (repeatable)")
     args = ap.parse_args(argv)
-    redo = [s for s in args.redo.split(",") if s]
-    if "memory" in redo or any(s not in STAGES for s in redo):
+    named = [s for s in args.redo.split(",") if s]
+    if not named or "memory" in named or any(s not in STAGES for s in named):
         ap.error(f"--redo: stages among {STAGES[1:]}")
+    redo = list(STAGES[min(STAGES.index(s) for s in named):])  # a stage's outputs feed the later ones
     src, out = Path(args.src), Path(args.out)
     if out.exists():
         shutil.rmtree(out)

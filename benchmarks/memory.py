@@ -223,13 +223,13 @@ def _default_top(store_path: Path, locomo: Path, depth: int = 20) -> list[dict]:
 
 def _recall(rows: list[dict], orders: list[list[int]], ks=(1, 3, 5, 10)) -> dict:
     """R@k overall and R@3 per conversation of the given orders (LoCoMo's evidence coverage)."""
+    from tsubasa_fast.memory.locomo import evidence_recall
+
     tot, per = {k: 0.0 for k in ks}, {}
     for row, order in zip(rows, orders):
+        cited = [row["recs"][i].dia_ids for i in order]
         for k in ks:
-            cov = set()
-            for i in order[:k]:
-                cov.update(row["recs"][i].dia_ids)
-            v = len(row["gold"] & cov) / len(row["gold"])
+            v = evidence_recall(row["gold"], cited, k)
             tot[k] += v
             if k == 3:
                 per.setdefault(row["conv"], []).append(v)

@@ -131,17 +131,19 @@ STEMS = {"date": ("When",), "number": ("How many", "How much", "How long", "How 
 _KIND_ORDER = {"name": 0, "number": 1, "date": 2, "thing": 3}
 
 
-def answer_spans(text: str, user: str, n: int) -> list[tuple[str, str]]:
+def answer_spans(text: str, user: str, n: int, spans: Sequence[str] | None = None) -> list[tuple[str, str]]:
     """Up to ``n`` ``(span, kind)`` answers to ask about, most specific first.
 
     Names, then numbers, then dates written in the text, then noun runs of at least two words.
     The prefix date is never asked: it is when the user said it, not when it happened, and the
     round trip cannot catch it (it is often the only date of its text; writer 2 first asked it,
     and 12 of 20 kept pairs read "When did Maya <anything>? -> <that day>"). Single common
-    words ("fine", "visiting") are not asked either.
+    words ("fine", "visiting") are not asked either. ``spans``: the text's
+    :func:`candidate_spans`, when the caller has them already.
     """
     date, _ = strip_date(text)
-    picked = [(s, k) for s, k in ((s, span_kind(s, text)) for s in candidate_spans(text, user))
+    spans = candidate_spans(text, user) if spans is None else spans
+    picked = [(s, k) for s, k in ((s, span_kind(s, text)) for s in spans)
               if s != date and not (k == "thing" and len(s.split()) < 2)]
     picked.sort(key=lambda sk: _KIND_ORDER[sk[1]])
     return picked[:n]
@@ -214,13 +216,13 @@ def write_pairs(chat, texts: Sequence[str], user: str, n_pairs: int, batch_size:
               "round_trip_failed", "duplicate_questions"):
         stats.setdefault(k, 0)
     name = _name(user)
-    asks = []  # (text index, span, all spans)
+    asks = []  # (text index, answer span, its kind, all the text's spans)
     for i, text in enumerate(texts):
-        answers = answer_spans(text, user, n_pairs)
+        spans = candidate_spans(text, user)
+        answers = answer_spans(text, user, n_pairs, spans)
         if not answers:
             stats["no_spans"] += 1
             continue
-        spans = candidate_spans(text, user)
         asks += [(i, span, kind, spans) for span, kind in answers]
     stats["prompts"] += len(asks)
     replies = _run(chat, [(question_messages(texts[i], name, span), question_schema(kind, user))

@@ -23,8 +23,8 @@ turn it cites (:func:`unsupported_words`); the others are dropped and counted
 from __future__ import annotations
 
 import calendar
-import functools
 import datetime as _dt
+import functools
 import logging
 import re
 from dataclasses import dataclass

@@ -322,6 +322,15 @@ def merged_search(search: SearchFn, conv: Conversation, question: str, k: int,
     return hits[:k]
 
 
+def evidence_recall(gold: set[str], cited: Sequence[Sequence[str]], k: int) -> float:
+    """Share of the ``gold`` evidence dia_ids cited by the first ``k`` results (``cited``: each
+    result's dia_ids, best first)."""
+    covered: set[str] = set()
+    for ids in cited[:k]:
+        covered.update(ids)
+    return len(gold & covered) / len(gold)
+
+
 def evaluate_retrieval(conversations: Iterable[Conversation], search: SearchFn,
                        ks: Sequence[int] = (1, 3, 5, 10), categories: Sequence[int] = (1, 2, 3, 4),
                        progress: bool = False, merge: Callable | None = None) -> dict:
@@ -348,11 +357,9 @@ def evaluate_retrieval(conversations: Iterable[Conversation], search: SearchFn,
         gold = set(qa.evidence)
         cat = per_cat.setdefault(qa.category, {"n": 0, **{k: 0.0 for k in ks}})
         cat["n"] += 1
+        cited = [h.dia_ids for h in ranked]
         for k in ks:
-            covered = set()
-            for h in ranked[:k]:
-                covered.update(h.dia_ids)
-            r = len(gold & covered) / len(gold)
+            r = evidence_recall(gold, cited, k)
             totals[k] += r
             cat[k] += r
             tokens[k] += sum(count_tokens(h.text) for h in ranked[:k])
