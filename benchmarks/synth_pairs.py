@@ -50,7 +50,8 @@ def main(argv=None) -> None:
         for cid, spk in speakers:
             conv = convs[cid]
             store = MemoryStore(Path(tmp) / f"{cid}-{spk}", HashingEmbedder())
-            ingest_conversation(store, conv, "observations", make_manager("static"), speakers=(spk,))
+            ingest_conversation(store, conv, "observations", make_manager("static"), speakers=(spk,),
+                                uncited_turns=False)  # the dataset's observations alone
             user = conv.user_id(spk)
             cfg = SynthConfig(generator=args.generator, pairs_per_prompt=args.pairs_per_prompt, limit=args.limit,
                               check_answerable=not args.no_answer_check, seed=args.seed)

@@ -15,7 +15,7 @@ def tiny_locomo(n_sessions: int = 3, turns: int = 4) -> list:
         conv[f"session_{s}_date_time"] = f"1:56 pm on {(s - 1) % 28 + 1} {month}, 2023"
         conv[f"session_{s}"] = [
             {"speaker": "Ann" if t % 2 == 0 else "Bob", "dia_id": f"D{s}:{t + 1}",
-             "text": f"Session {s} turn {t}: I talked about my {topics[(s + t) % len(topics)]}."}
+             "text": f"In session {s}, turn {t}, I talked about my {topics[(s + t) % len(topics)]}."}
             for t in range(turns)]
         obs[f"session_{s}_observation"] = {
             "Ann": [[f"Ann went to a {topics[s % len(topics)]} in session {s}.", f"D{s}:1"]],

@@ -22,10 +22,12 @@ def test_cli_end_to_end(tmp_path, locomo_file, capsys):
     assert main(["memory", "ingest", "--store", store, "--locomo", str(locomo_file), "--source",
                  "observations", "--manager", "static", "--embedder", "hashing"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["applied"] == 6 and summary["live_records"] == 6
+    # 3 sessions x (one observation + one uncited turn) per speaker: Ann's observation cites
+    # D{s}:1, so her D{s}:3 follows; Bob's cites D{s}:2, so his D{s}:4 does
+    assert summary["applied"] == 12 and summary["live_records"] == 12 and summary["uncited_turns"] == 6
     assert main(["memory", "ingest", "--store", store, "--locomo", str(locomo_file), "--source",
                  "observations", "--manager", "static"]) == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["replayed"] == 6
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["replayed"] == 12
     assert main(["memory", "search", "--store", store, "--user", "conv-t:Ann", "-k", "2", "--json",
                  "pottery class"]) == 0
     hits = [json.loads(l) for l in capsys.readouterr().out.strip().splitlines()]
@@ -33,19 +35,19 @@ def test_cli_end_to_end(tmp_path, locomo_file, capsys):
     assert main(["memory", "history", "--store", store, str(hits[0]["id"])]) == 0
     assert f"#{hits[0]['id']} v1 live" in capsys.readouterr().out
     out = tmp_path / "r.json"
-    assert main(["eval", "retrieval", "--store", store, "--locomo", str(locomo_file), "-k", "1", "6",
+    assert main(["eval", "retrieval", "--store", store, "--locomo", str(locomo_file), "-k", "1", "12",
                  "--json", str(out), "--retrieval", "hybrid"]) == 0
     assert "overall" in capsys.readouterr().out
     res = json.loads(out.read_text())
-    assert res["questions"] == 2 and set(res["overall"]) == {"recall@1", "recall@6"}
-    assert set(res["mean_retrieved_tokens"]) == {"1", "6"} and set(res["by_category"]) == {"2", "4"}
-    # k=6 retrieves all six live memories, so every evidence id is found and every question reads
-    # all of their tokens
-    assert res["overall"]["recall@6"] == 1.0
+    assert res["questions"] == 2 and set(res["overall"]) == {"recall@1", "recall@12"}
+    assert set(res["mean_retrieved_tokens"]) == {"1", "12"} and set(res["by_category"]) == {"2", "4"}
+    # k=12 retrieves all twelve live memories, so every evidence id is found and every question
+    # reads all of their tokens
+    assert res["overall"]["recall@12"] == 1.0
     export = tmp_path / "all.jsonl"
     assert main(["memory", "export", "--store", store, str(export)]) == 0
     texts = [json.loads(line)["text"] for line in export.read_text().splitlines()]
-    assert len(texts) == 6 and res["mean_retrieved_tokens"]["6"] == sum(count_tokens(t) for t in texts)
+    assert len(texts) == 12 and res["mean_retrieved_tokens"]["12"] == sum(count_tokens(t) for t in texts)
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):

@@ -70,6 +70,8 @@ def test_third_person_rewrite():
         ("I've moved. Want to help me with my boxes? Your van?",
          "Maya has moved. Want to help Maya with Maya's boxes? Sam's van?"),
         ("I can't wait, I go there and I try.", "Maya can't wait, Maya goes there and Maya tries."),
+        ("You're kind, you've helped and you'll see. Is it yours?",
+         "Sam is kind, Sam has helped and Sam will see. Is it Sam's?"),
     ]
     for said, expected in cases:
         assert third_person(said, "Maya", "Sam") == expected, said

@@ -65,6 +65,9 @@ def register(subparsers) -> None:
     p.add_argument("--max-new-tokens", type=_positive, default=384, help="generation limit for the LLM")
     p.add_argument("--date-prefix", action=argparse.BooleanOptionalAction, default=None,
                    help="prefix memory texts with the session date (default: on for utterances only)")
+    p.add_argument("--uncited-turns", action=argparse.BooleanOptionalAction, default=True,
+                   help="observations / llm: also remember, as observations, the turns no observation of "
+                        "their session cites (default on)")
     _lock_timeout_arg(p)
     p.set_defaults(func=_store_errors(cmd_ingest))
 
@@ -151,7 +154,8 @@ def cmd_ingest(args) -> int:
             for conv in convs:
                 bar.set_postfix_str(conv.sample_id)
                 ingest_conversation(store, conv, args.source, manager, extractor=extractor,
-                                    date_prefix=date_prefix, progress=bar, stats=stats)
+                                    date_prefix=date_prefix, progress=bar, stats=stats,
+                                    uncited_turns=args.uncited_turns)
         summary = {"store": str(args.store), "source": args.source, "manager": manager_name, **stats.as_dict(),
                    "live_records": store.count()}
         if extractor is not None:

@@ -150,8 +150,10 @@ class QAEvaluator:
         source = "utterances" if self.config.method == "rag-utterances" else "observations"
         manager = make_manager(EVOLVED_MANAGER if self.config.method in ("tsubasa", "rag-evolved") else "static")
         store = open_store(path, self.config.embedder)
-        # as `memory ingest`: the session date prefixes raw utterances only
-        stats = ingest_conversation(store, conv, source, manager, date_prefix=source == "utterances")
+        # as `memory ingest`: the session date prefixes raw utterances only; rag-observations is
+        # the dataset's observations alone (no uncited turns)
+        stats = ingest_conversation(store, conv, source, manager, date_prefix=source == "utterances",
+                                    uncited_turns=self.config.method != "rag-observations")
         return store, stats
 
     def _dated(self, conv, hit) -> str:

@@ -162,6 +162,11 @@ _CONTRACTIONS = [  # first person -> third person, applied in order (case-insens
     (r"\bI do not\b|\bI don't\b", "{n} does not"), (r"\bI do\b", "{n} does"),
     (r"\bmyself\b", "{n}"), (r"\bmine\b", "{n}'s"), (r"\bmy\b", "{n}'s"), (r"\bme\b", "{n}"),
 ]
+_YOU_CONTRACTIONS = [  # second person -> the other speaker (when known)
+    (r"\byou're\b|\byou are\b", "{n} is"), (r"\byou've\b", "{n} has"), (r"\byou'll\b", "{n} will"),
+    (r"\byou'd\b", "{n} would"), (r"\byou were\b", "{n} was"), (r"\byourself\b", "{n}"),
+    (r"\byours\b", "{n}'s"),
+]
 _PAST = frozenset("""got went made took saw ran had did said found felt left came began bought met thought told won
 lost kept brought read put set cut gave wrote sent spent sold built taught heard knew grew drove flew
 swam sang began became chose paid lent meant slept woke wore held stood understood sat""".split())
@@ -206,6 +211,8 @@ def third_person(text: str, name: str, other: str | None = None) -> str:
     out = re.sub(rf"\bI\s+((?:(?:{adv})\s+)*)([A-Za-z]+(?:'t)?)(?![\w'])", subject, out)
     out = re.sub(r"\bI\b", name, out)
     if other:
+        for pattern, repl in _YOU_CONTRACTIONS:
+            out = re.sub(pattern, repl.format(n=other), out, flags=re.I)
         out = re.sub(r"\byour\b", f"{other}'s", out, flags=re.I)
         out = re.sub(r"\byou\b", other, out, flags=re.I)
     return out

@@ -2,7 +2,10 @@
 
 Sources: ``utterances`` (raw turns, the RAG baseline), ``observations`` (the dataset's own
 per-session observations, no LLM) and ``llm`` (the extractor). Each observation goes
-through a manager (rule / llm / static) and :func:`apply_decision`.
+through a manager (rule / llm / static) and :func:`apply_decision`. With ``observations`` and
+``llm``, a turn that no observation of its session cites follows them as an observation of its
+own (in the third person; ``uncited_turns``, on by default): the dataset's observations cite 3
+of 4 evidence turns, and what the extraction missed is still remembered and evolved.
 
 Idempotent and crash-safe: every observation carries a key derived from its source ids
 (``obs:conv-26:3:Caroline:4``); keys already in the event log are skipped, so replaying a
@@ -24,6 +27,7 @@ from .store import MemoryStore
 
 log = logging.getLogger(__name__)
 SOURCES = ("utterances", "observations", "llm")
+UNCITED_TURN = "uncited_turn"  # source kind of a turn no observation of its session cites
 
 
 @dataclass
@@ -33,10 +37,12 @@ class IngestStats:
     replayed: int = 0
     ops: dict = field(default_factory=dict)
     skipped_sessions: int = 0
+    uncited_turns: int = 0  # of ``observations``: turns no observation cites (``uncited_turns``)
 
     def as_dict(self) -> dict:
         return {"observations": self.observations, "applied": self.applied, "replayed": self.replayed,
-                "ops": dict(self.ops), "skipped_sessions": self.skipped_sessions}
+                "ops": dict(self.ops), "skipped_sessions": self.skipped_sessions,
+                "uncited_turns": self.uncited_turns}
 
 
 def memory_text(text: str, session: Session, date_prefix: bool) -> str:
@@ -47,10 +53,15 @@ def session_observations(conv: Conversation, session: Session, source: str, *,
                          extractor: ObservationExtractor | None = None, store: MemoryStore | None = None,
                          date_prefix: bool = True, resolve_dates: bool = True,
                          speakers: tuple[str, ...] | None = None,
-                         utterance_fallback: bool = False) -> tuple[list[Observation], int]:
+                         utterance_fallback: bool = False,
+                         uncited_turns: bool = True) -> tuple[list[Observation], int]:
     """The observations one session contributes, in order; and the count of skipped extractions.
 
     ``speakers`` limits the work to those speakers' memories (default: both).
+    ``uncited_turns`` (ours; ``observations`` and ``llm``): a speaker's turns that none of their
+    observations of the session cites follow those observations, in the third person
+    (:func:`.extraction.third_person`), through the same manager, so what the extraction missed
+    is still remembered, and a changed state in it is still RECONCILEd. Keys ``turn:conv:dia_id``.
     ``utterance_fallback`` (ours): when the LLM's extraction of a session stays malformed, the
     speaker's own utterances of that session, in the third person
     (:func:`.extraction.utterance_observations`), become its observations instead of nothing;
@@ -98,12 +109,17 @@ def session_observations(conv: Conversation, session: Session, source: str, *,
             pairs = [(t, ids) for t, ids in cached]
         else:
             raise InputError(f"unknown source {source!r}; expected one of {SOURCES}", field="source")
-        for i, (text, ids) in enumerate(pairs):
+        keyed = [(text, ids, f"{source}:{conv.sample_id}:{session.number}:{speaker}:{i}", source)
+                 for i, (text, ids) in enumerate(pairs)]
+        if uncited_turns:
+            cited = {d for _, ids in pairs for d in ids}
+            keyed += [(e.text, list(e.dia_ids), f"turn:{conv.sample_id}:{e.dia_ids[0]}", UNCITED_TURN)
+                      for e in utterance_observations(session, speaker) if e.dia_ids[0] not in cited]
+        for text, ids, key, kind in keyed:
             if resolve_dates:
                 text = resolve_relative_dates(text, session.date)
-            obs.append(Observation(user, memory_text(text, session, date_prefix), iso, dict(base, dia_ids=ids),
-                                   f"{source}:{conv.sample_id}:{session.number}:{speaker}:{i}",
-                                   date_label=session.date_str))
+            obs.append(Observation(user, memory_text(text, session, date_prefix), iso,
+                                   dict(base, kind=kind, dia_ids=ids), key, date_label=session.date_str))
     return obs, skipped
 
 
@@ -111,7 +127,8 @@ def ingest_conversation(store: MemoryStore, conv: Conversation, source: str, man
                         *, extractor: ObservationExtractor | None = None, date_prefix: bool = True,
                         resolve_dates: bool = True, progress=None, stats: IngestStats | None = None,
                         on_decision: Callable[[Observation, object], None] | None = None,
-                        speakers: tuple[str, ...] | None = None, utterance_fallback: bool = False) -> IngestStats:
+                        speakers: tuple[str, ...] | None = None, utterance_fallback: bool = False,
+                        uncited_turns: bool = True) -> IngestStats:
     """Write one conversation into ``store`` (see the module docstring). Returns counters.
 
     ``on_decision(observation, decision)`` is called after each applied decision (e.g. to
@@ -130,10 +147,12 @@ def ingest_conversation(store: MemoryStore, conv: Conversation, source: str, man
                                   observed_at=session.date.isoformat())
         obs, skipped = session_observations(conv, session, source, extractor=extractor, store=store,
                                             date_prefix=date_prefix, resolve_dates=resolve_dates,
-                                            speakers=speakers, utterance_fallback=utterance_fallback)
+                                            speakers=speakers, utterance_fallback=utterance_fallback,
+                                            uncited_turns=uncited_turns)
         stats.skipped_sessions += skipped
         todo = [o for o in obs if store.op_result(o.key) is None]
         stats.observations += len(obs)
+        stats.uncited_turns += sum(o.source["kind"] == UNCITED_TURN for o in obs)
         stats.replayed += len(obs) - len(todo)
         if todo:
             vecs = store.embedder.embed([o.text for o in todo])
