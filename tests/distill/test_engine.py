@@ -224,3 +224,34 @@ def test_lora_alpha_defaults_to_twice_the_rank():
     """The LoRA scale is written once: personalize, eval qa and the CLI pass only the rank."""
     assert StudentConfig(lora_r=8).lora_alpha == 16 and StudentConfig().lora_alpha == 32
     assert StudentConfig(lora_r=8, lora_alpha=4).lora_alpha == 4
+
+
+@pytest.mark.parametrize("kwargs, field", [({"lora_r": 0}, "lora_r"), ({"lora_r": 2.5}, "lora_r"),
+                                           ({"lora_r": True}, "lora_r"), ({"lora_alpha": -1}, "lora_alpha"),
+                                           ({"lora_dropout": 1.0}, "lora_dropout"),
+                                           ({"load_in_4bit": "yes"}, "load_in_4bit")])
+def test_student_config_names_the_bad_field(kwargs, field):
+    from tsubasa_fast.errors import InputError
+
+    with pytest.raises(InputError) as e:
+        StudentConfig(**kwargs)
+    assert e.value.field == field
+
+
+def test_every_entry_point_builds_its_student_from_one_config(tmp_path):
+    """personalize, eval qa and the demo hold a StudentConfig; the CLI builds it in one function."""
+    import argparse
+
+    from tsubasa_fast.cli.distill import add_student_args, student_config
+    from tsubasa_fast.demo import demo_config
+    from tsubasa_fast.eval.qa import QAEvalConfig
+    from tsubasa_fast.personalize import PersonalizeConfig
+
+    p = argparse.ArgumentParser()
+    add_student_args(p)
+    args = p.parse_args(["--model", str(tmp_path), "--no-4bit", "--device", "cpu"])
+    cfg = student_config(args, lora_r=4)
+    assert (cfg.model, cfg.load_in_4bit, cfg.device, cfg.lora_r, cfg.lora_alpha) == (str(tmp_path), False, "cpu", 4, 8)
+    assert PersonalizeConfig(student=cfg).student is cfg and QAEvalConfig(student=cfg).student is cfg
+    assert PersonalizeConfig().student == StudentConfig() == QAEvalConfig().student
+    assert demo_config(model="m", load_in_4bit=False).student == StudentConfig(model="m", load_in_4bit=False)

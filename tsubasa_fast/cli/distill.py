@@ -25,7 +25,16 @@ def add_student_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
 
 
-def _student_config(args, **extra):
+def add_lora_rank_arg(p: argparse.ArgumentParser, help_prefix: str = "") -> None:
+    """--lora-r, its default read from StudentConfig (written once)."""
+    from ..distill.student import StudentConfig
+
+    default = StudentConfig.__dataclass_fields__["lora_r"].default
+    p.add_argument("--lora-r", type=positive_int, default=default, help=f"{help_prefix}LoRA rank (default {default})")
+
+
+def student_config(args, **extra):
+    """The StudentConfig of the options :func:`add_student_args` added (every command's base model)."""
     from ..distill.student import StudentConfig
 
     return StudentConfig(model=args.model, load_in_4bit=args.four_bit, device=args.device, **extra)
@@ -70,7 +79,7 @@ def register(subparsers) -> None:
     p.add_argument("-k", type=positive_int, default=3, help="memories in the student prompt (default 3)")
     p.add_argument("--no-memories", action="store_true", help="train on the question alone (ablation)")
     p.add_argument("--checkpoint-every", type=positive_int, default=50, help="steps between checkpoints")
-    p.add_argument("--lora-r", type=positive_int, default=16, help="LoRA rank (default 16)")
+    add_lora_rank_arg(p)
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
     p.add_argument("--seed", type=int, default=0, help="seed for the LoRA init and the data order")
     p.add_argument("--report-to", default="none",
@@ -101,7 +110,7 @@ def cmd_teacher_cache(args) -> int:
 
     memory_retriever(args.store, args.user)  # fails early, clearly, on a wrong store or user
     pairs = load_qa(args.qa)
-    student = Student(_student_config(args))
+    student = Student(student_config(args))
     cfg = TeacherConfig(d=args.d, temperature=args.temperature, batch_size=args.batch_size)
     stats = build_teacher_cache(student, pairs, args.out, cfg)
     from ..distill.cache import TeacherCache
@@ -122,10 +131,10 @@ def cmd_train(args) -> int:
 
     # under torchrun / accelerate launch: joins the process group (gloo on CPU, nccl on CUDA)
     # and selects this rank's GPU before the student loads
-    PartialState(cpu=_student_config(args).resolved_device().type == "cpu")
+    PartialState(cpu=student_config(args).resolved_device().type == "cpu")
     retrieve = None if args.no_memories else memory_retriever(args.store, args.user, args.k)
     pairs = load_qa(args.qa)
-    student = Student(_student_config(args, lora_r=args.lora_r,
+    student = Student(student_config(args, lora_r=args.lora_r,
                                       gradient_checkpointing=args.gradient_checkpointing, seed=args.seed))
     cfg = TrainConfig(steps=args.steps, epochs=args.epochs or 1.0, batch_size=args.batch_size,
                       micro_batch_size=args.micro_batch_size, lr=args.lr, warmup_ratio=args.warmup_ratio,
@@ -147,7 +156,7 @@ def cmd_ask(args) -> int:
 
     answerer = Answerer(args.store, args.user, adapter=args.adapter, model=args.model,
                         config=AnswerConfig(k=args.k, max_new_tokens=args.max_new_tokens),
-                        student_config=_student_config(args))
+                        student_config=student_config(args))
     ans = answerer.answer(args.question)
     if args.json:
         print(json.dumps({"question": args.question, "answer": ans.text, "memories": ans.memories}))

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..eval.qa import METHODS
 from . import group
 from . import positive_int as _positive
-from .distill import add_student_args
+from .distill import add_lora_rank_arg, add_student_args, student_config
 
 
 def register(subparsers) -> None:
@@ -49,7 +49,7 @@ def register(subparsers) -> None:
     length.add_argument("--epochs", type=float, default=None, help="tsubasa: passes over the QA pairs (default 2)")
     p.add_argument("--batch-size", type=_positive, default=8, help="tsubasa: examples per step (default 8)")
     p.add_argument("--lr", type=float, default=2e-4, help="tsubasa: peak learning rate (default 2e-4)")
-    p.add_argument("--lora-r", type=_positive, default=16, help="tsubasa: LoRA rank (default 16)")
+    add_lora_rank_arg(p, "tsubasa: ")
     p.add_argument("-d", type=_positive, default=5, help="tsubasa: teacher entries per token (default 5)")
     p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     p.add_argument("--seeds", type=_positive, default=1, metavar="N",
@@ -66,11 +66,11 @@ def cmd_eval_qa(args) -> int:
     from ..memory.locomo import load_locomo
 
     config = QAEvalConfig(
-        method=args.method, k=args.k, model=args.model, judge=args.judge, device=args.device,
-        load_in_4bit=args.four_bit, embedder=args.embedder, limit=args.limit,
+        method=args.method, k=args.k, student=student_config(args, lora_r=args.lora_r), judge=args.judge,
+        embedder=args.embedder, limit=args.limit,
         max_new_tokens=args.max_new_tokens, date_in_prompt=args.date_in_prompt,
         work_dir=None if args.work is None else str(args.work),
-        synth_generator=args.synth_generator, answer_check=not args.no_answer_check, lora_r=args.lora_r,
+        synth_generator=args.synth_generator, answer_check=not args.no_answer_check,
         d=args.d, steps=args.steps, epochs=args.epochs or 2.0, batch_size=args.batch_size, lr=args.lr,
         seed=args.seed, seeds=args.seeds, closed_book=args.closed_book)
     if args.judge is not None and not Path(args.judge).is_dir():

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from . import positive_int
-from .distill import add_student_args
+from .distill import add_lora_rank_arg, add_student_args, student_config
 
 
 def register(subparsers) -> None:
@@ -37,7 +37,7 @@ def register(subparsers) -> None:
     p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (default 2e-4)")
     p.add_argument("-d", type=positive_int, default=5, help="teacher entries per token (default 5)")
     p.add_argument("-k", type=positive_int, default=3, help="memories in the student prompt (default 3)")
-    p.add_argument("--lora-r", type=positive_int, default=16, help="LoRA rank (default 16)")
+    add_lora_rank_arg(p)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_personalize)
 
@@ -49,8 +49,8 @@ def config_from_args(args):
     from ..personalize import PersonalizeConfig
 
     return PersonalizeConfig(
-        model=args.model, load_in_4bit=args.four_bit, device=args.device, source=args.source,
-        manager=args.manager, embedder=args.embedder, lora_r=args.lora_r,
+        student=student_config(args, lora_r=args.lora_r), source=args.source,
+        manager=args.manager, embedder=args.embedder,
         synth=SynthConfig(generator=args.synth_generator, check_answerable=not args.no_answer_check,
                           seed=args.seed),
         teacher=TeacherConfig(d=args.d),

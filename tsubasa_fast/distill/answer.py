@@ -6,7 +6,7 @@ are checked against the model it is loaded onto (``student.check_adapter``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..llm import ChatLM
@@ -43,11 +43,11 @@ class Answerer:
             if owner is not None and owner != user:
                 raise AdapterMismatchError(f"{adapter} was trained for user {owner!r}, not {user!r}", field="adapter")
         if student is None:
-            cfg = student_config or StudentConfig()
+            cfg = student_config or StudentConfig()  # the caller's config is never modified
             if model is not None:
-                cfg.model = model
+                cfg = replace(cfg, model=model)
             elif adapter is not None and cfg.model is None:
-                cfg.model = adapter_meta(adapter).get("base_model")
+                cfg = replace(cfg, model=adapter_meta(adapter).get("base_model"))
             student = Student(cfg, adapter=adapter, trainable=False)
         self.student = student
         self.student.model.eval()

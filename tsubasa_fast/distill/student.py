@@ -49,8 +49,17 @@ class StudentConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if isinstance(self.lora_r, bool) or not isinstance(self.lora_r, int) or self.lora_r < 1:
+            raise InputError(f"must be a positive integer, got {self.lora_r!r}", field="lora_r")
         if self.lora_alpha is None:
             self.lora_alpha = 2 * self.lora_r
+        if not isinstance(self.lora_alpha, (int, float)) or self.lora_alpha <= 0:
+            raise InputError(f"must be positive, got {self.lora_alpha!r}", field="lora_alpha")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise InputError(f"must be in [0, 1), got {self.lora_dropout!r}", field="lora_dropout")
+        if self.load_in_4bit not in (None, True, False):
+            raise InputError(f"must be True, False or None (4-bit on CUDA only), got {self.load_in_4bit!r}",
+                             field="load_in_4bit")
 
     def resolved_device(self) -> torch.device:
         if self.device:

@@ -28,7 +28,7 @@ import re
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..errors import InputError, StageError
@@ -53,10 +53,8 @@ class QAEvalConfig:
 
     method: str = "rag-observations"
     k: int = 3
-    model: str | None = None  # local causal LM folder; None = SmolLM2-135M-Instruct
+    student: "object" = None  # distill.student.StudentConfig: the base model and (tsubasa) the LoRA
     judge: str | None = None  # local model folder for the LLM judge; None = no judge
-    device: str | None = None
-    load_in_4bit: bool | None = None
     embedder: str = "minilm"
     retrieval: str = DEFAULT_MODE  # the best measured (benchmarks/README.md)
     limit: int | None = None  # answer only the first N questions per conversation
@@ -66,7 +64,6 @@ class QAEvalConfig:
     # tsubasa only
     synth_generator: str = "rule"
     answer_check: bool = True
-    lora_r: int = 16
     d: int = 5
     steps: int | None = None
     epochs: float = 2.0
@@ -79,6 +76,9 @@ class QAEvalConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        from ..distill.student import StudentConfig
+
+        self.student = self.student or StudentConfig()
         if self.method not in METHODS:
             raise InputError(f"expected one of {METHODS}, got {self.method!r}", field="method")
         if self.k < 1:
@@ -122,14 +122,12 @@ class QAEvaluator:
         self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.perf_counter() - t0, 2)
 
     def _student(self, fresh: bool = False, seed: int | None = None):
-        from ..distill.student import Student, StudentConfig
+        from ..distill.student import Student
 
         c = self.config
         if fresh or self._base is None:
             t0 = time.perf_counter()
-            st = Student(StudentConfig(model=c.model, load_in_4bit=c.load_in_4bit, device=c.device,
-                                       lora_r=c.lora_r,
-                                       seed=c.seed if seed is None else seed))
+            st = Student(replace(c.student, seed=c.seed if seed is None else seed))
             self._time("load", t0)
             if fresh:
                 return st
@@ -218,7 +216,7 @@ class QAEvaluator:
         judge = None
         if c.judge:
             t0 = time.perf_counter()
-            judge = _judge_fn(c.judge, c.device)
+            judge = _judge_fn(c.judge, c.student.device)
             self._time("load", t0)
         runs = []
         for i in range(c.seeds):
@@ -331,6 +329,8 @@ class QAEvaluator:
         notes.extend(self.notes)
         cfg = asdict(c)
         cfg["work_dir"] = str(self.work)
+        # the keys of the --json schema before the student options moved into ``student``
+        cfg.update({k: cfg["student"][k] for k in ("model", "device", "load_in_4bit", "lora_r")})
         all_rows = [r for _, rows, _ in runs for r in rows]
         result = {
             "method": c.method,
