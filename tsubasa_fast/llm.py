@@ -56,12 +56,13 @@ class ChatLM:
             raise ValueError(f"{name}: the tokenizer has no chat template")
 
     @classmethod
-    def load(cls, path: str | os.PathLike | None = None, dtype: Any = "float32",
-             device: str = "cpu", **kwargs) -> "ChatLM":
-        """Load a local model folder (None = SmolLM2-135M-Instruct) for chat."""
+    def load(cls, path: str | os.PathLike | None = None, dtype: Any = None, device: str | None = None,
+             load_in_4bit: bool | None = None, **kwargs) -> "ChatLM":
+        """Load a local model folder (None = SmolLM2-135M-Instruct) for chat, with the student's
+        device / 4-bit policy (:func:`.models.load_policy`)."""
         from .models import load_causal_lm
 
-        model, tok = load_causal_lm(path, dtype=dtype, device=device)
+        model, tok = load_causal_lm(path, dtype=dtype, device=device, load_in_4bit=load_in_4bit)
         return cls(model, tok, name=str(path or "SmolLM2-135M-Instruct"), **kwargs)
 
     def __call__(self, messages: list[dict], max_new_tokens: int | None = None) -> str:

