@@ -173,16 +173,13 @@ class Personalizer:
         return out
 
     def stage_synth(self) -> dict:
-        from .distill.synth import synthesize, write_qa_jsonl, write_report
+        from .distill.stages import save_qa, synth_stage
 
         store = open_store(self.out / "store", must_exist=True)
         try:
-            pairs, report = synthesize(store, self.user_id, self.chat, self.config.synth)
+            pairs, report = synth_stage(store, [self.user_id], self.chat, self.config.synth)
         finally:
             store.close()
-        if not pairs:
-            raise StageError(f"no QA pair survived the filters ({report['dropped']}); "
-                             "try the rule question writer or a larger model")
         overlap = self._evidence_in_topk(pairs)
         report["evidence_in_topk"] = overlap
         if self.config.evidence_in_topk == "exclude":
@@ -192,14 +189,14 @@ class Personalizer:
             if not pairs:
                 raise StageError(f"every pair's evidence is already in the student's top-{overlap['k']}; "
                                  "keep them (evidence_in_topk='include')")
-        write_qa_jsonl(self.out / "qa.jsonl", pairs)
-        write_report(self.out / "qa.report.json", report)
+        save_qa(self.out, pairs, report)
         self.echo(f"  {report['kept']} QA pairs kept of {report['generated']} generated; dropped {report['dropped']}")
+        mine = report["users"][self.user_id]
         return {"kept": report["kept"], "generated": report["generated"], "dropped": report["dropped"],
-                "malformed_generations": report.get("malformed_generations", 0),
-                "malformed_rules": {k: v for k, v in report.get("malformed_rules", {}).items() if v},
-                "writer": report.get("writer"), "generator": report.get("generator"),
-                "answerability": report.get("answerability"), "evidence_in_topk": overlap}
+                "malformed_generations": mine.get("malformed_generations", 0),
+                "malformed_rules": {k: v for k, v in mine.get("malformed_rules", {}).items() if v},
+                "writer": mine.get("writer"), "generator": mine.get("generator"),
+                "answerability": mine.get("answerability"), "evidence_in_topk": overlap}
 
     def _evidence_in_topk(self, pairs: list[dict]) -> dict:
         """Marks each pair whose evidence is among the student's top-k memories for its question;
@@ -220,26 +217,19 @@ class Personalizer:
                 "share": round(hits / len(pairs), 3) if pairs else None, "policy": self.config.evidence_in_topk}
 
     def stage_teacher(self) -> dict:
-        from .distill.cache import TeacherCache
-        from .distill.data import load_qa
-        from .distill.teacher import build_teacher_cache
+        from .distill.stages import teacher_stage
 
-        stats = build_teacher_cache(self.student, load_qa(self.out / "qa.jsonl"), self.out / "cache",
-                                    self.config.teacher)
-        cache = TeacherCache(self.out / "cache")
-        return {**stats, "bytes_per_token": round(cache.bytes_per_token(), 2)}
+        return teacher_stage(self.student, self.out, self.config.teacher)
 
     def stage_train(self) -> dict:
-        from .distill.data import load_qa
         from .distill.grounding import memory_retriever
-        from .distill.train import train
+        from .distill.stages import train_stage
 
         cfg = self.config.train
         retrieve = memory_retriever(self.out / "store", self.user_id, cfg.k, cfg.retrieval) if cfg.grounding else None
-        summary = train(self.student, load_qa(self.out / "qa.jsonl"), self.out / "cache", self.out / "adapter",
-                        cfg, retrieve=retrieve, user=self.user_id)
+        summary = train_stage(self.student, self.out, cfg, retrieve, self.user_id)
         self.echo(f"  loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f} in {summary['steps']} steps")
-        return {"steps": summary["steps"], "first_loss": summary["first_loss"], "last_loss": summary["last_loss"]}
+        return summary
 
     # ------------------------------------------------------------------ report
 

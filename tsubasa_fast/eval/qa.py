@@ -169,44 +169,33 @@ class QAEvaluator:
 
     def _distil(self, conv, store, conv_dir: Path, retrieve: Callable[[str], list[str]], seed: int):
         """Synthesise QA for both speakers, cache the teacher, train one adapter; returns the student."""
-        from ..distill.data import load_qa
-        from ..distill.synth import SynthConfig, synthesize, write_qa_jsonl
-        from ..distill.teacher import TeacherConfig, build_teacher_cache
-        from ..distill.train import TrainConfig, train
+        from ..distill.stages import save_qa, synth_stage, teacher_stage, train_stage
+        from ..distill.synth import SynthConfig
+        from ..distill.teacher import TeacherConfig
+        from ..distill.train import TrainConfig
 
         c = self.config
         student = self._student(fresh=True, seed=seed)
         t0 = time.perf_counter()
         chat = self._base_chat(student, 80)
         scfg = SynthConfig(generator=c.synth_generator, check_answerable=c.answer_check, seed=seed)
-        pairs, reports = [], {}
-        for user in conv.user_ids:
-            if store.count(user) == 0:
-                continue
-            got, rep = synthesize(store, user, chat, scfg)
-            pairs.extend(got)
-            reports[user] = {k: rep[k] for k in ("generated", "kept", "dropped")}
+        try:
+            pairs, report = synth_stage(store, [u for u in conv.user_ids if store.count(u)], chat, scfg)
+        except StageError as e:
+            raise StageError(f"{conv.sample_id}: {e}") from None
         self._time("synth", t0)
-        (conv_dir / "synth.report.json").write_text(json.dumps(reports, indent=1))
-        if not pairs:
-            raise StageError(f"{conv.sample_id}: no synthesised QA pair survived the filters ({reports}); "
-                             "tsubasa has nothing to distil (try the rule question writer, no answer check, "
-                             "or a larger model)")
-        write_qa_jsonl(conv_dir / "qa.jsonl", pairs)
-        qa = load_qa(conv_dir / "qa.jsonl")
+        save_qa(conv_dir, pairs, report)
         t0 = time.perf_counter()
-        build_teacher_cache(student, qa, conv_dir / "cache", TeacherConfig(d=c.d))
+        teacher_stage(student, conv_dir, TeacherConfig(d=c.d))
         self._time("teacher", t0)
         t0 = time.perf_counter()
         tcfg = TrainConfig(steps=c.steps, epochs=c.epochs, batch_size=c.batch_size,
                            micro_batch_size=min(c.micro_batch_size, c.batch_size), lr=c.lr, k=c.k,
                            retrieval=c.retrieval, seed=seed)
-        summary = train(student, qa, conv_dir / "cache", conv_dir / "adapter", tcfg, retrieve=retrieve,
-                        user=f"{conv.sample_id}:*")
+        summary = train_stage(student, conv_dir, tcfg, retrieve, f"{conv.sample_id}:*")
         self._time("train", t0)
         student.model.eval()
-        return student, {"pairs": len(qa), "steps": summary["steps"], "first_loss": summary["first_loss"],
-                         "last_loss": summary["last_loss"]}
+        return student, {"pairs": len(pairs), **summary}
 
     # ------------------------------------------------------------------ main loop
 

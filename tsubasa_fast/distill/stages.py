@@ -1,0 +1,76 @@
+"""The distillation stages that personalize, eval qa and the demo share: QA synthesis, the
+teacher cache, training.
+
+Each stage reads and writes the standard files of one run folder (``qa.jsonl`` and
+``qa.report.json``, ``cache/``, ``adapter/``), so a pipeline is these calls in order, and a
+rerun of one stage sees what the one before it left.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+from ..errors import StageError
+from .data import load_qa
+
+QA_FILE = "qa.jsonl"
+QA_REPORT = "qa.report.json"
+CACHE_DIR = "cache"
+ADAPTER_DIR = "adapter"
+
+
+def synth_stage(store, users: Sequence[str], chat, config) -> tuple[list[dict], dict]:
+    """Writes and filters QA pairs from each user's live memories; returns ``(pairs, report)``.
+
+    ``report``: ``generated``, ``kept`` and ``dropped`` summed over the users, and each user's
+    full filter report under ``users``. Raises StageError (with the filters' counts) when no
+    pair survives: there is nothing to distil, and answering with the base instead would be a
+    silent fallback.
+    """
+    from .synth import synthesize
+
+    pairs: list[dict] = []
+    reports: dict[str, dict] = {}
+    for user in users:
+        got, reports[user] = synthesize(store, user, chat, config)
+        pairs.extend(got)
+    dropped: dict[str, int] = {}
+    for rep in reports.values():
+        for k, v in rep["dropped"].items():
+            dropped[k] = dropped.get(k, 0) + v
+    report = {"generated": sum(r["generated"] for r in reports.values()), "kept": len(pairs),
+              "dropped": dropped, "users": reports}
+    if not pairs:
+        raise StageError(f"no synthesised QA pair survived the filters (dropped {dropped}): nothing to distil; "
+                         "try the rule question writer, no answerability check, or a larger model")
+    return pairs, report
+
+
+def save_qa(out: Path, pairs: list[dict], report: dict) -> None:
+    """``qa.jsonl`` and ``qa.report.json`` in ``out``, each written atomically."""
+    from .synth import write_qa_jsonl, write_report
+
+    write_qa_jsonl(Path(out) / QA_FILE, pairs)
+    write_report(Path(out) / QA_REPORT, report)
+
+
+def teacher_stage(student, out: Path, config) -> dict:
+    """The teacher's top-d cache of ``out/qa.jsonl`` in ``out/cache`` (resumes after its last shard)."""
+    from .cache import TeacherCache
+    from .teacher import build_teacher_cache
+
+    out = Path(out)
+    stats = build_teacher_cache(student, load_qa(out / QA_FILE), out / CACHE_DIR, config)
+    return {**stats, "bytes_per_token": round(TeacherCache(out / CACHE_DIR).bytes_per_token(), 2)}
+
+
+def train_stage(student, out: Path, config, retrieve: Callable[[str], list[str]] | None, user: str) -> dict:
+    """Trains the adapter into ``out/adapter`` from ``out/qa.jsonl`` and ``out/cache`` (resumes
+    from its last checkpoint); returns steps and first / last loss."""
+    from .train import train
+
+    out = Path(out)
+    summary = train(student, load_qa(out / QA_FILE), out / CACHE_DIR, out / ADAPTER_DIR, config,
+                    retrieve=retrieve, user=user)
+    return {"steps": summary["steps"], "first_loss": summary["first_loss"], "last_loss": summary["last_loss"]}
