@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from dataclasses import replace
 import time
 from pathlib import Path
 
@@ -26,22 +27,14 @@ USER = "Maya"
 
 def demo_config(model: str | None = None, steps: int | None = None,
                 load_in_4bit: bool | None = None) -> PersonalizeConfig:
-    """Defaults sized for 2 CPU cores in a few minutes: grounded LLM extraction (falling back,
-    counted, to the user's own words in the third person where the small model invents), the
-    rule manager, questions by the LLM writer (writer 2: up to 3 answers per memory picked
-    from its names, numbers and dates, a question for each under the grammar, a round trip)
-    filtered by the malformed-pair check, a short training run."""
+    """The defaults of personalize (grounded LLM extraction falling back, counted, to the
+    user's own words in the third person where the small model invents; the rule manager; the
+    stage recipe of :func:`.distill.configs.recipe`), with a checkpoint every 10 steps."""
+    from .distill.configs import recipe
     from .distill.student import StudentConfig
-    from .distill.synth import SynthConfig
-    from .distill.train import TrainConfig
 
-    return PersonalizeConfig(
-        student=StudentConfig(model=model, load_in_4bit=load_in_4bit), source="llm", manager="rule",
-        synth=SynthConfig(generator="llm", pairs_per_prompt=3, check_answerable=False),
-        # ce_weight: the teacher's top-d alone teaches its own style ("The answer is: ..."); the CE
-        # term on the pair's answer (a short span, like the held-back gold answers) teaches the span
-        train=TrainConfig(steps=steps, epochs=3.0, batch_size=8, micro_batch_size=4, lr=3e-4,
-                          warmup_ratio=0.1, checkpoint_every=10, ce_weight=1.0))
+    train = replace(recipe()[2], steps=steps, checkpoint_every=10)
+    return PersonalizeConfig(student=StudentConfig(model=model, load_in_4bit=load_in_4bit), train=train)
 
 
 def evaluate(personalizer: Personalizer, questions, echo=print, max_new_tokens: int = 24) -> list[dict]:

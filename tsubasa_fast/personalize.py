@@ -49,10 +49,8 @@ class PersonalizeConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        from .distill.configs import recipe
         from .distill.student import StudentConfig
-        from .distill.synth import SynthConfig
-        from .distill.teacher import TeacherConfig
-        from .distill.train import TrainConfig
 
         if self.source not in ("llm", "utterances"):
             raise ValueError(f"source must be 'llm' or 'utterances', got {self.source!r}")
@@ -61,10 +59,11 @@ class PersonalizeConfig:
         if self.evidence_in_topk not in ("include", "exclude"):
             raise InputError(f"evidence_in_topk must be 'include' or 'exclude', got {self.evidence_in_topk!r}",
                              field="evidence_in_topk")
+        synth, teacher, train = recipe()
         self.student = self.student or StudentConfig()
-        self.synth = self.synth or SynthConfig()
-        self.teacher = self.teacher or TeacherConfig()
-        self.train = self.train or TrainConfig(epochs=2.0)
+        self.synth = self.synth or synth
+        self.teacher = self.teacher or teacher
+        self.train = self.train or train
 
 
 def _peak_rss_mib() -> float:

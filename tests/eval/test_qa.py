@@ -114,6 +114,7 @@ def test_tsubasa_with_no_surviving_pair_is_an_error(locomo, tiny_qwen3, tmp_path
     # a random model answers none of its own questions, so the answerability filter keeps nothing
     assert main(["eval", "qa", "--locomo", str(locomo), "--method", "tsubasa", "--limit", "1",
                  "--model", tiny_qwen3, "--device", "cpu", "--embedder", "hashing", "--steps", "1",
+                 "--synth-generator", "rule", "--answer-check",
                  "--lora-r", "2", "--work", str(tmp_path / "work")]) == 2
     err = capsys.readouterr().err
     assert "no synthesised QA pair survived" in err and "nothing to distil" in err

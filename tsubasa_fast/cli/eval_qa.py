@@ -10,6 +10,7 @@ from ..eval.qa import METHODS
 from . import group
 from . import positive_int as _positive
 from .distill import add_lora_rank_arg, add_student_args, student_config
+from .options import add_stage_options, recipe_configs, stage_configs
 
 
 def register(subparsers) -> None:
@@ -41,16 +42,8 @@ def register(subparsers) -> None:
                         "(default on)")
     p.add_argument("--work", type=Path, default=None, metavar="DIR",
                    help="where stores, adapters and answers.jsonl go (default: a new temp dir)")
-    p.add_argument("--synth-generator", choices=("rule", "llm"), default="rule",
-                   help="tsubasa: who writes the training questions (default rule: runs on CPU)")
-    p.add_argument("--no-answer-check", action="store_true", help="tsubasa: skip the answerability filter")
-    length = p.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=_positive, default=None, help="tsubasa: optimizer steps per conversation")
-    length.add_argument("--epochs", type=float, default=None, help="tsubasa: passes over the QA pairs (default 2)")
-    p.add_argument("--batch-size", type=_positive, default=8, help="tsubasa: examples per step (default 8)")
-    p.add_argument("--lr", type=float, default=2e-4, help="tsubasa: peak learning rate (default 2e-4)")
+    add_stage_options(p, recipe_configs(), "tsubasa: ")
     add_lora_rank_arg(p, "tsubasa: ")
-    p.add_argument("-d", type=_positive, default=5, help="tsubasa: teacher entries per token (default 5)")
     p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     p.add_argument("--seeds", type=_positive, default=1, metavar="N",
                    help="repeat with seeds seed..seed+N-1 (synthesis sampling and training); report the mean, "
@@ -70,9 +63,7 @@ def cmd_eval_qa(args) -> int:
         embedder=args.embedder, limit=args.limit,
         max_new_tokens=args.max_new_tokens, date_in_prompt=args.date_in_prompt,
         work_dir=None if args.work is None else str(args.work),
-        synth_generator=args.synth_generator, answer_check=not args.no_answer_check,
-        d=args.d, steps=args.steps, epochs=args.epochs or 2.0, batch_size=args.batch_size, lr=args.lr,
-        seed=args.seed, seeds=args.seeds, closed_book=args.closed_book)
+        seed=args.seed, seeds=args.seeds, closed_book=args.closed_book, **stage_configs(args, recipe_configs()))
     if args.judge is not None and not Path(args.judge).is_dir():
         raise FileNotFoundError(f"--judge: no such model folder {args.judge}")
     convs = load_locomo(args.locomo, args.conversation)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from . import positive_int
 from .distill import add_lora_rank_arg, add_student_args, student_config
+from .options import add_stage_options, recipe_configs, stage_configs
 
 
 def register(subparsers) -> None:
@@ -26,16 +27,7 @@ def register(subparsers) -> None:
     p.add_argument("--manager", choices=("llm", "rule", "static"), default="rule",
                    help="memory evolution manager (default rule)")
     p.add_argument("--embedder", choices=("minilm", "hashing"), default="minilm", help="memory embedder")
-    p.add_argument("--synth-generator", choices=("llm", "rule"), default="llm",
-                   help="who writes the training questions (default: the LLM)")
-    p.add_argument("--no-answer-check", action="store_true", help="skip the QA answerability filter")
-    length = p.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=positive_int, default=None, help="optimizer steps")
-    length.add_argument("--epochs", type=float, default=None, help="passes over the QA pairs (default 2)")
-    p.add_argument("--batch-size", type=positive_int, default=8, help="examples per step (default 8)")
-    p.add_argument("--micro-batch-size", type=positive_int, default=4, help="examples per forward pass")
-    p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (default 2e-4)")
-    p.add_argument("-d", type=positive_int, default=5, help="teacher entries per token (default 5)")
+    add_stage_options(p, recipe_configs())
     p.add_argument("-k", type=positive_int, default=3, help="memories in the student prompt (default 3)")
     add_lora_rank_arg(p)
     p.add_argument("--seed", type=int, default=0)
@@ -43,19 +35,11 @@ def register(subparsers) -> None:
 
 
 def config_from_args(args):
-    from ..distill.synth import SynthConfig
-    from ..distill.teacher import TeacherConfig
-    from ..distill.train import TrainConfig
     from ..personalize import PersonalizeConfig
 
-    return PersonalizeConfig(
-        student=student_config(args, lora_r=args.lora_r), source=args.source,
-        manager=args.manager, embedder=args.embedder,
-        synth=SynthConfig(generator=args.synth_generator, check_answerable=not args.no_answer_check,
-                          seed=args.seed),
-        teacher=TeacherConfig(d=args.d),
-        train=TrainConfig(steps=args.steps, epochs=args.epochs or 2.0, batch_size=args.batch_size,
-                          micro_batch_size=args.micro_batch_size, lr=args.lr, k=args.k, seed=args.seed))
+    stages = stage_configs(args, recipe_configs(), synth={"seed": args.seed}, train={"k": args.k, "seed": args.seed})
+    return PersonalizeConfig(student=student_config(args, lora_r=args.lora_r), source=args.source,
+                             manager=args.manager, embedder=args.embedder, **stages)
 
 
 def cmd_personalize(args) -> int:

@@ -37,7 +37,7 @@ import os
 import re
 import string
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -46,6 +46,7 @@ from ..fileio import atomic_write_text
 from ..memory.store import MemoryStore, Record
 from ..progress import progress_bar
 from ..text import token_f1
+from .configs import GENERATORS, SynthConfig  # noqa: F401 (re-exported)
 from .data import pair_key
 from .pair_check import RULES as PAIR_RULES
 from .pair_check import pair_problems
@@ -53,48 +54,7 @@ from .pair_check import pair_problems
 log = logging.getLogger(__name__)
 
 ChatFn = Callable[[list[dict]], str]
-GENERATORS = ("llm", "rule", "llm-text")
 SYNTH_VERSION = "tsubasa-synth-1"
-
-
-@dataclass
-class SynthConfig:
-    """Knobs of :func:`synthesize` (defaults suit SmolLM2-135M on a CPU)."""
-
-    generator: str = "llm"              # "llm": the base model under the writer's grammar (.writer);
-                                        # "rule": templates over parsed observations; "llm-text": the
-                                        # unconstrained Q:/A: writer (ablation)
-    group_size: int = 1                 # observations shown per generation prompt
-    pairs_per_prompt: int = 2           # pairs asked for per prompt (rule: per observation clause)
-    max_answer_words: int = 15          # filter (c)
-    f1_threshold: float = 0.5           # filter (b): re-answer vs pair answer token F1 must reach this
-    min_context_overlap: float = 0.5    # filter (b'), ours: share of the answer's content words found
-                                        # in the context (0 turns it off); catches invented answers
-                                        # the same small model then "confirms" when re-asked
-    check_answerable: bool = True       # filter (b) on/off (needs an LLM)
-    check_well_formed: bool = True      # the malformed-pair check (pair_check); off only for ablations
-                                        # and pipeline tests on random models (reported as skipped)
-    round_trip: bool = True             # the llm writer's round trip (.writer); off likewise
-    strip_question_words: bool = True   # filter (b): also score the re-answer without question words
-    max_new_tokens: int = 80            # generation limit for writing pairs
-    answer_max_new_tokens: int = 24     # generation limit for the answerability re-ask
-    limit: int | None = None            # at most this many prompts (groups), in store order
-    seed: int = 0                       # torch seed (matters only for a sampling chat function)
-    report_examples: int = 5            # dropped pairs shown per filter in the report
-
-    def __post_init__(self):
-        if self.generator not in GENERATORS:
-            raise ValueError(f"generator must be one of {GENERATORS}, got {self.generator!r}")
-        for name in ("group_size", "pairs_per_prompt", "max_answer_words", "max_new_tokens",
-                     "answer_max_new_tokens"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= float(self.f1_threshold) <= 1.0:
-            raise ValueError(f"f1_threshold must be in [0, 1], got {self.f1_threshold}")
-        if not 0.0 <= float(self.min_context_overlap) <= 1.0:
-            raise ValueError(f"min_context_overlap must be in [0, 1], got {self.min_context_overlap}")
-        if self.limit is not None and int(self.limit) < 1:
-            raise ValueError(f"limit must be >= 1, got {self.limit}")
 
 
 # --------------------------------------------------------------------------- text utils

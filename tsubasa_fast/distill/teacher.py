@@ -9,27 +9,17 @@ and never held beyond one chunk. The cache resumes after the last complete shard
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import torch
 
 from ..loss import fused_linear_select_topd
 from ..progress import progress_bar
 from .cache import CacheSpec, TeacherCacheWriter
+from .configs import TeacherConfig  # noqa: F401 (re-exported)
 from .data import QAPair, collate, encode
 from .prompts import TEMPLATE_VERSION, teacher_messages
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TeacherConfig:
-    d: int = 5
-    temperature: float = 1.0
-    logprob_dtype: str = "float16"
-    batch_size: int = 8
-    max_length: int = 1024
-    shard_tokens: int = 65536
 
 
 def cache_spec(student, config: TeacherConfig) -> CacheSpec:

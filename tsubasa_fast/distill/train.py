@@ -25,7 +25,7 @@ import shutil
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -34,10 +34,9 @@ from transformers import TrainerCallback
 
 from ..errors import InputError
 from ..fileio import atomic_write_text
-from ..memory.retrieval import DEFAULT_MODE
-from ..ops.reference import TAIL_MODES
 from ..progress import progress_bar
 from .cache import CacheSpec, TeacherCache, read_cache_spec
+from .configs import TrainConfig  # noqa: F401 (re-exported)
 from .data import Encoded, QAPair, encode
 from .prompts import TEMPLATE_VERSION, student_messages
 
@@ -46,44 +45,6 @@ CHECKPOINTS = "checkpoints"
 STUDENT_DATA = "student_data.jsonl"
 METRICS = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
-
-
-@dataclass
-class TrainConfig:
-    steps: int | None = None  # optimizer steps; None = derived from epochs
-    epochs: float = 1.0
-    batch_size: int = 8  # examples per optimizer step, across all processes
-    micro_batch_size: int = 4  # at most this many examples per forward pass in one process
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    tail: str = "renorm"
-    ce_weight: float = 0.0
-    k: int = 3  # memories in the student prompt
-    grounding: bool = True  # False: the question alone (the "no grounding" ablation)
-    retrieval: str = DEFAULT_MODE  # the best measured (benchmarks/README.md)
-    checkpoint_every: int = 50
-    max_length: int = 1024
-    seed: int = 0
-    report_to: str = "none"  # Trainer's logging integrations: "tensorboard", "wandb", "all", ...
-
-    def validate(self) -> None:
-        if self.steps is not None and self.steps < 1:
-            raise InputError(f"must be >= 1, got {self.steps}", field="steps")
-        if not self.epochs > 0:
-            raise InputError(f"must be > 0, got {self.epochs}", field="epochs")
-        for name in ("batch_size", "micro_batch_size", "checkpoint_every", "k", "max_length"):
-            if getattr(self, name) < 1:
-                raise InputError(f"must be >= 1, got {getattr(self, name)}", field=name)
-        if self.tail not in TAIL_MODES:
-            raise InputError(f"must be one of {TAIL_MODES}, got {self.tail!r}", field="tail")
-        if not self.lr > 0:
-            raise InputError(f"must be > 0, got {self.lr}", field="lr")
-        if not 0 <= self.warmup_ratio < 1:
-            raise InputError(f"must be in [0, 1), got {self.warmup_ratio}", field="warmup_ratio")
-        if not self.ce_weight >= 0:
-            raise InputError(f"must be >= 0, got {self.ce_weight}", field="ce_weight")
 
 
 # ------------------------------------------------------------------------ student data

@@ -61,24 +61,25 @@ class QAEvalConfig:
     max_new_tokens: int = 32
     date_in_prompt: bool = True  # prefix undated memories with their session date in the prompt
     work_dir: str | None = None  # None = a fresh temp dir
-    # tsubasa only
-    synth_generator: str = "rule"
-    answer_check: bool = True
-    d: int = 5
-    steps: int | None = None
-    epochs: float = 2.0
-    batch_size: int = 8
-    micro_batch_size: int = 4
-    lr: float = 2e-4
+    # tsubasa only: the stage configs (default: distill.configs.recipe(), as personalize and the
+    # demo); per seed, synthesis and training take the seed, training takes k and retrieval
+    synth: "object" = None  # distill.synth.SynthConfig
+    teacher: "object" = None  # distill.teacher.TeacherConfig
+    train: "object" = None  # distill.train.TrainConfig
     seed: int = 0
     seeds: int = 1  # runs with seeds seed, seed + 1, ...; scores are their mean
     closed_book: bool = False  # answer from the question alone, no memories
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        from ..distill.configs import recipe
         from ..distill.student import StudentConfig
 
+        synth, teacher, train = recipe()
         self.student = self.student or StudentConfig()
+        self.synth = self.synth or synth
+        self.teacher = self.teacher or teacher
+        self.train = self.train or train
         if self.method not in METHODS:
             raise InputError(f"expected one of {METHODS}, got {self.method!r}", field="method")
         if self.k < 1:
@@ -170,15 +171,12 @@ class QAEvaluator:
     def _distil(self, conv, store, conv_dir: Path, retrieve: Callable[[str], list[str]], seed: int):
         """Synthesise QA for both speakers, cache the teacher, train one adapter; returns the student."""
         from ..distill.stages import save_qa, synth_stage, teacher_stage, train_stage
-        from ..distill.synth import SynthConfig
-        from ..distill.teacher import TeacherConfig
-        from ..distill.train import TrainConfig
 
         c = self.config
         student = self._student(fresh=True, seed=seed)
         t0 = time.perf_counter()
-        chat = self._base_chat(student, 80)
-        scfg = SynthConfig(generator=c.synth_generator, check_answerable=c.answer_check, seed=seed)
+        chat = self._base_chat(student, c.synth.max_new_tokens)
+        scfg = replace(c.synth, seed=seed)
         try:
             pairs, report = synth_stage(store, [u for u in conv.user_ids if store.count(u)], chat, scfg)
         except StageError as e:
@@ -186,12 +184,11 @@ class QAEvaluator:
         self._time("synth", t0)
         save_qa(conv_dir, pairs, report)
         t0 = time.perf_counter()
-        teacher_stage(student, conv_dir, TeacherConfig(d=c.d))
+        teacher_stage(student, conv_dir, c.teacher)
         self._time("teacher", t0)
         t0 = time.perf_counter()
-        tcfg = TrainConfig(steps=c.steps, epochs=c.epochs, batch_size=c.batch_size,
-                           micro_batch_size=min(c.micro_batch_size, c.batch_size), lr=c.lr, k=c.k,
-                           retrieval=c.retrieval, seed=seed)
+        tcfg = replace(c.train, micro_batch_size=min(c.train.micro_batch_size, c.train.batch_size), k=c.k,
+                       retrieval=c.retrieval, seed=seed)
         summary = train_stage(student, conv_dir, tcfg, retrieve, f"{conv.sample_id}:*")
         self._time("train", t0)
         student.model.eval()
@@ -305,7 +302,7 @@ class QAEvaluator:
                          "(the same store for tsubasa and rag-evolved)")
         if c.method == "tsubasa":
             notes.append("tsubasa: ONE adapter per conversation, distilled on the union of both speakers' "
-                         f"synthesised QA pairs (synth generator {c.synth_generator}); rag_evolved: the same "
+                         f"synthesised QA pairs (synth generator {c.synth.generator}); rag_evolved: the same "
                          "questions answered by the base model (adapter off) over the same memories, k, "
                          "prompt and decoding, so distillation_gain = tsubasa - rag_evolved")
         if c.seeds > 1:
@@ -318,8 +315,10 @@ class QAEvaluator:
         notes.extend(self.notes)
         cfg = asdict(c)
         cfg["work_dir"] = str(self.work)
-        # the keys of the --json schema before the student options moved into ``student``
+        # the keys of the --json schema before the options moved into the stage configs
         cfg.update({k: cfg["student"][k] for k in ("model", "device", "load_in_4bit", "lora_r")})
+        cfg.update({k: cfg["train"][k] for k in ("steps", "epochs", "batch_size", "micro_batch_size", "lr")})
+        cfg.update(synth_generator=c.synth.generator, answer_check=c.synth.check_answerable, d=c.teacher.d)
         all_rows = [r for _, rows, _ in runs for r in rows]
         result = {
             "method": c.method,

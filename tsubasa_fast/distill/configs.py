@@ -1,0 +1,114 @@
+"""The distillation stage configs (synthesis, teacher cache, training) and the recipe of
+their best-measured values, in a module light enough for the CLI to read defaults from
+(no torch or transformers import)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import InputError
+from ..memory.retrieval import DEFAULT_MODE
+
+GENERATORS = ("llm", "rule", "llm-text")
+
+
+@dataclass
+class SynthConfig:
+    """Knobs of :func:`synthesize` (defaults suit SmolLM2-135M on a CPU)."""
+
+    generator: str = "llm"              # "llm": the base model under the writer's grammar (.writer);
+                                        # "rule": templates over parsed observations; "llm-text": the
+                                        # unconstrained Q:/A: writer (ablation)
+    group_size: int = 1                 # observations shown per generation prompt
+    pairs_per_prompt: int = 2           # pairs asked for per prompt (rule: per observation clause)
+    max_answer_words: int = 15          # filter (c)
+    f1_threshold: float = 0.5           # filter (b): re-answer vs pair answer token F1 must reach this
+    min_context_overlap: float = 0.5    # filter (b'), ours: share of the answer's content words found
+                                        # in the context (0 turns it off); catches invented answers
+                                        # the same small model then "confirms" when re-asked
+    check_answerable: bool = True       # filter (b) on/off (needs an LLM)
+    check_well_formed: bool = True      # the malformed-pair check (pair_check); off only for ablations
+                                        # and pipeline tests on random models (reported as skipped)
+    round_trip: bool = True             # the llm writer's round trip (.writer); off likewise
+    strip_question_words: bool = True   # filter (b): also score the re-answer without question words
+    max_new_tokens: int = 80            # generation limit for writing pairs
+    answer_max_new_tokens: int = 24     # generation limit for the answerability re-ask
+    limit: int | None = None            # at most this many prompts (groups), in store order
+    seed: int = 0                       # torch seed (matters only for a sampling chat function)
+    report_examples: int = 5            # dropped pairs shown per filter in the report
+
+    def __post_init__(self):
+        if self.generator not in GENERATORS:
+            raise ValueError(f"generator must be one of {GENERATORS}, got {self.generator!r}")
+        for name in ("group_size", "pairs_per_prompt", "max_answer_words", "max_new_tokens",
+                     "answer_max_new_tokens"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= float(self.f1_threshold) <= 1.0:
+            raise ValueError(f"f1_threshold must be in [0, 1], got {self.f1_threshold}")
+        if not 0.0 <= float(self.min_context_overlap) <= 1.0:
+            raise ValueError(f"min_context_overlap must be in [0, 1], got {self.min_context_overlap}")
+        if self.limit is not None and int(self.limit) < 1:
+            raise ValueError(f"limit must be >= 1, got {self.limit}")
+
+
+@dataclass
+class TeacherConfig:
+    d: int = 5
+    temperature: float = 1.0
+    logprob_dtype: str = "float16"
+    batch_size: int = 8
+    max_length: int = 1024
+    shard_tokens: int = 65536
+
+
+@dataclass
+class TrainConfig:
+    steps: int | None = None  # optimizer steps; None = derived from epochs
+    epochs: float = 1.0
+    batch_size: int = 8  # examples per optimizer step, across all processes
+    micro_batch_size: int = 4  # at most this many examples per forward pass in one process
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    tail: str = "renorm"
+    ce_weight: float = 0.0
+    k: int = 3  # memories in the student prompt
+    grounding: bool = True  # False: the question alone (the "no grounding" ablation)
+    retrieval: str = DEFAULT_MODE  # the best measured (benchmarks/README.md)
+    checkpoint_every: int = 50
+    max_length: int = 1024
+    seed: int = 0
+    report_to: str = "none"  # Trainer's logging integrations: "tensorboard", "wandb", "all", ...
+
+    def validate(self) -> None:
+        if self.steps is not None and self.steps < 1:
+            raise InputError(f"must be >= 1, got {self.steps}", field="steps")
+        if not self.epochs > 0:
+            raise InputError(f"must be > 0, got {self.epochs}", field="epochs")
+        for name in ("batch_size", "micro_batch_size", "checkpoint_every", "k", "max_length"):
+            if getattr(self, name) < 1:
+                raise InputError(f"must be >= 1, got {getattr(self, name)}", field=name)
+        from ..ops.reference import TAIL_MODES
+
+        if self.tail not in TAIL_MODES:
+            raise InputError(f"must be one of {TAIL_MODES}, got {self.tail!r}", field="tail")
+        if not self.lr > 0:
+            raise InputError(f"must be > 0, got {self.lr}", field="lr")
+        if not 0 <= self.warmup_ratio < 1:
+            raise InputError(f"must be in [0, 1), got {self.warmup_ratio}", field="warmup_ratio")
+        if not self.ce_weight >= 0:
+            raise InputError(f"must be >= 0, got {self.ce_weight}", field="ce_weight")
+
+
+def recipe() -> tuple:
+    """``(SynthConfig, TeacherConfig, TrainConfig)``: the stage settings measured best with the
+    default model on CPU (benchmarks/README.md, "make demo": +0.104 token F1 over the base),
+    the defaults of personalize, eval qa and the demo, written once. The LLM writer (writer 2:
+    answers picked from the memory, a question per answer under its grammar, a round trip
+    that replaces the answerability re-ask), and a CE term on the answer beside the top-d KL:
+    the teacher's top-d alone teaches its own style ("The answer is: ..."), the CE term the span.
+    """
+    return (SynthConfig(generator="llm", pairs_per_prompt=3, check_answerable=False), TeacherConfig(),
+            TrainConfig(epochs=3.0, batch_size=8, micro_batch_size=4, lr=3e-4, warmup_ratio=0.1, ce_weight=1.0))
