@@ -1,8 +1,10 @@
-"""Answer-text scores shared by the distillation filters and the evaluation, defined once.
+"""Text helpers shared by the memory and the distillation layers, defined once.
 
 :func:`token_f1` is Mem0 / A-MEM's set-based token F1 (lowercase, every ASCII punctuation
 mark to a space, *unique* tokens, F1 of the two sets), the "f1" that eval reports; the
 answerability filter of QA synthesis scores its re-answers with the same function.
+:func:`verb_base` and :func:`verb_form` are English verb forms from lemminflect's
+dictionary (the third-person rewrite, the slot narratives' past tense, the rule writer).
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import string
 from typing import Any
 
-__all__ = ["set_tokens", "token_f1"]
+__all__ = ["set_tokens", "token_f1", "verb_base", "verb_form"]
+_TAGS = {"past": "VBD", "present": "VBZ"}  # simple past; third person singular present
 
 _PUNCT_TO_SPACE = str.maketrans({c: " " for c in string.punctuation})
 
@@ -28,3 +31,25 @@ def token_f1(prediction: Any, reference: Any) -> float:
         return 0.0
     p, r = common / len(pred), common / len(ref)
     return 2 * p * r / (p + r)
+
+
+def verb_base(word: str, tense: str) -> str | None:
+    """The base form of ``word`` when it is a verb form of ``tense`` ("past": ``moved`` -> ``move``,
+    ``went`` -> ``go``; "present", third person: ``loves`` -> ``love``); None when it is not one
+    (``need`` is no past form, ``news`` no verb). Lowercase words."""
+    from lemminflect import getAllLemmas, getInflection
+
+    tag = _TAGS[tense]
+    for lemma in getAllLemmas(word, "VERB").get("VERB", ()):
+        if word in (getInflection(lemma, tag) or ()):
+            return lemma
+    return None
+
+
+def verb_form(base: str, tense: str) -> str | None:
+    """``base`` in ``tense`` ("past": ``move`` -> ``moved``, ``jog`` -> ``jogged``; "present":
+    ``try`` -> ``tries``); a word the dictionary lacks gets lemminflect's regular rules."""
+    from lemminflect import getInflection
+
+    forms = getInflection(base, _TAGS[tense])
+    return forms[0] if forms else None

@@ -45,7 +45,7 @@ from ..errors import InputError
 from ..fileio import atomic_write_text
 from ..memory.store import MemoryStore, Record
 from ..progress import progress_bar
-from ..text import token_f1
+from ..text import token_f1, verb_base
 from .configs import GENERATORS, SynthConfig  # noqa: F401 (re-exported)
 from .data import pair_key
 from .pair_check import RULES as PAIR_RULES
@@ -251,21 +251,6 @@ def _call(chat: ChatFn, messages: list[dict], max_new_tokens: int) -> str:
 
 
 # ------------------------------------------------------------------- rule question writer
-_IRREGULAR = {
-    "went": "go", "made": "make", "got": "get", "took": "take", "saw": "see", "bought": "buy",
-    "gave": "give", "found": "find", "had": "have", "met": "meet", "ran": "run", "read": "read",
-    "wrote": "write", "began": "begin", "felt": "feel", "won": "win", "lost": "lose",
-    "left": "leave", "came": "come", "built": "build", "taught": "teach", "sold": "sell",
-    "told": "tell", "thought": "think", "brought": "bring", "kept": "keep", "did": "do",
-    "drew": "draw", "ate": "eat", "spent": "spend", "sent": "send", "became": "become",
-    "chose": "choose", "held": "hold", "heard": "hear", "learnt": "learn", "paid": "pay",
-    "put": "put", "sang": "sing", "swam": "swim", "knew": "know", "grew": "grow", "flew": "fly",
-    "rode": "ride", "drove": "drive", "fell": "fall", "broke": "break", "caught": "catch",
-    "said": "say", "added": "add", "focused": "focus", "biased": "bias", "explored": "explore",
-    "ignored": "ignore", "adored": "adore", "stored": "store", "scored": "score",
-    "invited": "invite", "excited": "excite", "united": "unite", "wore": "wear", "shot": "shoot",
-    "created": "create",
-}
 _ING_NOUNS = {"meeting", "painting", "counseling", "counselling", "building", "clothing", "wedding",
               "evening", "morning", "reading", "writing", "camping", "hiking", "swimming", "dancing",
               "training", "recording", "gathering", "feeling", "setting", "thing", "string", "ring",
@@ -275,12 +260,6 @@ _NOT_VERBS = {"need", "red", "bed", "seed", "feed", "speed", "bred", "shed", "le
               "bus", "is", "was", "has", "this", "his", "its", "as", "us", "yes", "always",
               "sometimes", "perhaps", "news", "series", "kids", "friends", "parents", "interested",
               "excited", "proud", "determined", "inspired", "thankful", "grateful", "happy"}
-# "-ed" stems that take back a final e (moved, created, decided, ...), and their exceptions
-_E_STEMS = ("v", "c", "s", "z", "u", "at", "ag", "ang", "eng", "dg", "rg", "lg", "ut", "ur", "id",
-            "ud", "bl", "pl", "tl", "dl", "gl", "kl", "ik", "ok", "ak", "ap", "ip", "ot", "in",
-            "um", "ir", "ar", "yp")
-_NO_E = ("eat", "oat", "oid", "ook", "eak", "oak", "eap", "oot", "ain", "oin", "uin", "ein",
-         "air", "ear", "ss", "eas", "ous")
 _CLAUSE_VERBS = {"believe", "think", "feel", "say", "mention", "hope", "know", "realize", "realise",
                  "express", "explain", "share", "admit", "wish", "find", "see", "describe", "consider"}
 _MOTION = {"go", "move", "travel", "come", "return", "head", "fly", "drive", "walk", "run", "relocate"}
@@ -315,32 +294,13 @@ _WORD = re.compile(r"(?<![A-Za-z])'[^']{1,60}'(?![A-Za-z])|\"[^\"]{1,60}\"|"
 def _lemma_past(word: str) -> str | None:
     """Base form of a simple-past verb (``moved`` -> ``move``); None if it is not one."""
     w = word.lower()
-    if w in _IRREGULAR:
-        return _IRREGULAR[w]
-    if not w.endswith("ed") or len(w) < 5 or w in _NOT_VERBS:
-        return None
-    if w.endswith("ied"):
-        return w[:-3] + "y"
-    if w.endswith("eed"):
-        return w[:-1]
-    stem = w[:-2]
-    if len(stem) > 2 and stem[-1] == stem[-2] and stem[-1] not in "lsfz" and stem[-1] not in "aeiou":
-        return stem[:-1]
-    if stem.endswith(_E_STEMS) and not stem.endswith(_NO_E):
-        return stem + "e"
-    return stem
+    return None if w in _NOT_VERBS else verb_base(w, "past")
 
 
 def _lemma_present(word: str) -> str | None:
     """Base form of a third-person present verb (``loves`` -> ``love``); None if not one."""
     w = word.lower()
-    if w in _NOT_VERBS or not w.endswith("s") or w.endswith(("ss", "us", "is")) or len(w) < 4:
-        return None
-    if w.endswith("ies"):
-        return w[:-3] + "y"
-    if w.endswith(("ches", "shes", "sses", "xes", "zes", "oes")):
-        return w[:-2]
-    return w[:-1]
+    return None if w in _NOT_VERBS else verb_base(w, "present")
 
 
 def _join(tokens: Sequence[str]) -> str:
@@ -368,7 +328,7 @@ def _phrase(tokens: Sequence[str], max_words: int) -> tuple[str, int]:
             if i == 0:
                 return "", 0
             break
-        if i > 0 and (low.endswith(("ing", "ed")) or low in _IRREGULAR) and t[:1].islower() and \
+        if i > 0 and (low.endswith(("ing", "ed")) or _lemma_past(low)) and t[:1].islower() and \
                 tokens[i - 1].lower() not in _KEEP_BEFORE_VERBAL and low not in _ING_NOUNS and \
                 low not in ("red", "bed", "need", "seed", "speed"):
             break

@@ -32,6 +32,7 @@ from typing import Callable
 
 from ..structured import StructuredOutputError, parse_reply
 from ..core import Session
+from ..text import verb_base, verb_form
 
 log = logging.getLogger(__name__)
 
@@ -167,29 +168,24 @@ _YOU_CONTRACTIONS = [  # second person -> the other speaker (when known)
     (r"\byou'd\b", "{n} would"), (r"\byou were\b", "{n} was"), (r"\byourself\b", "{n}"),
     (r"\byours\b", "{n}'s"),
 ]
-_PAST = frozenset("""got went made took saw ran had did said found felt left came began bought met thought told won
-lost kept brought read put set cut gave wrote sent spent sold built taught heard knew grew drove flew
-swam sang began became chose paid lent meant slept woke wore held stood understood sat""".split())
 _MODAL = frozenset("can could will would should shall may might must".split())
 _ADVERB = frozenset("just still already also really never always actually finally only even usually "
                     "often sometimes totally definitely recently".split())
 
 
-_IRREGULAR_3RD = {"have": "has", "am": "is", "do": "does", "don't": "doesn't", "haven't": "hasn't",
-                  "go": "goes", "was": "was", "wasn't": "wasn't"}
+_CONTRACTED_3RD = {"am": "is", "don't": "doesn't", "haven't": "hasn't", "wasn't": "wasn't"}
 
 
 def _third_verb(verb: str) -> str:
+    """The verb after "I" for a third-person subject (lemminflect's forms); past tenses and
+    modals stay as they are."""
     low = verb.lower()
-    if low in _IRREGULAR_3RD:
-        return _IRREGULAR_3RD[low]
-    if low in _PAST or low in _MODAL or low.endswith("ed") or not low.isalpha():
+    if low in _CONTRACTED_3RD:
+        return _CONTRACTED_3RD[low]
+    if low in _MODAL or not low.isalpha() or verb_base(low, "past"):
         return verb
-    if low.endswith(("s", "sh", "ch", "x", "z", "o")):
-        return verb + "es"
-    if low.endswith("y") and len(low) > 1 and low[-2] not in "aeiou":
-        return verb[:-1] + "ies"
-    return verb + "s"
+    form = verb_form(low, "present") or verb
+    return form[:1].upper() + form[1:] if verb[:1].isupper() else form
 
 
 def third_person(text: str, name: str, other: str | None = None) -> str:

@@ -35,6 +35,8 @@ import calendar
 import re
 from dataclasses import dataclass
 
+from ..text import verb_base, verb_form
+
 # ------------------------------------------------------------------ words
 _NUMBER_WORDS = {w: i for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
@@ -181,27 +183,16 @@ def current_clause(text: str) -> str:
 
 
 # ------------------------------------------------------------------ tense
-_IRREGULAR = {"is": "was", "are": "were", "has": "had", "have": "had", "does": "did", "goes": "went",
-              "runs": "ran", "swims": "swam", "eats": "ate", "drives": "drove", "rides": "rode",
-              "keeps": "kept", "makes": "made", "writes": "wrote", "reads": "read", "sings": "sang",
-              "drinks": "drank", "teaches": "taught", "takes": "took", "leads": "led", "sees": "saw",
-              "thinks": "thought", "feels": "felt", "holds": "held", "wears": "wore", "gets": "got",
-              "can": "could", "will": "would", "spends": "spent", "builds": "built", "sells": "sold",
-              "buys": "bought", "knows": "knew", "gives": "gave", "finds": "found"}
+_PAST_OF = {"is": "was", "are": "were", "have": "had", "can": "could", "will": "would"}  # not third-person -s
 _PAST_SKIP = {"was", "were", "had", "did", "used"}
 
 
-def _regular_past(w: str) -> str | None:
-    if not w.endswith("s") or w.endswith("ss") or len(w) < 4:
-        return None
-    if w.endswith("ies"):
-        return w[:-3] + "ied"
-    base = w[:-2] if re.search(r"(?:ss|sh|ch|x|z|o)es$", w) else w[:-1]
-    if base.endswith("e"):
-        return base + "d"
-    if re.search(r"[^aeiou][aeiou][bdgmnpt]$", base) and len(base) <= 4:
-        return base + base[-1] + "ed"  # jogs -> jogged, plans -> planned
-    return base + "ed"
+def _past_of_present(w: str) -> str | None:
+    """``lives`` -> ``lived``, ``goes`` -> ``went`` (lemminflect); None for no present verb."""
+    if w in _PAST_OF:
+        return _PAST_OF[w]
+    base = verb_base(w, "present")
+    return None if base is None else verb_form(base, "past")
 
 
 def past_tense(clause: str) -> str:
@@ -221,7 +212,7 @@ def past_tense(clause: str) -> str:
     lw = w.lower()
     if lw in _PAST_SKIP:
         return clause
-    past = _IRREGULAR.get(lw) or (_regular_past(lw) if lw.isalpha() else None)
+    past = _past_of_present(lw) if lw.isalpha() else None
     if past is None:
         return clause
     kept = [x for x in words[:i] if x.lower() not in {"now", "currently", "still"}]
