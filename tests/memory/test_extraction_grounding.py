@@ -70,6 +70,7 @@ def test_third_person_rewrite():
         ("I've moved. Want to help me with my boxes? Your van?",
          "Maya has moved. Want to help Maya with Maya's boxes? Sam's van?"),
         ("I can't wait, I go there and I try.", "Maya can't wait, Maya goes there and Maya tries."),
+        ("I need a break and I miss my old team.", "Maya needs a break and Maya misses Maya's old team."),
         ("You're kind, you've helped and you'll see. Is it yours?",
          "Sam is kind, Sam has helped and Sam will see. Is it Sam's?"),
     ]
