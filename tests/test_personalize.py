@@ -53,7 +53,10 @@ def test_personalize_runs_every_stage_and_resumes(tiny_qwen3, tmp_path):
     assert report["memory"]["live_memories"] > 10 and report["qa"]["kept"] > 5
     assert set(report["seconds"]) == {"memory", "synth", "teacher", "train"}
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
-    assert (out / "adapter" / "loss.png").is_file() and (out / "report.md").read_text().startswith("# Personal")
+    md = (out / "report.md").read_text()
+    assert (out / "adapter" / "loss.png").is_file() and md.startswith("# Personal")
+    # raw utterances: no observation, so no uncited turn either; the count is shown all the same
+    assert report["memory"]["stats"]["uncited_turns"] == 0 and "0 of the user's turns no observation cites" in md
     meta = json.loads((out / "adapter" / "tsubasa_adapter.json").read_text())
     assert meta["user"] == report["user"]
 

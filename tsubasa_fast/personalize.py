@@ -281,8 +281,10 @@ def _markdown(r: dict) -> str:
             f"repeated facts dropped."]
         for e in mem.get("ungrounded_examples") or []:
             lines.append(f"  - dropped (session {e.get('session')}, {e.get('dia_id')}): {e.get('text')}")
-    lines.append(f"- memory, writing: {(mem.get('stats') or {}).get('skipped_sessions', 0)} sessions with no "
-                 "valid extraction.")
+    stats = mem.get("stats") or {}
+    lines.append(f"- memory, writing: {stats.get('skipped_sessions', 0)} sessions with no valid extraction; "
+                 f"{stats.get('uncited_turns', 0)} of the user's turns no observation cites were remembered "
+                 "as observations of their own.")
     if qa:
         w = qa.get("writer") or {}
         lines += [
