@@ -12,7 +12,7 @@ from __future__ import annotations
 import string
 from typing import Any
 
-__all__ = ["is_finite_verb", "set_tokens", "token_f1", "verb_base", "verb_form"]
+__all__ = ["set_tokens", "token_f1", "verb_base", "verb_form"]
 _TAGS = {"past": "VBD", "present": "VBZ"}  # simple past; third person singular present
 
 _PUNCT_TO_SPACE = str.maketrans({c: " " for c in string.punctuation})
@@ -53,13 +53,3 @@ def verb_form(base: str, tense: str) -> str | None:
 
     forms = getInflection(base, _TAGS[tense])
     return forms[0] if forms else None
-
-
-def is_finite_verb(word: str) -> bool:
-    """A lowercase word that is a simple past (``watched``, ``went``) or a third-person present
-    (``includes``, ``believes``) and no plural noun (``plans``, ``kids`` are nouns too)."""
-    from lemminflect import getAllLemmas
-
-    if verb_base(word, "past") is not None:
-        return True
-    return verb_base(word, "present") is not None and not getAllLemmas(word, "NOUN")

@@ -27,14 +27,6 @@ def test_candidate_spans_are_dates_names_and_noun_runs_of_the_text():
         "7 May 2023", "LGBTQ support group"]
     assert candidate_spans("Maya played Chopin's Nocturne at the recital.", USER) == ["Chopin's Nocturne", "recital"]
     assert candidate_spans("Maya is.", USER) == []
-    # a finite verb ends a span, and none opens on the user's own verb; plural nouns stay
-    assert candidate_spans("Melanie's family tradition includes a camping trip.", "c:Melanie") == [
-        "family tradition", "camping trip"]
-    assert candidate_spans("Melanie and her family watched the Perseid meteor shower.", "c:Melanie") == [
-        "family", "Perseid meteor shower"]
-    assert candidate_spans("Gina loves spending time in the dance studio.", "c:Gina") == [
-        "spending time", "dance studio"]
-    assert candidate_spans("Jon has business plans despite the costs.", "c:Jon") == ["business plans", "costs"]
 
 
 def test_answers_are_names_numbers_and_dates_with_their_kind():

@@ -22,7 +22,6 @@ import re
 from typing import Sequence
 
 from ..structured import StructuredOutputError, parse_reply
-from ..text import is_finite_verb, verb_base
 from .prompts import WRITER_VERSION, pick_messages, question_messages
 
 __all__ = ["WRITER_VERSION", "candidate_spans", "answer_spans", "span_kind", "question_schema", "pick_schema",
@@ -37,7 +36,6 @@ _STOP = frozenset("""
 a an the and or but nor so yet if then than that this these those there here what which who whom whose when
 where why how is are was were be been being am has have had do does did will would can could should shall
 may might must to of in on at for with by from into onto about as over under after before during since
-despite including
 until up down out off again also just still very really too not no yes all any some each every both either
 neither other another such own same her his their its she he they it them him hers theirs itself herself
 himself themselves i me my we us our you your mine said says told tells mentioned shared talked talks
@@ -62,9 +60,9 @@ def strip_date(text: str) -> tuple[str | None, str]:
 def candidate_spans(text: str, user: str, max_spans: int = MAX_SPANS) -> list[str]:
     """The short spans of an observation that can answer a question about it, in text order.
 
-    Dates (the prefix date first), then maximal runs of words between function words and
-    finite verbs ("ginger cat", "Mrs Okafor", "Harbour Health"), at most MAX_SPAN_WORDS long,
-    without the user's own name, stripped of trailing possessives; duplicates removed.
+    Dates (the prefix date first), then maximal runs of words between function words
+    ("ginger cat", "Mrs Okafor", "Harbour Health"), at most MAX_SPAN_WORDS long, without
+    the user's own name, stripped of trailing possessives; duplicates removed.
     """
     date, body = strip_date(text)
     names = {w.lower() for w in re.findall(r"[A-Za-z]+", user.rpartition(":")[2])}
@@ -74,21 +72,13 @@ def candidate_spans(text: str, user: str, max_spans: int = MAX_SPANS) -> list[st
     spans += [m.group(0) for m in _DATE.finditer(body)]
     for chunk in re.split(r"[,;:!?()\"]|\.(?=\s|$)|\s[-–]\s", _DATE.sub(",", body)):
         run: list[str] = []
-        after_name = False
         for tok in _TOKEN.findall(chunk) + [""]:
             low = tok.lower().replace("’", "'")
             base = low[:-2] if low.endswith("'s") else low
-            # a finite verb ends a run ("family tradition | includes", "Melanie's family | watched")
-            if tok and low not in _STOP and base not in _STOP and base not in names and not (
-                    tok[:1].islower() and is_finite_verb(low)):
-                # no span opens on a past verb, nor on the user's verb ("Gina | loves spending time")
-                opens_on_verb = (low.endswith("ed") and len(low) > 4) or (after_name and (
-                    verb_base(low, "present") or verb_base(low, "past")))
-                if run or not opens_on_verb:
+            if tok and low not in _STOP and base not in _STOP and base not in names:
+                if run or not (low.endswith("ed") and len(low) > 4):  # no span opens on a past verb
                     run.append(tok)  # "Chopin's Nocturne": a possessive continues the span
-                after_name = False
                 continue
-            after_name = base in names
             if run:
                 last = run[-1].replace("’", "'")
                 run[-1] = last[:-2] if last.lower().endswith("'s") else last
