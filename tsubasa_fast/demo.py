@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from dataclasses import replace
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from .eval.metrics import token_f1

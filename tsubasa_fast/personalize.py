@@ -49,8 +49,7 @@ class PersonalizeConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        from .distill.configs import recipe
-        from .distill.student import StudentConfig
+        from .distill.configs import fill_from_recipe
 
         if self.source not in ("llm", "utterances"):
             raise ValueError(f"source must be 'llm' or 'utterances', got {self.source!r}")
@@ -59,11 +58,7 @@ class PersonalizeConfig:
         if self.evidence_in_topk not in ("include", "exclude"):
             raise InputError(f"evidence_in_topk must be 'include' or 'exclude', got {self.evidence_in_topk!r}",
                              field="evidence_in_topk")
-        synth, teacher, train = recipe()
-        self.student = self.student or StudentConfig()
-        self.synth = self.synth or synth
-        self.teacher = self.teacher or teacher
-        self.train = self.train or train
+        fill_from_recipe(self)
 
 
 def _peak_rss_mib() -> float:

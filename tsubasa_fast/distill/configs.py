@@ -102,6 +102,18 @@ class TrainConfig:
             raise InputError(f"must be >= 0, got {self.ce_weight}", field="ce_weight")
 
 
+def fill_from_recipe(config) -> None:
+    """Sets ``config.student`` / ``synth`` / ``teacher`` / ``train`` that are None to the
+    default StudentConfig and the recipe's stage configs (a pipeline config's defaults)."""
+    from .student import StudentConfig
+
+    synth, teacher, train = recipe()
+    config.student = config.student or StudentConfig()
+    config.synth = config.synth or synth
+    config.teacher = config.teacher or teacher
+    config.train = config.train or train
+
+
 def recipe() -> tuple:
     """``(SynthConfig, TeacherConfig, TrainConfig)``: the stage settings measured best with the
     default model on CPU (benchmarks/README.md, "make demo": +0.104 token F1 over the base),

@@ -72,14 +72,9 @@ class QAEvalConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        from ..distill.configs import recipe
-        from ..distill.student import StudentConfig
+        from ..distill.configs import fill_from_recipe
 
-        synth, teacher, train = recipe()
-        self.student = self.student or StudentConfig()
-        self.synth = self.synth or synth
-        self.teacher = self.teacher or teacher
-        self.train = self.train or train
+        fill_from_recipe(self)
         if self.method not in METHODS:
             raise InputError(f"expected one of {METHODS}, got {self.method!r}", field="method")
         if self.k < 1:

@@ -173,7 +173,7 @@ _ADVERB = frozenset("just still already also really never always actually finall
                     "often sometimes totally definitely recently".split())
 
 
-_CONTRACTED_3RD = {"am": "is", "don't": "doesn't", "haven't": "hasn't", "wasn't": "wasn't"}
+_CONTRACTED_3RD = {"am": "is", "don't": "doesn't", "haven't": "hasn't"}
 
 
 def _third_verb(verb: str) -> str:
