@@ -7,7 +7,10 @@ import pytest
 
 import tsubasa_fast
 from tsubasa_fast.cli import main
-from tsubasa_fast.personalize import PersonalizeConfig, Personalizer
+from tsubasa_fast.errors import InputError
+from tsubasa_fast.memory.config import MemoryConfig
+from tsubasa_fast.personalize import Personalizer
+from tsubasa_fast.run_config import RunConfig
 
 SAMPLE = Path(tsubasa_fast.__file__).parent / "data" / "sample_user.json"
 
@@ -17,12 +20,12 @@ def _config(model):
     from tsubasa_fast.distill.synth import SynthConfig
     from tsubasa_fast.distill.train import TrainConfig
 
-    return PersonalizeConfig(student=StudentConfig(model=model, lora_r=4), source="utterances", manager="rule",
-                             embedder="hashing",
-                             # raw utterances: the rule writer refuses them, the LLM writer takes them
-                             synth=SynthConfig(generator="llm", pairs_per_prompt=1, check_answerable=False,
-                                               check_well_formed=False, round_trip=False),  # random model
-                             train=TrainConfig(steps=2, batch_size=4, micro_batch_size=4, lr=1e-3))
+    return RunConfig(student=StudentConfig(model=model, lora_r=4),
+                     memory=MemoryConfig(source="utterances", manager="rule", embedder="hashing"),
+                     # raw utterances: the rule writer refuses them, the LLM writer takes them
+                     synth=SynthConfig(generator="llm", pairs_per_prompt=1, check_answerable=False,
+                                       check_well_formed=False, round_trip=False),  # random model
+                     train=TrainConfig(steps=2, batch_size=4, micro_batch_size=4, lr=1e-3))
 
 
 def test_personalize_runs_every_stage_and_resumes(tiny_qwen3, tmp_path):
@@ -85,21 +88,41 @@ def test_out_dir_of_another_user_is_refused(tiny_qwen3, tmp_path):
 def test_evidence_already_in_the_students_top_k_is_counted_and_can_be_excluded(tmp_path):
     """A pair whose question is its own memory's text retrieves that memory first; a pair whose
     question is another memory's text does not: 1 of 2 in the top-1."""
-    from tsubasa_fast.distill.train import TrainConfig
+    from tsubasa_fast.distill.configs import SynthConfig
+    from tsubasa_fast.distill.grounding import memory_retriever
+    from tsubasa_fast.distill.stages import evidence_stage
+    from tsubasa_fast.errors import InputError, StageError
     from tsubasa_fast.memory.store import open_store
 
     texts = ["[5 March 2023] Maya has a ginger cat named Miso.",
              "[14 May 2023] Maya applied for a UX researcher job at Harbour Health.",
              "[20 August 2023] Maya moved into a flat in Southville, Bristol."]
-    p = Personalizer(SAMPLE, "Maya", tmp_path / "run",
-                     PersonalizeConfig(embedder="hashing", train=TrainConfig(k=1)))
-    store = open_store(tmp_path / "run" / "store", "hashing")
+    store = open_store(tmp_path / "store", "hashing")
     for i, t in enumerate(texts):
-        store.add(p.user_id, t, op_key=f"k{i}")
+        store.add("maya", t, op_key=f"k{i}")
     store.close()
-    pairs = [{"question": texts[0], "context": texts[0]}, {"question": texts[2], "context": texts[1]}]
-    got = p._evidence_in_topk(pairs)
-    assert got == {"k": 1, "pairs": 2, "in_topk": 1, "share": 0.5, "policy": "include"}
+    retrieve = memory_retriever(tmp_path / "store", "maya", 1)
+
+    def fresh():
+        return ([{"question": texts[0], "context": texts[0]}, {"question": texts[2], "context": texts[1]}],
+                {"kept": 2, "dropped": {}})
+
+    pairs, report = fresh()
+    assert evidence_stage(pairs, report, retrieve, 1, "include") == pairs
+    assert report["evidence_in_topk"] == {"k": 1, "pairs": 2, "in_topk": 1, "share": 0.5, "policy": "include"}
     assert [q["evidence_in_topk"] for q in pairs] == [True, False]
-    with pytest.raises(ValueError, match="evidence_in_topk must be 'include' or 'exclude'"):
-        PersonalizeConfig(evidence_in_topk="sometimes")
+    pairs, report = fresh()
+    assert evidence_stage(pairs, report, retrieve, 1, "exclude") == [pairs[1]]
+    assert (report["kept"], report["dropped"]) == (1, {"evidence_in_topk": 1})
+    with pytest.raises(StageError, match="every pair's evidence is already in the student's top-1"):
+        evidence_stage(fresh()[0][:1], fresh()[1], retrieve, 1, "exclude")
+    retrieve.store.close()
+    with pytest.raises(InputError) as e:
+        SynthConfig(evidence_in_topk="sometimes")
+    assert e.value.field == "evidence_in_topk"
+
+
+def test_a_history_offers_no_dataset_observations(tmp_path):
+    with pytest.raises(InputError) as e:
+        Personalizer(SAMPLE, "Maya", tmp_path / "run", RunConfig(memory=MemoryConfig(source="observations")))
+    assert e.value.field == "source" and not (tmp_path / "run").exists()

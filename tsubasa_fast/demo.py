@@ -19,14 +19,15 @@ from pathlib import Path
 
 from .eval.metrics import token_f1
 from .history import load_eval_questions
-from .personalize import PersonalizeConfig, Personalizer
+from .personalize import Personalizer
+from .run_config import RunConfig
 
 SAMPLE = Path(__file__).parent / "data" / "sample_user.json"
 USER = "Maya"
 
 
 def demo_config(model: str | None = None, steps: int | None = None,
-                load_in_4bit: bool | None = None) -> PersonalizeConfig:
+                load_in_4bit: bool | None = None) -> RunConfig:
     """The defaults of personalize (grounded LLM extraction falling back, counted, to the
     user's own words in the third person where the small model invents; the rule manager; the
     stage recipe of :func:`.distill.configs.recipe`), with a checkpoint every 10 steps."""
@@ -34,15 +35,15 @@ def demo_config(model: str | None = None, steps: int | None = None,
     from .distill.student import StudentConfig
 
     train = replace(recipe()[2], steps=steps, checkpoint_every=10)
-    return PersonalizeConfig(student=StudentConfig(model=model, load_in_4bit=load_in_4bit), train=train)
+    return RunConfig(student=StudentConfig(model=model, load_in_4bit=load_in_4bit), train=train)
 
 
 def evaluate(personalizer: Personalizer, questions, echo=print, max_new_tokens: int = 24) -> list[dict]:
     """Answers every question with base + retrieval and student + retrieval; prints a table."""
-    from .distill.answer import AnswerConfig, Answerer
+    from .distill.answer import Answerer
 
     answerer = Answerer(personalizer.out / "store", personalizer.user_id, student=personalizer.student,
-                        config=AnswerConfig(k=3, max_new_tokens=max_new_tokens))
+                        config=replace(personalizer.config.answer, max_new_tokens=max_new_tokens))
     st = personalizer.student
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -76,7 +77,7 @@ def _print_table(rows: list[dict], echo) -> None:
 
 
 def run(out: str | Path = "demo_out", model: str | None = None, steps: int | None = None,
-        config: PersonalizeConfig | None = None, echo=print, questions: int | None = None,
+        config: RunConfig | None = None, echo=print, questions: int | None = None,
         load_in_4bit: bool | None = None) -> dict:
     t0 = time.perf_counter()
     p = Personalizer(SAMPLE, USER, out, config or demo_config(model, steps, load_in_4bit), echo=echo)

@@ -15,50 +15,22 @@ from __future__ import annotations
 import json
 import resource
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from .errors import InputError, StageError
+from .errors import InputError
 from .fileio import atomic_write_text, sha256_file
 from .history import load_history
+from .memory.config import HISTORY_SOURCES
 from .memory.evolution import make_manager
 from .memory.extraction import ObservationExtractor
 from .memory.ingest import ingest_conversation
 from .memory.store import open_store
+from .run_config import RunConfig
 
 STAGES = ("memory", "synth", "teacher", "train")
 STATE = "state.json"
-
-
-@dataclass
-class PersonalizeConfig:
-    """Everything the main job can be told; one config object per stage inside."""
-
-    source: str = "llm"  # memory writing: "llm" extraction (utterance fallback) or "utterances"
-    manager: str = "rule"  # evolution: "llm", "rule" or "static"
-    embedder: str = "minilm"
-    # pairs whose evidence (the memory they were written from) is already in the student's top-k
-    # for their question: "include" (train on them too) or "exclude" (only pairs the teacher knows
-    # more about); the share is reported either way
-    evidence_in_topk: str = "include"
-    student: "object" = None  # distill.student.StudentConfig: the base model (also the chat model) and LoRA
-    synth: "object" = None  # distill.synth.SynthConfig
-    teacher: "object" = None  # distill.teacher.TeacherConfig
-    train: "object" = None  # distill.train.TrainConfig
-    extra: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        from .distill.configs import fill_from_recipe
-
-        if self.source not in ("llm", "utterances"):
-            raise ValueError(f"source must be 'llm' or 'utterances', got {self.source!r}")
-        if self.manager not in ("llm", "rule", "static"):
-            raise ValueError(f"manager must be 'llm', 'rule' or 'static', got {self.manager!r}")
-        if self.evidence_in_topk not in ("include", "exclude"):
-            raise InputError(f"evidence_in_topk must be 'include' or 'exclude', got {self.evidence_in_topk!r}",
-                             field="evidence_in_topk")
-        fill_from_recipe(self)
 
 
 def _peak_rss_mib() -> float:
@@ -69,9 +41,12 @@ class Personalizer:
     """Runs the stages for one user; see the module docstring."""
 
     def __init__(self, history: str | Path, user: str, out_dir: str | Path,
-                 config: PersonalizeConfig | None = None, echo: Callable[[str], None] = print):
+                 config: RunConfig | None = None, echo: Callable[[str], None] = print):
         self.history = Path(history)
-        self.config = config or PersonalizeConfig()
+        self.config = config or RunConfig()
+        if self.config.memory.source not in HISTORY_SOURCES:
+            raise InputError(f"a history offers the sources {HISTORY_SOURCES}, got {self.config.memory.source!r}",
+                             field="source")
         self.out = Path(out_dir)
         self.echo = echo
         self.conv, self.speaker = load_history(self.history, user)
@@ -108,8 +83,7 @@ class Personalizer:
         if self._student is None:
             from .distill.student import Student
 
-            c = self.config
-            self._student = Student(replace(c.student, seed=c.train.seed))  # one seed: training's
+            self._student = Student(self.config.student)  # its seed is the run's (RunConfig)
         return self._student
 
     @property
@@ -139,7 +113,7 @@ class Personalizer:
         return self.write_report()
 
     def stage_memory(self) -> dict:
-        c = self.config
+        c = self.config.memory
         store = open_store(self.out / "store", c.embedder)
         try:
             extractor = ObservationExtractor(self.chat, name="base") if c.source == "llm" else None
@@ -155,7 +129,8 @@ class Personalizer:
                 self.echo(f"  {decision.op:<9}{target:>5}  {obs.text[:100]}")
 
             stats = ingest_conversation(store, self.conv, c.source, manager, extractor=extractor,
-                                        speakers=(self.speaker,), utterance_fallback=True, on_decision=show)
+                                        speakers=(self.speaker,), utterance_fallback=True, on_decision=show,
+                                        uncited_turns=c.uncited_turns)
             live = store.count(self.user_id)
         finally:
             store.close()
@@ -167,22 +142,20 @@ class Personalizer:
         return out
 
     def stage_synth(self) -> dict:
-        from .distill.stages import save_qa, synth_stage
+        from .distill.grounding import memory_retriever
+        from .distill.stages import evidence_stage, save_qa, synth_stage
 
         store = open_store(self.out / "store", must_exist=True)
         try:
             pairs, report = synth_stage(store, [self.user_id], self.chat, self.config.synth)
         finally:
             store.close()
-        overlap = self._evidence_in_topk(pairs)
-        report["evidence_in_topk"] = overlap
-        if self.config.evidence_in_topk == "exclude":
-            pairs = [p for p in pairs if not p.get("evidence_in_topk")]
-            report["dropped"]["evidence_in_topk"] = overlap["in_topk"]
-            report["kept"] = len(pairs)
-            if not pairs:
-                raise StageError(f"every pair's evidence is already in the student's top-{overlap['k']}; "
-                                 "keep them (evidence_in_topk='include')")
+        a = self.config.answer
+        retrieve = memory_retriever(self.out / "store", self.user_id, a.k, a.retrieval)
+        try:
+            pairs = evidence_stage(pairs, report, retrieve, a.k, self.config.synth.evidence_in_topk)
+        finally:
+            retrieve.store.close()
         save_qa(self.out, pairs, report)
         self.echo(f"  {report['kept']} QA pairs kept of {report['generated']} generated; dropped {report['dropped']}")
         mine = report["users"][self.user_id]
@@ -190,25 +163,7 @@ class Personalizer:
                 "malformed_generations": mine.get("malformed_generations", 0),
                 "malformed_rules": {k: v for k, v in mine.get("malformed_rules", {}).items() if v},
                 "writer": mine.get("writer"), "generator": mine.get("generator"),
-                "answerability": mine.get("answerability"), "evidence_in_topk": overlap}
-
-    def _evidence_in_topk(self, pairs: list[dict]) -> dict:
-        """Marks each pair whose evidence is among the student's top-k memories for its question;
-        returns the count and share (the teacher knows more than the student only on the others)."""
-        from .distill.grounding import memory_retriever
-
-        cfg = self.config.train
-        retrieve = memory_retriever(self.out / "store", self.user_id, cfg.k, cfg.retrieval)
-        try:
-            hits = 0
-            for p in pairs:
-                seen = set(retrieve(p["question"]))
-                p["evidence_in_topk"] = all(line in seen for line in p["context"].splitlines() if line.strip())
-                hits += p["evidence_in_topk"]
-        finally:
-            retrieve.store.close()
-        return {"k": cfg.k, "pairs": len(pairs), "in_topk": hits,
-                "share": round(hits / len(pairs), 3) if pairs else None, "policy": self.config.evidence_in_topk}
+                "answerability": mine.get("answerability"), "evidence_in_topk": report["evidence_in_topk"]}
 
     def stage_teacher(self) -> dict:
         from .distill.stages import teacher_stage
@@ -219,9 +174,9 @@ class Personalizer:
         from .distill.grounding import memory_retriever
         from .distill.stages import train_stage
 
-        cfg = self.config.train
-        retrieve = memory_retriever(self.out / "store", self.user_id, cfg.k, cfg.retrieval) if cfg.grounding else None
-        summary = train_stage(self.student, self.out, cfg, retrieve, self.user_id)
+        a = self.config.answer  # training's k, ranking and grounding (RunConfig keeps them one)
+        retrieve = memory_retriever(self.out / "store", self.user_id, a.k, a.retrieval) if a.grounding else None
+        summary = train_stage(self.student, self.out, self.config.train, retrieve, self.user_id)
         self.echo(f"  loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f} in {summary['steps']} steps")
         return summary
 
@@ -237,11 +192,20 @@ class Personalizer:
             "seconds": {k: v.get("seconds") for k, v in st.items()},
             "peak_rss_mib": max((v.get("peak_rss_mib", 0) for v in st.values()), default=None),
             "loss_curve": str(self.out / "adapter" / "loss.png"),
-            "config": asdict(self.config),
+            "config": _config_dict(self.config),
         }
         atomic_write_text(self.out / "report.json", json.dumps(report, indent=1, default=str))
         atomic_write_text(self.out / "report.md", _markdown(report))
         return report
+
+
+def _config_dict(config: RunConfig) -> dict:
+    """The run config as nested stage dicts, plus the flat keys report.json had before the
+    memory options moved into their stage config (kept: a schema gains fields, renames none)."""
+    out = asdict(config)
+    out.update(source=config.memory.source, manager=config.memory.manager, embedder=config.memory.embedder,
+               evidence_in_topk=config.synth.evidence_in_topk)
+    return out
 
 
 def _counts(d: dict | None) -> str:
@@ -295,6 +259,6 @@ def _markdown(r: dict) -> str:
 
 
 def personalize(history: str | Path, user: str, out_dir: str | Path,
-                config: PersonalizeConfig | None = None, echo: Callable[[str], None] = print) -> dict:
+                config: RunConfig | None = None, echo: Callable[[str], None] = print) -> dict:
     """Runs (or resumes) the whole method for one user; returns the report."""
     return Personalizer(history, user, out_dir, config, echo).run()

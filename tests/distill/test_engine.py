@@ -1,5 +1,6 @@
 """The distillation engine on a tiny random Qwen3: teacher cache, training, resume, adapters."""
 
+from dataclasses import replace
 import json
 import os
 import shutil
@@ -222,8 +223,9 @@ def test_four_bit_gradients_match_the_dequantised_model(tiny_qwen3, pairs):
 
 def test_lora_alpha_defaults_to_twice_the_rank():
     """The LoRA scale is written once: personalize, eval qa and the CLI pass only the rank."""
-    assert StudentConfig(lora_r=8).lora_alpha == 16 and StudentConfig().lora_alpha == 32
-    assert StudentConfig(lora_r=8, lora_alpha=4).lora_alpha == 4
+    assert StudentConfig(lora_r=8).alpha == 16 and StudentConfig().alpha == 32
+    assert StudentConfig(lora_r=8, lora_alpha=4).alpha == 4
+    assert replace(StudentConfig(), lora_r=4).alpha == 8  # a copy with another rank keeps the rule
 
 
 @pytest.mark.parametrize("kwargs, field", [({"lora_r": 0}, "lora_r"), ({"lora_r": 2.5}, "lora_r"),
@@ -239,19 +241,17 @@ def test_student_config_names_the_bad_field(kwargs, field):
 
 
 def test_every_entry_point_builds_its_student_from_one_config(tmp_path):
-    """personalize, eval qa and the demo hold a StudentConfig; the CLI builds it in one function."""
-    import argparse
-
-    from tsubasa_fast.cli.distill import add_student_args, student_config
+    """personalize, eval qa and the demo hold the StudentConfig of one RunConfig; the CLI's
+    options for it are generated from StudentConfig's fields."""
+    from tsubasa_fast.cli import build_parser
+    from tsubasa_fast.cli.options import run_config
     from tsubasa_fast.demo import demo_config
-    from tsubasa_fast.eval.qa import QAEvalConfig
-    from tsubasa_fast.personalize import PersonalizeConfig
+    from tsubasa_fast.run_config import RunConfig
 
-    p = argparse.ArgumentParser()
-    add_student_args(p)
-    args = p.parse_args(["--model", str(tmp_path), "--no-4bit", "--device", "cpu"])
-    cfg = student_config(args, lora_r=4)
-    assert (cfg.model, cfg.load_in_4bit, cfg.device, cfg.lora_r, cfg.lora_alpha) == (str(tmp_path), False, "cpu", 4, 8)
-    assert PersonalizeConfig(student=cfg).student is cfg and QAEvalConfig(student=cfg).student is cfg
-    assert PersonalizeConfig().student == StudentConfig() == QAEvalConfig().student
+    args = build_parser().parse_args(["eval", "qa", "--locomo", "x", "--method", "tsubasa", "--model", str(tmp_path),
+                                      "--no-4bit", "--device", "cpu", "--lora-r", "4"])
+    cfg = run_config(args).student
+    assert (cfg.model, cfg.load_in_4bit, cfg.device, cfg.lora_r, cfg.alpha) == (str(tmp_path), False, "cpu", 4, 8)
+    assert RunConfig(student=cfg).student is cfg
+    assert RunConfig().student == StudentConfig()
     assert demo_config(model="m", load_in_4bit=False).student == StudentConfig(model="m", load_in_4bit=False)

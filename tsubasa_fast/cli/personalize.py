@@ -5,9 +5,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import positive_int
-from .distill import add_lora_rank_arg, add_student_args, student_config
-from .options import add_stage_options, recipe_configs, stage_configs
+from ..memory.config import HISTORY_SOURCES
+from .options import add_options, run_defaults, run_config
+
+# stage -> the fields personalize offers as options (defaults: RunConfig's)
+PERSONALIZE_OPTIONS = {
+    "student": ("model", "load_in_4bit", "device", "lora_r"),
+    "memory": ("source", "manager", "embedder", "uncited_turns"),
+    "synth": ("generator", "pairs_per_prompt", "check_answerable", "evidence_in_topk"),
+    "teacher": ("d",),
+    "train": ("epochs", "steps", "batch_size", "micro_batch_size", "lr", "ce_weight"),
+    "answer": ("k",),
+    "run": ("seed",),
+}
 
 
 def register(subparsers) -> None:
@@ -21,25 +31,13 @@ def register(subparsers) -> None:
     p.add_argument("--history", required=True, type=Path, help="the user's history (JSON, JSONL or LoCoMo)")
     p.add_argument("--user", required=True, help="the user's speaker name in the history")
     p.add_argument("--out", required=True, type=Path, help="output directory")
-    add_student_args(p)
-    p.add_argument("--source", choices=("llm", "utterances"), default="llm",
-                   help="memory writing: LLM observation extraction (default) or raw utterances")
-    p.add_argument("--manager", choices=("llm", "rule", "static"), default="rule",
-                   help="memory evolution manager (default rule)")
-    p.add_argument("--embedder", choices=("minilm", "hashing"), default="minilm", help="memory embedder")
-    add_stage_options(p, recipe_configs())
-    p.add_argument("-k", type=positive_int, default=3, help="memories in the student prompt (default 3)")
-    add_lora_rank_arg(p)
-    p.add_argument("--seed", type=int, default=0)
+    add_options(p, run_defaults(), PERSONALIZE_OPTIONS, overrides={("memory", "source"): {"choices": HISTORY_SOURCES}})
     p.set_defaults(func=cmd_personalize)
 
 
 def config_from_args(args):
-    from ..personalize import PersonalizeConfig
-
-    stages = stage_configs(args, recipe_configs(), synth={"seed": args.seed}, train={"k": args.k, "seed": args.seed})
-    return PersonalizeConfig(student=student_config(args, lora_r=args.lora_r), source=args.source,
-                             manager=args.manager, embedder=args.embedder, **stages)
+    """The RunConfig of the parsed options."""
+    return run_config(args)
 
 
 def cmd_personalize(args) -> int:

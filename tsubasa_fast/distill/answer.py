@@ -10,18 +10,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..llm import ChatLM
-from ..memory.retrieval import DEFAULT_MODE
+from .configs import AnswerConfig  # noqa: F401  (re-exported)
 from .grounding import memory_retriever
 from .prompts import student_messages
 from .student import AdapterMismatchError, Student, StudentConfig, adapter_meta
-
-
-@dataclass
-class AnswerConfig:
-    k: int = 3
-    retrieval: str = DEFAULT_MODE  # the best measured (benchmarks/README.md)
-    grounding: bool = True  # False: the question alone
-    max_new_tokens: int = 32
 
 
 @dataclass

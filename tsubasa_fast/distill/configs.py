@@ -1,15 +1,77 @@
-"""The distillation stage configs (synthesis, teacher cache, training) and the recipe of
-their best-measured values, in a module light enough for the CLI to read defaults from
-(no torch or transformers import)."""
+"""The distillation stage configs (student, synthesis, teacher cache, training, answering) and
+the recipe of their best-measured values, in a module light enough for the CLI to read
+defaults from (no torch or transformers import)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import InputError
-from ..memory.retrieval import DEFAULT_MODE
+from ..memory.retrieval import DEFAULT_MODE, MODES
 
 GENERATORS = ("llm", "rule", "llm-text")
+EVIDENCE_POLICIES = ("include", "exclude")
+LOGPROB_DTYPES = ("float16", "bfloat16")  # how the teacher cache stores log-probs
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class StudentConfig:
+    """Everything that decides how the student model is built (also the base every LLM stage uses)."""
+
+    model: str | None = None  # local model folder; None = SmolLM2-135M-Instruct
+    load_in_4bit: bool | None = None  # None: 4-bit on CUDA, full precision on CPU
+    lora_r: int = 16
+    lora_alpha: int | None = None  # None: 2 * lora_r (the scale every entry point uses)
+    lora_dropout: float = 0.0
+    target_modules: tuple = LORA_TARGETS
+    device: str | None = None  # None: cuda when available, else cpu
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if isinstance(self.lora_r, bool) or not isinstance(self.lora_r, int) or self.lora_r < 1:
+            raise InputError(f"must be a positive integer, got {self.lora_r!r}", field="lora_r")
+        if self.lora_alpha is not None and (isinstance(self.lora_alpha, bool) or not isinstance(
+                self.lora_alpha, (int, float)) or self.lora_alpha <= 0):
+            raise InputError(f"must be positive, got {self.lora_alpha!r}", field="lora_alpha")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise InputError(f"must be in [0, 1), got {self.lora_dropout!r}", field="lora_dropout")
+        if self.load_in_4bit not in (None, True, False):
+            raise InputError(f"must be True, False or None (4-bit on CUDA only), got {self.load_in_4bit!r}",
+                             field="load_in_4bit")
+
+    @property
+    def alpha(self) -> float:
+        """The LoRA alpha used: ``lora_alpha``, or 2 x ``lora_r`` when None (kept None, so a copy
+        with another rank keeps the rule)."""
+        return 2 * self.lora_r if self.lora_alpha is None else self.lora_alpha
+
+    def resolved_device(self):
+        """The torch.device the model loads on (:func:`tsubasa_fast.models.load_policy`)."""
+        from .. import models
+
+        return models.load_policy(self.device, self.load_in_4bit)[0]
+
+
+@dataclass
+class AnswerConfig:
+    """How the student (or the base) is asked: the top-k memories, then a greedy answer. Training
+    uses the same k, ranking and grounding, so the student learns the prompt it answers with."""
+
+    k: int = 3
+    retrieval: str = DEFAULT_MODE  # the best measured (benchmarks/README.md)
+    grounding: bool = True  # False: the question alone
+    max_new_tokens: int = 32
+
+    def __post_init__(self):
+        for name in ("k", "max_new_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"must be an integer >= 1, got {value!r}", field=name)
+        if self.retrieval not in MODES:
+            raise InputError(f"must be one of {MODES}, got {self.retrieval!r}", field="retrieval")
 
 
 @dataclass
@@ -36,8 +98,15 @@ class SynthConfig:
     limit: int | None = None            # at most this many prompts (groups), in store order
     seed: int = 0                       # torch seed (matters only for a sampling chat function)
     report_examples: int = 5            # dropped pairs shown per filter in the report
+    # pairs whose evidence (the memory they were written from) is already in the student's top-k
+    # for their question: "include" (train on them too) or "exclude" (only pairs the teacher knows
+    # more about); the share is reported either way (distill.stages.evidence_stage)
+    evidence_in_topk: str = "include"
 
     def __post_init__(self):
+        if self.evidence_in_topk not in EVIDENCE_POLICIES:
+            raise InputError(f"must be one of {EVIDENCE_POLICIES}, got {self.evidence_in_topk!r}",
+                             field="evidence_in_topk")
         if self.generator not in GENERATORS:
             raise ValueError(f"generator must be one of {GENERATORS}, got {self.generator!r}")
         for name in ("group_size", "pairs_per_prompt", "max_answer_words", "max_new_tokens",
@@ -54,12 +123,24 @@ class SynthConfig:
 
 @dataclass
 class TeacherConfig:
+    """The teacher cache: top-d entries per answer token at a temperature, in shards."""
+
     d: int = 5
     temperature: float = 1.0
     logprob_dtype: str = "float16"
     batch_size: int = 8
     max_length: int = 1024
     shard_tokens: int = 65536
+
+    def __post_init__(self):
+        for name in ("d", "batch_size", "max_length", "shard_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"must be an integer >= 1, got {value!r}", field=name)
+        if not float(self.temperature) > 0:
+            raise InputError(f"must be > 0, got {self.temperature!r}", field="temperature")
+        if self.logprob_dtype not in LOGPROB_DTYPES:
+            raise InputError(f"must be one of {LOGPROB_DTYPES}, got {self.logprob_dtype!r}", field="logprob_dtype")
 
 
 @dataclass
@@ -105,8 +186,6 @@ class TrainConfig:
 def fill_from_recipe(config) -> None:
     """Sets ``config.student`` / ``synth`` / ``teacher`` / ``train`` that are None to the
     default StudentConfig and the recipe's stage configs (a pipeline config's defaults)."""
-    from .student import StudentConfig
-
     synth, teacher, train = recipe()
     config.student = config.student or StudentConfig()
     config.synth = config.synth or synth

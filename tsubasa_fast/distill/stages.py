@@ -1,5 +1,5 @@
 """The distillation stages that personalize, eval qa and the demo share: QA synthesis, the
-teacher cache, training.
+evidence check against the student's top-k, the teacher cache, training.
 
 Each stage reads and writes the standard files of one run folder (``qa.jsonl`` and
 ``qa.report.json``, ``cache/``, ``adapter/``), so a pipeline is these calls in order, and a
@@ -45,6 +45,30 @@ def synth_stage(store, users: Sequence[str], chat, config) -> tuple[list[dict], 
         raise StageError(f"no synthesised QA pair survived the filters (dropped {dropped}): nothing to distil; "
                          "try the rule question writer, no answerability check, or a larger model")
     return pairs, report
+
+
+def evidence_stage(pairs: list[dict], report: dict, retrieve: Callable[[str], list[str]], k: int,
+                   policy: str) -> list[dict]:
+    """Marks each pair whose evidence (every line of its context) is among the student's top-k
+    memories for its question (``pair["evidence_in_topk"]``): the teacher knows more than the
+    student only on the others. Adds the count and share to ``report["evidence_in_topk"]``;
+    ``policy`` "exclude" drops the marked pairs (counted under ``dropped``), "include" keeps
+    them. Raises StageError when excluding leaves nothing."""
+    hits = 0
+    for p in pairs:
+        seen = set(retrieve(p["question"]))
+        p["evidence_in_topk"] = all(line in seen for line in p["context"].splitlines() if line.strip())
+        hits += p["evidence_in_topk"]
+    report["evidence_in_topk"] = {"k": k, "pairs": len(pairs), "in_topk": hits,
+                                  "share": round(hits / len(pairs), 3) if pairs else None, "policy": policy}
+    if policy == "exclude":
+        pairs = [p for p in pairs if not p["evidence_in_topk"]]
+        report["dropped"]["evidence_in_topk"] = hits
+        report["kept"] = len(pairs)
+        if not pairs:
+            raise StageError(f"every pair's evidence is already in the student's top-{k}; keep them "
+                             "(evidence_in_topk='include')")
+    return pairs
 
 
 def save_qa(out: Path, pairs: list[dict], report: dict) -> None:

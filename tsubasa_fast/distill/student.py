@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -23,46 +23,14 @@ import torch
 from .. import models
 from ..errors import InputError
 from ..fileio import move_files_into
+from .configs import LORA_TARGETS, StudentConfig  # noqa: F401  (re-exported)
 from .prompts import TEMPLATE_VERSION
 
 ADAPTER_META = "tsubasa_adapter.json"
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 class AdapterMismatchError(InputError):
     """An adapter was trained on another base model or tokenizer."""
-
-
-@dataclass
-class StudentConfig:
-    """Everything that decides how the student model is built."""
-
-    model: str | None = None  # local model folder; None = SmolLM2-135M-Instruct
-    load_in_4bit: bool | None = None  # None: 4-bit on CUDA, full precision on CPU
-    lora_r: int = 16
-    lora_alpha: int | None = None  # None: 2 * lora_r (the scale every entry point uses)
-    lora_dropout: float = 0.0
-    target_modules: tuple = LORA_TARGETS
-    device: str | None = None  # None: cuda when available, else cpu
-    gradient_checkpointing: bool = False
-    seed: int = 0
-    extra: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        if isinstance(self.lora_r, bool) or not isinstance(self.lora_r, int) or self.lora_r < 1:
-            raise InputError(f"must be a positive integer, got {self.lora_r!r}", field="lora_r")
-        if self.lora_alpha is None:
-            self.lora_alpha = 2 * self.lora_r
-        if not isinstance(self.lora_alpha, (int, float)) or self.lora_alpha <= 0:
-            raise InputError(f"must be positive, got {self.lora_alpha!r}", field="lora_alpha")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise InputError(f"must be in [0, 1), got {self.lora_dropout!r}", field="lora_dropout")
-        if self.load_in_4bit not in (None, True, False):
-            raise InputError(f"must be True, False or None (4-bit on CUDA only), got {self.load_in_4bit!r}",
-                             field="load_in_4bit")
-
-    def resolved_device(self) -> torch.device:
-        return models.load_policy(self.device, self.load_in_4bit)[0]
 
 
 def flash_attention_available() -> bool:
@@ -95,7 +63,7 @@ class Student:
             check_adapter(adapter, self)
             self.model = PeftModel.from_pretrained(base, str(adapter), is_trainable=trainable)
         else:
-            lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
+            lora = LoraConfig(r=config.lora_r, lora_alpha=config.alpha,
                               lora_dropout=config.lora_dropout, target_modules=list(config.target_modules),
                               task_type="CAUSAL_LM")
             self.model = get_peft_model(base, lora)
@@ -141,7 +109,8 @@ class Student:
             model.save_pretrained(str(tmp))
             info = {"base_fingerprint": self.fingerprint, "tokenizer_hash": self.tokenizer_hash,
                     "base_model": str(self.model_dir), "template_version": TEMPLATE_VERSION,
-                    "student": {k: v for k, v in asdict(self.config).items() if k != "extra"},
+                    "student": {**{k: v for k, v in asdict(self.config).items() if k != "extra"},
+                                "lora_alpha": self.config.alpha},
                     **(meta or {})}
             (tmp / ADAPTER_META).write_text(json.dumps(info, indent=1, default=str))
             (target / ADAPTER_META).unlink(missing_ok=True)

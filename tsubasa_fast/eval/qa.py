@@ -28,15 +28,14 @@ import re
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict
 from pathlib import Path
 
 from ..errors import InputError, StageError
-from ..memory.retrieval import DEFAULT_MODE
 from ..progress import progress_bar
+from ..run_config import METHODS, RunConfig  # noqa: F401  (METHODS re-exported)
 from .metrics import CATEGORY_NAMES, adversarial_correct, aggregate_scores, score_answer
 
-METHODS = ("rag-utterances", "rag-observations", "rag-evolved", "tsubasa")
 EVOLVED_MANAGER = "rule"  # the evolution manager behind the rag-evolved and tsubasa stores
 ADVERSARIAL_HINT = ' If the memories do not say, answer "No information available".'
 JUDGE_PROMPT = (
@@ -45,44 +44,6 @@ JUDGE_PROMPT = (
     "on the same topic as the gold answer, or refers to the same date or time period even in another "
     "format, count it as CORRECT.\n\nQuestion: {question}\nGold answer: {gold}\nGenerated answer: "
     "{prediction}\n\nReply with one word: CORRECT or WRONG.")
-
-
-@dataclass
-class QAEvalConfig:
-    """Everything ``eval qa`` can be told."""
-
-    method: str = "rag-observations"
-    k: int = 3
-    student: "object" = None  # distill.student.StudentConfig: the base model and (tsubasa) the LoRA
-    judge: str | None = None  # local model folder for the LLM judge; None = no judge
-    embedder: str = "minilm"
-    retrieval: str = DEFAULT_MODE  # the best measured (benchmarks/README.md)
-    limit: int | None = None  # answer only the first N questions per conversation
-    max_new_tokens: int = 32
-    date_in_prompt: bool = True  # prefix undated memories with their session date in the prompt
-    work_dir: str | None = None  # None = a fresh temp dir
-    # tsubasa only: the stage configs (default: distill.configs.recipe(), as personalize and the
-    # demo); per seed, synthesis and training take the seed, training takes k and retrieval
-    synth: "object" = None  # distill.synth.SynthConfig
-    teacher: "object" = None  # distill.teacher.TeacherConfig
-    train: "object" = None  # distill.train.TrainConfig
-    seed: int = 0
-    seeds: int = 1  # runs with seeds seed, seed + 1, ...; scores are their mean
-    closed_book: bool = False  # answer from the question alone, no memories
-    extra: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        from ..distill.configs import fill_from_recipe
-
-        fill_from_recipe(self)
-        if self.method not in METHODS:
-            raise InputError(f"expected one of {METHODS}, got {self.method!r}", field="method")
-        if self.k < 1:
-            raise InputError(f"must be >= 1, got {self.k}", field="k")
-        if self.limit is not None and self.limit < 1:
-            raise InputError(f"must be >= 1, got {self.limit}", field="limit")
-        if self.seeds < 1:
-            raise InputError(f"must be >= 1, got {self.seeds}", field="seeds")
 
 
 def _judge_fn(path: str, device: str | None) -> Callable[[str, str, str], int | None]:
@@ -103,10 +64,10 @@ def _judge_fn(path: str, device: str | None) -> Callable[[str, str, str], int | 
 class QAEvaluator:
     """Runs one method over LoCoMo conversations; :meth:`run` returns the result dict."""
 
-    def __init__(self, config: QAEvalConfig, echo: Callable[[str], None] = print):
+    def __init__(self, config: RunConfig, echo: Callable[[str], None] = print):
         self.config = config
         self.echo = echo
-        self.work = Path(config.work_dir or tempfile.mkdtemp(prefix="tsubasa-eval-qa-"))
+        self.work = Path(config.eval.work_dir or tempfile.mkdtemp(prefix="tsubasa-eval-qa-"))
         self.work.mkdir(parents=True, exist_ok=True)
         self.seconds: dict[str, float] = {}
         self.notes: list[str] = []
@@ -117,13 +78,12 @@ class QAEvaluator:
     def _time(self, stage: str, t0: float) -> None:
         self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.perf_counter() - t0, 2)
 
-    def _student(self, fresh: bool = False, seed: int | None = None):
+    def _student(self, config: RunConfig, fresh: bool = False):
         from ..distill.student import Student
 
-        c = self.config
         if fresh or self._base is None:
             t0 = time.perf_counter()
-            st = Student(replace(c.student, seed=c.seed if seed is None else seed))
+            st = Student(config.student)
             self._time("load", t0)
             if fresh:
                 return st
@@ -141,19 +101,20 @@ class QAEvaluator:
         from ..memory.ingest import ingest_conversation
         from ..memory.store import open_store
 
-        source = "utterances" if self.config.method == "rag-utterances" else "observations"
-        manager = make_manager(EVOLVED_MANAGER if self.config.method in ("tsubasa", "rag-evolved") else "static")
-        store = open_store(path, self.config.embedder)
+        method = self.config.eval.method
+        source = "utterances" if method == "rag-utterances" else "observations"
+        manager = make_manager(EVOLVED_MANAGER if method in ("tsubasa", "rag-evolved") else "static")
+        store = open_store(path, self.config.memory.embedder)
         # as `memory ingest`: the session date prefixes raw utterances only; rag-observations is
         # the dataset's observations alone (no uncited turns)
         stats = ingest_conversation(store, conv, source, manager, date_prefix=source == "utterances",
-                                    uncited_turns=self.config.method != "rag-observations")
+                                    uncited_turns=method != "rag-observations")
         return store, stats
 
     def _dated(self, conv, hit) -> str:
         """The memory text, prefixed with its session's date when the store did not prefix it
         (observations): temporal questions need the date, and the answerer sees no other clock."""
-        if not self.config.date_in_prompt or hit.text.startswith("[") or not hit.dia_ids:
+        if not self.config.eval.date_in_prompt or hit.text.startswith("[") or not hit.dia_ids:
             return hit.text
         m = re.match(r"D(\d+):", hit.dia_ids[0])
         try:
@@ -163,17 +124,16 @@ class QAEvaluator:
 
     # ------------------------------------------------------------------ tsubasa distillation
 
-    def _distil(self, conv, store, conv_dir: Path, retrieve: Callable[[str], list[str]], seed: int):
+    def _distil(self, conv, store, conv_dir: Path, retrieve: Callable[[str], list[str]], c: RunConfig):
         """Synthesise QA for both speakers, cache the teacher, train one adapter; returns the student."""
-        from ..distill.stages import save_qa, synth_stage, teacher_stage, train_stage
+        from ..distill.stages import evidence_stage, save_qa, synth_stage, teacher_stage, train_stage
 
-        c = self.config
-        student = self._student(fresh=True, seed=seed)
+        student = self._student(c, fresh=True)
         t0 = time.perf_counter()
         chat = self._base_chat(student, c.synth.max_new_tokens)
-        scfg = replace(c.synth, seed=seed)
         try:
-            pairs, report = synth_stage(store, [u for u in conv.user_ids if store.count(u)], chat, scfg)
+            pairs, report = synth_stage(store, [u for u in conv.user_ids if store.count(u)], chat, c.synth)
+            pairs = evidence_stage(pairs, report, retrieve, c.answer.k, c.synth.evidence_in_topk)
         except StageError as e:
             raise StageError(f"{conv.sample_id}: {e}") from None
         self._time("synth", t0)
@@ -182,37 +142,35 @@ class QAEvaluator:
         teacher_stage(student, conv_dir, c.teacher)
         self._time("teacher", t0)
         t0 = time.perf_counter()
-        tcfg = replace(c.train, micro_batch_size=min(c.train.micro_batch_size, c.train.batch_size), k=c.k,
-                       retrieval=c.retrieval, seed=seed)
-        summary = train_stage(student, conv_dir, tcfg, retrieve, f"{conv.sample_id}:*")
+        summary = train_stage(student, conv_dir, c.train, retrieve, f"{conv.sample_id}:*")
         self._time("train", t0)
         student.model.eval()
-        return student, {"pairs": len(pairs), **summary}
+        return student, {"pairs": len(pairs), "evidence_in_topk": report["evidence_in_topk"], **summary}
 
     # ------------------------------------------------------------------ main loop
 
     def run(self, conversations) -> dict:
         """One run per seed (seed, seed + 1, ...); scores are the mean over seeds."""
-        c = self.config
+        c, e = self.config, self.config.eval
         judge = None
-        if c.judge:
+        if e.judge:
             t0 = time.perf_counter()
-            judge = _judge_fn(c.judge, c.student.device)
+            judge = _judge_fn(e.judge, c.student.device)
             self._time("load", t0)
         runs = []
-        for i in range(c.seeds):
+        for i in range(e.seeds):
             seed = c.seed + i
-            root = self.work / c.method if c.seeds == 1 else self.work / c.method / f"seed-{seed}"
-            runs.append((seed, *self._run_seed(conversations, seed, root, judge)))
+            root = self.work / e.method if e.seeds == 1 else self.work / e.method / f"seed-{seed}"
+            runs.append((seed, *self._run_seed(conversations, c.with_seed(seed), root, judge)))
         return self._result(runs, judge is not None)
 
-    def _run_seed(self, conversations, seed: int, root: Path, judge):
+    def _run_seed(self, conversations, c: RunConfig, root: Path, judge):
         from ..distill.prompts import student_messages
         from ..llm import ChatLM
         from ..memory.locomo import count_tokens
         from ..memory.retrieval import Retriever, search_conversation
 
-        c = self.config
+        e, k = c.eval, c.answer.k
         rows: list[dict] = []
         per_conv: dict[str, dict] = {}
         for conv in conversations:
@@ -222,29 +180,29 @@ class QAEvaluator:
             store, stats = self._build_store(conv, conv_dir / "store")
             self._time("memory", t0)
             try:
-                search = Retriever(store, c.retrieval)
+                search = Retriever(store, c.answer.retrieval)
 
                 def retrieve(question: str, _conv=conv, _search=search) -> list[str]:
-                    return [self._dated(_conv, h) for h in search_conversation(_search, _conv, question, c.k)]
+                    return [self._dated(_conv, h) for h in search_conversation(_search, _conv, question, k)]
 
-                info = {"memory": {**stats.as_dict(), "live_records": store.count()}, "seed": seed}
-                if c.method == "tsubasa":
-                    student, info["distill"] = self._distil(conv, store, conv_dir, retrieve, seed)
+                info = {"memory": {**stats.as_dict(), "live_records": store.count()}, "seed": c.seed}
+                if e.method == "tsubasa":
+                    student, info["distill"] = self._distil(conv, store, conv_dir, retrieve, c)
                 else:
-                    student = self._student()
-                lm = ChatLM(student.model, student.tokenizer, max_new_tokens=c.max_new_tokens)
-                items = conv.qa[: c.limit] if c.limit else conv.qa
+                    student = self._student(c)
+                lm = ChatLM(student.model, student.tokenizer, max_new_tokens=c.answer.max_new_tokens)
+                items = conv.qa[: e.limit] if e.limit else conv.qa
                 t0 = time.perf_counter()
                 out_rows = []
                 for qa in progress_bar(items, desc=f"answer {conv.sample_id}", unit="q"):
-                    memories = None if c.closed_book else retrieve(qa.question)
+                    memories = None if e.closed_book or not c.answer.grounding else retrieve(qa.question)
                     question = qa.question + (ADVERSARIAL_HINT if qa.category == 5 else "")
                     messages = student_messages(memories, question)
                     gold = qa.answer if qa.category != 5 else (qa.answer or "No information available")
                     row = {"conversation": conv.sample_id, "question": qa.question, "category": qa.category,
                            "answer": gold, "memories": memories or [],
                            "retrieved_tokens": sum(count_tokens(m) for m in memories or [])}
-                    if c.method == "tsubasa":  # the distilled student, then the same base without it
+                    if e.method == "tsubasa":  # the distilled student, then the same base without it
                         row.update(self._scored(lm(messages), gold, qa.category))
                         with student.model.disable_adapter():
                             base = self._scored(lm(messages), gold, qa.category)
@@ -280,43 +238,47 @@ class QAEvaluator:
 
     def _result(self, runs: list[tuple[int, list[dict], dict]], judged: bool) -> dict:
         c = self.config
+        e, a = c.eval, c.answer
         aggs = [aggregate_scores(rows) for _, rows, _ in runs]
         agg = _mean_aggregate(aggs)
         notes = [
             "scores in percent; overall = categories 1-4; category 5 (adversarial) is reported only under "
             "by_category['5'], scored 100 when the answer contains 'no information available' or "
             "'not mentioned' (its question gets the hint:" + ADVERSARIAL_HINT + ")",
-            (f"closed book: no memories in the answer prompt (the question alone); {c.method} model"
-             if c.closed_book else
-             f"retrieval: {c.retrieval}, top-{c.k} over both speakers' memories ranked in one pool"
-             + ("; memories without a date get their session's date in the prompt" if c.date_in_prompt else "")),
+            (f"closed book: no memories in the answer prompt (the question alone); {e.method} model"
+             if e.closed_book else
+             f"retrieval: {a.retrieval}, top-{a.k} over both speakers' memories ranked in one pool"
+             + ("; memories without a date get their session's date in the prompt" if e.date_in_prompt else "")),
             "f1: Mem0-style set token F1; f1_stemmed: LoCoMo's stemmed F1; bleu1: sentence BLEU-1",
         ]
-        if c.method in ("tsubasa", "rag-evolved"):
+        if e.method in ("tsubasa", "rag-evolved"):
             notes.append(f"memory: the dataset's observations evolved by the {EVOLVED_MANAGER} manager "
                          "(the same store for tsubasa and rag-evolved)")
-        if c.method == "tsubasa":
+        if e.method == "tsubasa":
             notes.append("tsubasa: ONE adapter per conversation, distilled on the union of both speakers' "
                          f"synthesised QA pairs (synth generator {c.synth.generator}); rag_evolved: the same "
                          "questions answered by the base model (adapter off) over the same memories, k, "
                          "prompt and decoding, so distillation_gain = tsubasa - rag_evolved")
-        if c.seeds > 1:
+        if e.seeds > 1:
             notes.append(f"seeds {[s for s, _, _ in runs]}: scores are the mean over seeds (overall_std: "
                          "their standard deviation); the seed drives synthesis sampling and training")
         if judged:
             notes.append("judge: categories 1-4 only; replies naming neither CORRECT nor WRONG are not counted")
-        if c.limit:
-            notes.append(f"limit {c.limit}: only the first {c.limit} questions of each conversation")
+        if e.limit:
+            notes.append(f"limit {e.limit}: only the first {e.limit} questions of each conversation")
         notes.extend(self.notes)
         cfg = asdict(c)
-        cfg["work_dir"] = str(self.work)
+        cfg["eval"]["work_dir"] = str(self.work)
         # the keys of the --json schema before the options moved into the stage configs
+        cfg.update({k: cfg["eval"][k] for k in ("method", "judge", "limit", "date_in_prompt", "seeds",
+                                                 "closed_book", "work_dir")})
+        cfg.update(k=a.k, retrieval=a.retrieval, max_new_tokens=a.max_new_tokens, embedder=c.memory.embedder)
         cfg.update({k: cfg["student"][k] for k in ("model", "device", "load_in_4bit", "lora_r")})
         cfg.update({k: cfg["train"][k] for k in ("steps", "epochs", "batch_size", "micro_batch_size", "lr")})
         cfg.update(synth_generator=c.synth.generator, answer_check=c.synth.check_answerable, d=c.teacher.d)
         all_rows = [r for _, rows, _ in runs for r in rows]
         result = {
-            "method": c.method,
+            "method": e.method,
             "questions": agg["questions"],
             "overall": agg["overall"],
             "by_category": agg["by_category"],
@@ -332,7 +294,7 @@ class QAEvaluator:
             "per_seed_overall": [a["overall"] for a in aggs],
             "overall_std": _std([a["overall"] for a in aggs]),
         }
-        if c.method == "tsubasa":
+        if e.method == "tsubasa":
             base = _mean_aggregate([aggregate_scores([{**r, **r["base"], "judge": None} for r in rows]) for _, rows, _ in runs])
             result["rag_evolved"] = {"overall": base["overall"], "by_category": base["by_category"]}
             result["distillation_gain"] = {
@@ -369,8 +331,8 @@ def _std(overalls: list[dict]) -> dict:
     return out
 
 
-def evaluate_qa(conversations, config: QAEvalConfig, echo: Callable[[str], None] = print) -> dict:
-    """Runs ``config.method`` over ``conversations`` and returns the result (see the module docstring)."""
+def evaluate_qa(conversations, config: RunConfig, echo: Callable[[str], None] = print) -> dict:
+    """Runs ``config.eval.method`` over ``conversations`` and returns the result (see the module docstring)."""
     if not conversations:
         raise InputError("no conversations to evaluate", field="locomo")
     return QAEvaluator(config, echo).run(conversations)

@@ -19,6 +19,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .config import SOURCES  # noqa: F401  (re-exported)
 from .evolution import Manager, Observation, StaticManager, apply_decision
 from .extraction import ObservationExtractor, resolve_relative_dates, utterance_observations
 from ..core import Conversation, Session
@@ -26,7 +27,6 @@ from ..errors import InputError
 from .store import MemoryStore
 
 log = logging.getLogger(__name__)
-SOURCES = ("utterances", "observations", "llm")
 UNCITED_TURN = "uncited_turn"  # source kind of a turn no observation of its session cites
 
 
