@@ -6,7 +6,12 @@ import os
 import pytest
 
 from tsubasa_fast.cli import main
+from tsubasa_fast.distill import rule_writer as R
 from tsubasa_fast.distill import synth as S
+from tsubasa_fast.distill import synth_filters as F
+from tsubasa_fast.distill import synth_parsing as P
+from tsubasa_fast.distill import synth_prompts as Q
+from tsubasa_fast.text import token_f1
 from tsubasa_fast.distill.data import load_qa, pair_key
 from tsubasa_fast.memory import HashingEmbedder, MemoryStore
 
@@ -38,9 +43,9 @@ class FakeChat:
     def __call__(self, messages, max_new_tokens=None):
         self.calls.append((messages, max_new_tokens))
         system, last = messages[0]["content"], messages[-1]["content"]
-        table = self.gen if system == S.GEN_SYSTEM else self.answers
+        table = self.gen if system == Q.GEN_SYSTEM else self.answers
         for key, reply in table.items():
-            if key in last.split("Question:")[-1] or (system == S.GEN_SYSTEM and key in last):
+            if key in last.split("Question:")[-1] or (system == Q.GEN_SYSTEM and key in last):
                 if isinstance(reply, Exception):
                     raise reply
                 return reply
@@ -62,35 +67,35 @@ ANSWERS = {"name of Caroline's dog": "The answer is: Bo", "instrument": "the pia
 
 
 def test_parse_pairs_json_and_lines():
-    pairs, bad = S.parse_pairs('Here: [{"question": "Q1?", "answer": "A1"}, {"question": "Q2"}, 3]')
+    pairs, bad = P.parse_pairs('Here: [{"question": "Q1?", "answer": "A1"}, {"question": "Q2"}, 3]')
     assert pairs == [("Q1?", "A1")] and bad == 2
-    pairs, bad = S.parse_pairs('{"pairs": [{"Q": "Where", "A": "Denver."}]}')
+    pairs, bad = P.parse_pairs('{"pairs": [{"Q": "Where", "A": "Denver."}]}')
     assert pairs == [("Where?", "Denver")] and bad == 0
-    pairs, bad = S.parse_pairs("1. Q: Who? A: Ann\nQuestion: Where?\nAnswer: Paris\nQ: Lost?\n")
+    pairs, bad = P.parse_pairs("1. Q: Who? A: Ann\nQuestion: Where?\nAnswer: Paris\nQ: Lost?\n")
     assert pairs == [("Who?", "Ann"), ("Where?", "Paris")] and bad == 1
-    assert S.parse_pairs("Question: What? Question: What?") == ([], 1)
-    assert S.parse_pairs("") == ([], 0) and S.parse_pairs("{not json") == ([], 0)
+    assert P.parse_pairs("Question: What? Question: What?") == ([], 1)
+    assert P.parse_pairs("") == ([], 0) and P.parse_pairs("{not json") == ([], 0)
 
 
 def test_f1_and_question_filters():
     # the filter scores with the one token F1 that eval reports (tsubasa_fast.text: Mem0's set F1)
     from tsubasa_fast.eval.metrics import token_f1 as eval_f1
 
-    assert S.token_f1 is eval_f1
-    assert S.token_f1("The Piano!", "piano") == pytest.approx(2 / 3)  # {the, piano} vs {piano}
-    assert S.token_f1("a black dog", "brown dog") == pytest.approx(0.4)  # p 1/3, r 1/2
-    assert S.token_f1("dog dog", "dog") == 1.0  # sets: a repeat is not counted twice
-    assert S.token_f1("", "x") == 0.0
+    assert token_f1 is eval_f1
+    assert token_f1("The Piano!", "piano") == pytest.approx(2 / 3)  # {the, piano} vs {piano}
+    assert token_f1("a black dog", "brown dog") == pytest.approx(0.4)  # p 1/3, r 1/2
+    assert token_f1("dog dog", "dog") == 1.0  # sets: a repeat is not counted twice
+    assert token_f1("", "x") == 0.0
     q = "What is Caroline's favorite hobby?"
-    assert S.answer_f1("Caroline's favorite hobby is music.", "music", q) == 1.0
-    assert S.answer_f1("Caroline's favorite hobby is music.", "music", q, strip_question_words=False) < 0.5
-    assert S.answer_f1("Her favorite hobby is chess", "music", q) == 0.0
-    assert S.clean_reply_answer("The answer to the question is: Bo.\nmore") == "Bo."
-    assert S.is_conversation_time_question("When did Caroline and Melanie have this conversation?")
-    assert S.is_conversation_time_question("What date did they chat with each other?")
-    assert S.is_conversation_time_question("When did the session take place?")
-    assert not S.is_conversation_time_question("When did Caroline adopt Bo?")
-    assert not S.is_conversation_time_question("What did Caroline discuss at the conference?")
+    assert F.answer_f1("Caroline's favorite hobby is music.", "music", q) == 1.0
+    assert F.answer_f1("Caroline's favorite hobby is music.", "music", q, strip_question_words=False) < 0.5
+    assert F.answer_f1("Her favorite hobby is chess", "music", q) == 0.0
+    assert F.clean_reply_answer("The answer to the question is: Bo.\nmore") == "Bo."
+    assert F.is_conversation_time_question("When did Caroline and Melanie have this conversation?")
+    assert F.is_conversation_time_question("What date did they chat with each other?")
+    assert F.is_conversation_time_question("When did the session take place?")
+    assert not F.is_conversation_time_question("When did Caroline adopt Bo?")
+    assert not F.is_conversation_time_question("What did Caroline discuss at the conference?")
 
 
 def test_synthesize_counts_every_filter_and_keeps_provenance(store):
@@ -176,26 +181,26 @@ def test_errors(store):
 
 
 def test_rule_pairs_templates():
-    got = dict(S.rule_pairs("Caroline adopted a dog named Bo in May 2023.", max_pairs=3))
+    got = dict(R.rule_pairs("Caroline adopted a dog named Bo in May 2023.", max_pairs=3))
     assert got == {"What did Caroline adopt?": "a dog", "When did Caroline adopt a dog?": "May 2023",
                    "What is the name of Caroline's dog?": "Bo"}
-    assert S.rule_pairs("Caroline is currently learning the piano to get creative.") == [
+    assert R.rule_pairs("Caroline is currently learning the piano to get creative.") == [
         ("What is Caroline learning?", "the piano"), ("Why is Caroline learning the piano?", "to get creative")]
-    assert S.rule_pairs("Caroline moved to Denver on 1 September 2023.") == [
+    assert R.rule_pairs("Caroline moved to Denver on 1 September 2023.") == [
         ("Where did Caroline move?", "Denver"), ("When did Caroline move to Denver?", "1 September 2023")]
-    assert S.rule_pairs("Caroline's favorite book is 'Becoming Nicole' by Amy Ellis Nutt.") == [
+    assert R.rule_pairs("Caroline's favorite book is 'Becoming Nicole' by Amy Ellis Nutt.") == [
         ("What is Caroline's favorite book?", "'Becoming Nicole'")]
-    assert S.rule_pairs("Melanie believes that loved ones give strength, always.") == [
+    assert R.rule_pairs("Melanie believes that loved ones give strength, always.") == [
         ("What does Melanie believe?", "loved ones give strength")]
-    assert S.rule_pairs("Caroline attended a council meeting last Friday; Caroline plans to open a shop.") == [
+    assert R.rule_pairs("Caroline attended a council meeting last Friday; Caroline plans to open a shop.") == [
         ("What did Caroline attend?", "a council meeting"), ("What does Caroline plan to do?", "open a shop")]
-    assert S.rule_pairs("On 8 May 2023, Caroline lived in Boston.") == [
+    assert R.rule_pairs("On 8 May 2023, Caroline lived in Boston.") == [
         ("Where did Caroline live?", "Boston"), ("When did Caroline live in Boston?", "8 May 2023")]
-    assert S.rule_pairs("Caroline went hiking in the week before 25 August 2023.") == [
+    assert R.rule_pairs("Caroline went hiking in the week before 25 August 2023.") == [
         ("When did Caroline go hiking?", "the week before 25 August 2023")]
-    assert S.rule_pairs("Caroline works as a school counselor.") == [
+    assert R.rule_pairs("Caroline works as a school counselor.") == [
         ("What does Caroline work as?", "a school counselor")]
-    assert S.rule_pairs("The weather was nice.") == [] and S.rule_pairs("ok") == []
+    assert R.rule_pairs("The weather was nice.") == [] and R.rule_pairs("ok") == []
 
 
 def test_rule_generator_on_a_store(store):
@@ -272,7 +277,8 @@ def test_real_smollm2_on_two_observations(store):
 def test_ungrounded_answers_are_dropped_and_counted(tmp_path):
     """An answer whose words are not in the context is an invention, even if the same small
     model "confirms" it when re-asked (seen with SmolLM2: favorite color -> Blue)."""
-    from tsubasa_fast.distill.synth import SynthConfig, context_overlap, synthesize
+    from tsubasa_fast.distill.synth import SynthConfig, synthesize
+    from tsubasa_fast.distill.synth_filters import context_overlap
     from tsubasa_fast.memory import HashingEmbedder, MemoryStore
 
     assert context_overlap("Blue", "Caroline started transitioning three years ago.") == 0.0

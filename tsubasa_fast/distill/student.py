@@ -23,7 +23,7 @@ import torch
 from .. import models
 from ..errors import InputError
 from ..fileio import move_files_into
-from .configs import LORA_TARGETS, StudentConfig  # noqa: F401  (re-exported)
+from .configs import StudentConfig  # noqa: F401  (re-exported: student.StudentConfig)
 from .prompts import TEMPLATE_VERSION
 
 ADAPTER_META = "tsubasa_adapter.json"
