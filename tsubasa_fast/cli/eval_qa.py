@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..run_config import METHODS
 from . import group
 from .options import add_options, run_config, run_defaults
 
@@ -36,7 +35,7 @@ def register(subparsers) -> None:
     p.add_argument("--locomo", required=True, type=Path, help="LoCoMo JSON file (locomo10.json format)")
     p.add_argument("--conversation", nargs="+", metavar="ID", help="sample ids (default: all)")
     add_options(p, run_defaults(), EVAL_OPTIONS,
-                overrides={("eval", "method"): {"required": True, "choices": METHODS}})
+                overrides={("eval", "method"): {"required": True}})
     p.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the results as JSON")
     p.set_defaults(func=cmd_eval_qa)
 

@@ -13,7 +13,10 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
+from ..distill.configs import EVIDENCE_POLICIES
+from ..memory.config import EMBEDDERS, MANAGERS, SOURCES
 from ..ops.reference import TAIL_MODES
+from ..run_config import METHODS
 from . import positive_int
 
 BOOL = {"action": argparse.BooleanOptionalAction}
@@ -29,9 +32,9 @@ OPTIONS = {
     },
     "memory": {
         "source": ("--source", "memory writing: LLM observation extraction, raw utterances, or the dataset's "
-                               "observations", {"choices": ("llm", "utterances", "observations")}),
-        "manager": ("--manager", "memory evolution manager", {"choices": ("llm", "rule", "static")}),
-        "embedder": ("--embedder", "memory embedder", {"choices": ("minilm", "hashing")}),
+                               "observations", {"choices": SOURCES}),
+        "manager": ("--manager", "memory evolution manager", {"choices": MANAGERS}),
+        "embedder": ("--embedder", "memory embedder", {"choices": EMBEDDERS}),
         "uncited_turns": ("--uncited-turns", "also remember, as observations, the user's turns no observation of "
                                              "their session cites", BOOL),
     },
@@ -41,7 +44,7 @@ OPTIONS = {
         "check_answerable": ("--answer-check", "the answerability re-ask filter (the llm writer has its round trip)",
                              BOOL),
         "evidence_in_topk": ("--evidence-in-topk", "pairs whose evidence is already in the student's top-k: "
-                                                   "train on them too or drop them", {"choices": ("include", "exclude")}),
+                                                   "train on them too or drop them", {"choices": EVIDENCE_POLICIES}),
     },
     "teacher": {
         "d": ("-d", "teacher entries per token", {"type": positive_int}),
@@ -72,7 +75,7 @@ OPTIONS = {
         "method": ("--method", "rag-utterances / rag-observations / rag-evolved: the base model over raw turns, "
                                "the dataset's observations, or the evolved store; tsubasa: the distilled student "
                                "over the evolved store, with the paired rag-evolved scores and the distillation "
-                               "gain", {}),
+                               "gain", {"choices": METHODS}),
         "judge": ("--judge", "local causal LM folder used as a CORRECT/WRONG judge (default: no judge)",
                   {"metavar": "MODEL_DIR"}),
         "limit": ("--limit", "answer only the first N questions of each conversation",
