@@ -1,9 +1,12 @@
 """The rule question writer (``rule``; ours, METHOD.md: the pipeline degrades gracefully with
 small models or no LLM): deterministic templates over a parsed observation's subject, verb,
-object, date and place (:func:`rule_pairs`)."""
+object, date and place (:func:`rule_pairs`). A memory's ``[date]`` prefix (the session it was
+said in, :func:`tsubasa_fast.memory.ingest.memory_text`) dates its past-tense events."""
 
 from __future__ import annotations
 
+import calendar
+import datetime as _dt
 import re
 from typing import Sequence
 
@@ -13,18 +16,35 @@ _ING_NOUNS = {"meeting", "painting", "counseling", "counselling", "building", "c
               "evening", "morning", "reading", "writing", "camping", "hiking", "swimming", "dancing",
               "training", "recording", "gathering", "feeling", "setting", "thing", "string", "ring",
               "spring", "king", "wing", "earring", "pudding", "opening", "ending", "beginning",
-              "sibling", "drawing", "landing", "parking", "housing", "learning", "fundraising"}
+              "sibling", "drawing", "landing", "parking", "housing", "learning", "fundraising",
+              "flooring", "meaning", "offering", "belonging", "upbringing", "outing", "ceiling",
+              "handwriting", "mentoring", "marketing", "networking", "tutoring", "coaching", "shopping",
+              "sightseeing", "gardening", "baking", "cooking", "volunteering", "skiing", "surfing"}
+# adjectives before a gerund noun ("new running shoes") do not end a phrase there
+_ADJ_BEFORE_ING = {"new", "old", "big", "small", "little", "good", "great", "first", "own", "favorite",
+                   "favourite", "long", "short", "special", "daily", "weekly", "regular", "online", "local"}
+# verbs whose "X to do Y" is not a purpose: no Why pair ("encourages Jon to keep pushing")
+_NO_WHY = {"want", "ask", "encourage", "remind", "help", "tell", "urge", "expect", "need", "invite", "inspire",
+           "allow", "teach", "like", "love", "get", "motivate", "push", "challenge", "advise", "take"}
+_VAGUE = {"someone", "something", "anyone", "anything", "somebody", "people", "others", "one", "herself",
+          "himself", "themselves", "itself", "oneself"}
+_LIGHT = {"having", "have", "get", "use", "using"}  # "is having trouble", "got mentored": no What pair
 _NOT_VERBS = {"need", "red", "bed", "seed", "feed", "speed", "bred", "shed", "led", "wed",
               "bus", "is", "was", "has", "this", "his", "its", "as", "us", "yes", "always",
               "sometimes", "perhaps", "news", "series", "kids", "friends", "parents", "interested",
               "excited", "proud", "determined", "inspired", "thankful", "grateful", "happy"}
-_CLAUSE_VERBS = {"believe", "think", "feel", "say", "mention", "hope", "know", "realize", "realise",
-                 "express", "explain", "share", "admit", "wish", "find", "see", "describe", "consider"}
+_CLAUSE_VERBS = {"believe", "think", "say", "mention", "hope", "know", "realize", "realise",
+                 "explain", "admit", "wish", "describe"}
+# verbs of judging and feeling: "finds X inspiring", "feels motivated by X", "sees Jon as ...":
+# their object is an opinion, not a fact to ask about
+_OPINION_VERBS = {"find", "feel", "see", "consider", "express", "share", "seem", "appear"}
+_PLACE_VERBS = {"visit", "explore", "tour"}  # a capitalised object is a place: Where, not Who
 _MOTION = {"go", "move", "travel", "come", "return", "head", "fly", "drive", "walk", "run", "relocate"}
-_PARTICLES = {"into", "for", "at", "after", "about", "forward", "on", "up", "with", "in", "to", "as"}
+_PARTICLES = {"into", "for", "at", "after", "about", "forward", "on", "up", "with", "in", "to", "as", "out", "off",
+              "down"}
 _EMPTY_OBJECTS = {"time", "it", "this", "that", "herself", "himself", "themselves", "itself",
                   "something", "things", "them", "her", "him", "one", "more", "much"}
-_BOUNDARY = {"in", "on", "at", "for", "with", "from", "because", "since", "after", "before",
+_BOUNDARY = {"in", "on", "at", "for", "with", "from", "because", "since", "after", "before", "due", "between", "not",
              "during", "as", "which", "that", "who", "while", "when", "where", "and", "but", "by",
              "to", "through", "about", "despite", "although", "so", "whose", "like", "including",
              "into", "than", "until", "via", "over", "around", "together", "even", "especially",
@@ -34,8 +54,24 @@ _CLAUSE_END = {"because", "since", "while", "which", "who", "so", "as", "althoug
 _DETERMINERS = {"a", "an", "the", "her", "his", "their", "my", "our", "its", "some", "this", "that", "these"}
 _TRAILING = _DETERMINERS | {"of", "and", "or", "to", "with", "for", "in", "on", "at"}
 _ADVERBS = {"currently", "recently", "also", "still", "now", "often", "usually", "really", "always",
-            "sometimes", "finally", "just", "once", "regularly", "even", "actively", "frequently"}
+            "sometimes", "finally", "just", "once", "regularly", "even", "actively", "frequently", "hard",
+            "together", "again", "lately", "already", "soon", "back", "away", "well", "a lot"}
+# "for" / "of" / "as" continue a noun phrase ("the ideal spot for his dance studio", "his job as a
+# banker") when the continuation is short
+_CONTINUE = {"for", "of", "as"}
+_ADJECTIVE_ENDINGS = ("ful", "ous", "ive", "less", "ic", "able", "ible", "ing", "al")
+_MAX_CONTINUED = 7  # words of an object continued that way
 _MONTHS = "January February March April May June July August September October November December"
+_MONTH_SET = set(_MONTHS.split())
+_DATE_PREFIX = re.compile(r"^\s*\[([^\]]+)\]\s*")
+# relative times a session date does not resolve: a past event so described gets no When pair
+_UNDATED = re.compile(r"\b(recently|lately|ago|used to|once|when \w+ was|as a (?:kid|child)|growing up|"
+                      r"years?|for a while|always|often|usually|every|previous|earlier|before|since|but)\b", re.I)
+_DAY_BEFORE = re.compile(r"\s*\b(?:on\s+)?(?:the day before the conversation|yesterday)\b", re.I)
+# "last Friday" / "last weekend" / "over the weekend", resolved against the session date the way
+# LoCoMo's answers write them: "the Friday before 15 July 2023"
+_LAST_DAY = re.compile(r"\s*\b(?:on\s+)?(?:last|this past)\s+(monday|tuesday|wednesday|thursday|friday|saturday|sunday|"
+                       r"weekend)\b|\s*\bover the (weekend)\b", re.I)
 _DATE = re.compile(
     r"\b(?:(?:on|in|around|since|by)\s+)?((?:the (?:week|weekend|month) (?:before|after|of)\s+)?"
     r"(?:\d{1,2}\s+)?(?:" + _MONTHS.replace(" ", "|") +
@@ -46,7 +82,7 @@ _REL_TIME = re.compile(
     r"this (?:week|month|year|weekend)|the (?:previous|next|following) \w+|over the weekend|"
     r"yesterday|today|tomorrow|next \w+)\b.*$", re.I)
 _WORD = re.compile(r"(?<![A-Za-z])'[^']{1,60}'(?![A-Za-z])|\"[^\"]{1,60}\"|"
-                   r"[A-Za-z][\w'\-+/]*|\d+(?:[.,:]\d+)*|[^\sA-Za-z\d]")
+                   r"[A-Za-z][\w'\-+/]*|\d+(?:[.,:\-]\d+)*|[^\sA-Za-z\d]")
 
 
 def _lemma_past(word: str) -> str | None:
@@ -74,25 +110,45 @@ def _trim(out: list[str]) -> list[str]:
     return out
 
 
-def _phrase(tokens: Sequence[str], max_words: int) -> tuple[str, int]:
+def _phrase(tokens: Sequence[str], max_words: int, continued: bool = True) -> tuple[str, int]:
     """Leading noun phrase of ``tokens`` (up to a comma, clause, preposition or a participle
-    after a noun) and the number of tokens it used; ``("", 0)`` when empty or too long."""
+    after a noun; continued through a short "for" / "of" / "as" phrase) and the number of tokens
+    it used; ``("", 0)`` when empty or too long."""
     out: list[str] = []
     for i, t in enumerate(tokens):
         low = t.lower()
         if t in (",", ";", ".", ":", "!", "?", "(", ")"):
             break
+        if low in ("and", "or") and i > 0 and (tokens[i - 1].lower().endswith(_ADJECTIVE_ENDINGS) or (
+                i == 2 and tokens[0].lower() in _DETERMINERS)):
+            return "", 0  # "the peaceful and calming nature", "a black and white bowl": the noun is past the cut
         if low in _BOUNDARY:
             if i == 0:
                 return "", 0
+            if continued and low in _CONTINUE and i + 1 < len(tokens):
+                more, m = _phrase(tokens[i + 1:], max_words, continued=False)
+                after_more = tokens[i + 1 + m].lower() if i + 1 + m < len(tokens) else ""
+                if more and m and len(out) + 1 + len(more.split()) <= _MAX_CONTINUED and after_more != "to" and \
+                        not _DATE.match(more) and more.split()[0] not in _MONTH_SET and not more.endswith("'s") and \
+                        not more.split()[0].lower().endswith("ing"):
+                    out += [t, *tokens[i + 1:i + 1 + m]]
+                    n = i + 1 + m
+                    out = _trim(out)
+                    text = _REL_TIME.sub("", _join(out)).strip()
+                    return (text, n) if text and len(text.split()) <= max_words else ("", 0)
             break
         if i > 0 and (low.endswith(("ing", "ed")) or _lemma_past(low)) and t[:1].islower() and \
                 tokens[i - 1].lower() not in _KEEP_BEFORE_VERBAL and low not in _ING_NOUNS and \
+                not (low.endswith("ing") and tokens[i - 1].lower() in _ADJ_BEFORE_ING) and \
                 low not in ("red", "bed", "need", "seed", "speed"):
             break
         out.append(t)
     n = len(out)
     out = _trim(out)
+    while out and out[-1].lower().endswith("ly") and len(out) > 1:  # "changes positively"
+        out.pop()
+    if out and (out[-1].endswith("'s") or out[-1].lower() in _VAGUE):  # "the experience of Melanie's",
+        return "", 0                                                      # "having someone": cut off
     text = _REL_TIME.sub("", _join(out)).strip()
     if not text or len(text.split()) > max_words:
         return "", 0
@@ -112,8 +168,26 @@ def _clause_object(tokens: Sequence[str], max_words: int) -> str:
     return _join(out) if 0 < len(out) <= max_words else ""
 
 
-def _clauses(text: str) -> list[tuple[str, str | None]]:
-    """Sentences / merged-update clauses of a memory, each with a leading "On <date>" removed."""
+def _day_before(date: str | None) -> str | None:
+    """``"19 January 2023"`` for ``"20 January 2023"``; None when ``date`` is not in that form."""
+    try:
+        d = _dt.datetime.strptime(date or "", "%d %B %Y").date() - _dt.timedelta(days=1)
+    except ValueError:
+        return None
+    return f"{d.day} {calendar.month_name[d.month]} {d.year}"
+
+
+def _clauses(text: str) -> list[tuple[str, str | None, str | None]]:
+    """Sentences / merged-update clauses of a memory: ``(clause, its date, session date)``.
+
+    The date is a leading "On <date>" (removed) or "the day before the conversation" /
+    "yesterday" (removed; the session's day before). The session date is the memory's
+    ``[date]`` prefix, None without one.
+    """
+    session = None
+    m = _DATE_PREFIX.match(text)
+    if m:
+        session, text = m.group(1).strip(), text[m.end():]
     out = []
     for part in re.split(r";\s+|(?<=[.!?])\s+(?=[A-Z])", text):
         part = part.strip().rstrip(".")
@@ -123,7 +197,14 @@ def _clauses(text: str) -> list[tuple[str, str | None]]:
         m = _LEAD_DATE.match(part)
         if m:
             date, part = m.group(1).strip(), part[m.end():]
-        out.append((part, date))
+        elif _DAY_BEFORE.search(part) and _day_before(session):
+            date, part = _day_before(session), _DAY_BEFORE.sub("", part).strip()
+        elif session and _LAST_DAY.search(part):
+            m = _LAST_DAY.search(part)
+            day = (m.group(1) or m.group(2)).lower()
+            date = f"the {day if day == 'weekend' else day.capitalize()} before {session}"
+            part = (part[:m.start()] + part[m.end():]).strip()
+        out.append((part, date, session))
     return out
 
 
@@ -168,13 +249,23 @@ def _verb_group(rest: list[str]) -> tuple[str, str, list[str]] | None:
 _PLACE = re.compile(r"^(?:in|at)\s+((?:the\s+)?[A-Z][\w'-]*(?:\s+[A-Z][\w'-]*)*)")
 
 
+def _first_predicate(text: str) -> str:
+    """``text`` up to a second predicate: "to pursue her dreams and appreciates ..." -> "to pursue her dreams"."""
+    words = text.split()
+    for j in range(1, len(words) - 1):
+        nxt = words[j + 1].lower()
+        if words[j] == "and" and (verb_base(nxt, "present") or verb_base(nxt, "past")) and nxt not in _ING_NOUNS:
+            return " ".join(words[:j])
+    return text
+
+
 def _adjunct_pairs(pre: str, vobj: str, tail: Sequence[str], date: str | None,
-                   max_words: int) -> list[tuple[str, str]]:
+                   max_words: int, why: bool = True) -> list[tuple[str, str]]:
     """When / Where / Why questions from what follows a verb phrase (absolute dates only)."""
     out = []
     tail_text = _join(tail)
     place = _PLACE.match(tail_text)
-    if place and _DATE.fullmatch(place.group(1)):
+    if place and (_DATE.fullmatch(place.group(1)) or place.group(1).split()[0] in _MONTH_SET):
         place = None
     m = _DATE.search(tail_text)
     if m and date is None:
@@ -184,9 +275,18 @@ def _adjunct_pairs(pre: str, vobj: str, tail: Sequence[str], date: str | None,
         vobj = f"{vobj} {tail_text[:place.end()]}"
     if date:
         out.append((f"When {pre} {vobj}?", date))
-    why = re.match(r"^(?:in order\s+)?(to\s+[a-z]\w*.*|because\s+.*)$", tail_text)
-    if why and len(why.group(1).split()) <= max_words:
-        out.append((f"Why {pre} {vobj}?", why.group(1).rstrip(",.")))
+    if not place and not m:  # "took her kids to the museum": Where
+        to = re.match(r"^to\s+((?:the|a|an)\s+[a-z][\w-]*(?:\s+[a-z][\w-]*)?)\b(?!\s+(?:of|for)\b)", tail_text)
+        if to and to.group(1).split()[-1] in _ADVERBS:
+            to = re.match(r"^to\s+((?:the|a|an)\s+[a-z][\w-]*)", tail_text)
+        if to and not to.group(1).split()[-1].endswith(("ing", "ly")):
+            out.append((f"Where {pre} {vobj}?", to.group(1)))
+    reason = re.match(r"^(?:in order\s+)?(to\s+(?!(?:the|a|an|her|his|their|my|our|its)\b)[a-z]\w*[^,;]*|"
+                      r"because\s+[^,;]*|due to\s+[^,;]*)(,?)", tail_text) if why else None
+    if reason and not (reason.group(1).startswith("due") and reason.group(2)):  # "due to its grip, ..." is a list
+        answer = _first_predicate(re.sub(r"^due to\s+", "", reason.group(1)).rstrip(",. "))
+        if len(answer.split()) <= max_words:
+            out.append((f"Why {pre} {vobj}?", answer))
     return out
 
 
@@ -197,7 +297,7 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15) -> list[tuple
     ("last Friday") are never used as answers: the context carries no date to resolve them.
     """
     pairs: list[tuple[str, str]] = []
-    for clause, lead_date in _clauses(text):
+    for clause, lead_date, session in _clauses(text):
         toks = _WORD.findall(clause.replace("\u2019", "'"))
         found: list[tuple[str, str]] = []
         i = 0  # subject: leading run of capitalised words (and "X and Y")
@@ -216,7 +316,8 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15) -> list[tuple
                 if t.lower() in ("is", "are", "was", "were") and 0 < j <= 4:
                     obj, _ = _phrase(rest[j + 1:], max_words)
                     noun = _join(rest[:j])
-                    if obj and noun and not any(c in noun for c in ",;") and obj.lower() not in _EMPTY_OBJECTS:
+                    if obj and noun and not any(c in noun for c in ",;") and obj.lower() not in _EMPTY_OBJECTS \
+                            and not (obj[:1].islower() and obj.split()[0].endswith(("ing", "ed"))):
                         found.append((f"What {t.lower()} {subject} {noun}?", obj))
                     break
         else:
@@ -230,38 +331,68 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15) -> list[tuple
                     aux = "do"
                 pre = f"{aux} {subject}"  # the question head before the verb
                 head = f"{pre} {verb}"
-                if base in _CLAUSE_VERBS or base.rstrip("ing") in _CLAUSE_VERBS or \
+                # a past event with no date of its own happened on or before the session it was
+                # told in: its When answer is the session date (not for "recently", "years ago", ...)
+                when = lead_date or (session if aux == "did" and session and not _DATE.search(clause)
+                                     and not _UNDATED.search(clause) else None)
+                lemma = _lemma_present(base) or (verb if aux in ("did", "does", "do") else None) or base
+                why = lemma not in _NO_WHY and base.removesuffix("ing") not in _NO_WHY
+                if base in _OPINION_VERBS or lemma in _OPINION_VERBS or base.removesuffix("ing") in _OPINION_VERBS \
+                        or base in _LIGHT or lemma in _LIGHT:
+                    pass
+                elif base in _CLAUSE_VERBS or base.rstrip("ing") in _CLAUSE_VERBS or \
                         _lemma_present(base) in _CLAUSE_VERBS:
                     obj = _clause_object(after, max_words)
-                    if obj and obj.lower() not in _EMPTY_OBJECTS:
+                    if obj and obj.lower() not in _EMPTY_OBJECTS and obj.split()[0].lower() not in _BOUNDARY:
                         found.append((f"What {head}?", obj))
                 elif after and after[0].lower() == "to" and (verb in _MOTION or base in _MOTION
                                                              or _lemma_past(base) in _MOTION):
                     obj, n = _phrase(after[1:], max_words)
                     if obj:
                         found.append((f"Where {head}?", obj))
-                        found += _adjunct_pairs(pre, f"{verb} to {obj}", after[1 + n:], lead_date, max_words)
+                        found += _adjunct_pairs(pre, f"{verb} to {obj}", after[1 + n:], when, max_words)
                 elif after and after[0].lower() == "to" and len(after) > 1 and after[1][:1].islower():
                     obj = _clause_object(after[1:], max_words)  # "plans to open a shop"
                     if obj:
                         found.append((f"What {head} to do?", obj))
                 else:
+                    while after and after[0].lower() in _ADVERBS:  # "working hard on X"
+                        after = after[1:]
                     prep = []
                     k = 0
                     while k < len(after) and after[k].lower() in _PARTICLES and k < 2 and \
-                            not (k == 0 and after[k].lower() in ("in", "on", "at", "with", "to")):
+                            not (k == 0 and after[k].lower() in ("in", "at", "with", "to")) and \
+                            not (after[k].lower() == "on" and k + 1 < len(after) and
+                                 (after[k + 1][:1].isdigit() or after[k + 1] in _MONTH_SET)):
                         prep.append(after[k].lower())
                         k += 1
                     obj, n = _phrase(after[k:], max_words)
                     if obj and obj.lower() not in _EMPTY_OBJECTS and not (
-                            len(obj.split()) == 1 and obj.lower().endswith("ing") and not prep):
+                            len(obj.split()) == 1 and obj.lower().endswith("ing") and not prep) and not (
+                            len(obj.split()) == 1 and obj[:1].islower() and obj.lower().endswith("ed")):
                         vphrase = " ".join([verb, *prep])
                         who = "Who" if obj[:1].isupper() and " " not in obj and not obj.isupper() else "What"
-                        found.append((f"{who} {pre} {vphrase}?", obj))
+                        if who == "Who" and lemma in _PLACE_VERBS:
+                            who = "Where"
+                        rest_after = after[k + n:]
+                        to_do = _clause_object(rest_after[1:], max_words) if (
+                            rest_after and rest_after[0].lower() == "to" and len(rest_after) > 1
+                            and rest_after[1][:1].islower() and rest_after[1].lower() not in _DETERMINERS) else ""
+                        if to_do and lemma in _NO_WHY and lemma not in ("take", "bring"):
+                            # "encourages Jon to keep pushing": the object's task is the fact
+                            found.append((f"What {pre} {vphrase} {obj} to do?", _first_predicate(to_do)))
+                        elif not (lemma in ("take", "bring") and rest_after and rest_after[0].lower() == "to"):
+                            found.append((f"{who} {pre} {vphrase}?", obj))
                     if obj:
-                        found += _adjunct_pairs(pre, " ".join([verb, *prep, obj]), after[k + n:], lead_date,
-                                                max_words)
-                    elif not prep:  # intransitive: "lived in Boston on 8 May 2023"
+                        vobj = " ".join([verb, *prep, obj])
+                        tail = after[k + n:]
+                        if lemma in ("take", "bring") and tail and tail[0].lower() == "to":
+                            dest, m = _phrase(tail[1:], max_words, continued=False)
+                            if dest:  # "took her kids to a pottery workshop": the When names it
+                                found.append((f"Where {pre} {vobj}?", dest))
+                                vobj, tail = f"{vobj} to {dest}", tail[1 + m:]
+                        found += _adjunct_pairs(pre, vobj, tail, when, max_words, why=why)
+                    elif not prep:  # intransitive: "lived in Boston on 8 May 2023" (a date of its own only)
                         found += _adjunct_pairs(pre, verb, after, lead_date, max_words)
         if named:
             owner = subject if not subject.endswith("'s") else subject[:-2]
