@@ -87,3 +87,27 @@ def test_a_bad_value_is_reported_as_its_flag(capsys, tmp_path):
     assert main(["teacher-cache", "--store", str(tmp_path), "--user", "u", "--qa", "q", "--out", "o",
                  "--temperature", "0"]) == 2
     assert capsys.readouterr().err.strip() == "tsubasa-fast: error: --temperature: must be > 0, got 0.0"
+
+
+def test_memory_ingest_options_come_from_the_memory_config(capsys):
+    from tsubasa_fast.memory.config import EMBEDDERS, MANAGERS, SOURCES, default_manager
+
+    p = build_parser()
+    args = p.parse_args(["memory", "ingest", "--store", "s", "--locomo", "x.json", "--source", "observations"])
+    # no manager or embedder named: the command resolves them (an existing store keeps its embedder)
+    assert (getattr(args, "memory.manager"), getattr(args, "memory.embedder")) == (None, None)
+    assert getattr(args, "memory.uncited_turns") is MemoryConfig().uncited_turns
+    assert [default_manager(s) for s in SOURCES] == ["static", "rule", "rule"]
+    with pytest.raises(Exception, match="source"):
+        default_manager("tweets")
+    ingest = next(a for a in p._subparsers._group_actions[0].choices["memory"]._subparsers._group_actions[0]
+                  .choices["ingest"]._actions if a.dest == "memory.manager")
+    assert tuple(ingest.choices) == MANAGERS
+    for flag, allowed in (("--source", SOURCES), ("--embedder", EMBEDDERS)):
+        with pytest.raises(SystemExit):
+            p.parse_args(["memory", "ingest", "--store", "s", "--locomo", "x.json", "--source", "observations",
+                          flag, "nope"])
+        err = capsys.readouterr().err
+        assert all(c in err for c in allowed)
+    with pytest.raises(SystemExit):  # --source stays required
+        p.parse_args(["memory", "ingest", "--store", "s", "--locomo", "x.json"])

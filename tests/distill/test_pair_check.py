@@ -44,3 +44,12 @@ def test_support_is_the_share_of_content_words_in_the_context():
     assert support("green tea", "Maya loves coffee.") == 0.0
     assert support("painting sunsets at dusk", "Melanie paints a sunset.") == pytest.approx(2 / 3)
     assert support("the", "anything") == 1.0
+
+
+def test_a_day_dated_relative_to_the_context_is_supported():
+    # "the day before the conversation" under the 20 January prefix supports the 19th; with no
+    # relative day in the context the 19 is a number the context does not hold
+    ctx = "[20 January 2023] Jon lost his job as a banker the day before the conversation."
+    assert support("19 January 2023", ctx) == 1.0
+    assert pair_problems("When did Jon lose his job as a banker?", "19 January 2023", ctx, "Jon") == []
+    assert support("19 January 2023", "[20 January 2023] Jon lost his job as a banker.") == pytest.approx(2 / 3)

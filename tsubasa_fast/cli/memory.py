@@ -10,9 +10,11 @@ from pathlib import Path
 
 from ..fileio import atomic_write_text
 from ..progress import progress_bar
+from ..memory.config import MemoryConfig, default_manager
 from ..memory.retrieval import DEFAULT_ALPHA, DEFAULT_MODE, DEFAULT_SPEAKER_BOOST, FUSIONS, MODES
 from ..memory.store import MemoryStoreError, open_store
 from . import group
+from .options import add_options
 from . import positive_int as _positive
 
 
@@ -54,20 +56,19 @@ def register(subparsers) -> None:
     p.add_argument("--store", required=True, type=Path, help="store directory (created if missing)")
     p.add_argument("--locomo", required=True, type=Path, help="LoCoMo JSON file (locomo10.json format)")
     p.add_argument("--conversation", nargs="+", metavar="ID", help="sample ids to ingest (default: all)")
-    p.add_argument("--source", required=True, choices=("utterances", "observations", "llm"),
-                   help="raw utterances (RAG baseline), the dataset's observations, or the LLM extractor")
-    p.add_argument("--manager", choices=("llm", "rule", "static"), default=None,
-                   help="evolution manager (default: static for utterances, rule otherwise)")
-    p.add_argument("--embedder", choices=("minilm", "hashing"), default=None,
-                   help="embedder for a new store (default minilm; an existing store keeps its own)")
+    add_options(p, {"memory": MemoryConfig()}, {"memory": ("source", "manager", "embedder")}, overrides={
+        ("memory", "source"): {"required": True, "help": "raw utterances (RAG baseline), the dataset's observations, "
+                                                         "or the LLM extractor"},
+        ("memory", "manager"): {"default": None, "help": "evolution manager (default: static for utterances, rule "
+                                                         "otherwise)"},
+        ("memory", "embedder"): {"default": None, "help": "embedder for a new store (default minilm; an existing "
+                                                          "store keeps its own)"}})
     p.add_argument("--model", default=None,
                    help="local causal LM folder for --source llm / --manager llm (default SmolLM2-135M-Instruct)")
     p.add_argument("--max-new-tokens", type=_positive, default=384, help="generation limit for the LLM")
     p.add_argument("--date-prefix", action=argparse.BooleanOptionalAction, default=None,
                    help="prefix memory texts with the session date (default: on for utterances only)")
-    p.add_argument("--uncited-turns", action=argparse.BooleanOptionalAction, default=True,
-                   help="observations / llm: also remember, as observations, the turns no observation of "
-                        "their session cites (default on)")
+    add_options(p, {"memory": MemoryConfig()}, {"memory": ("uncited_turns",)}, help_prefix="observations / llm: ")
     _lock_timeout_arg(p)
     p.set_defaults(func=_store_errors(cmd_ingest))
 
@@ -137,26 +138,30 @@ def cmd_ingest(args) -> int:
     from ..memory.ingest import IngestStats, ingest_conversation
     from ..memory.locomo import load_locomo
 
+    source = getattr(args, "memory.source")
+    cfg = MemoryConfig(source=source, manager=getattr(args, "memory.manager") or default_manager(source),
+                       embedder=getattr(args, "memory.embedder") or MemoryConfig.embedder,
+                       uncited_turns=getattr(args, "memory.uncited_turns"))
     convs = load_locomo(args.locomo, args.conversation)
-    manager_name = args.manager or ("static" if args.source == "utterances" else "rule")
-    date_prefix = args.date_prefix if args.date_prefix is not None else args.source == "utterances"
+    manager_name = cfg.manager
+    date_prefix = args.date_prefix if args.date_prefix is not None else source == "utterances"
     chat = None
-    if args.source == "llm" or manager_name == "llm":
+    if source == "llm" or manager_name == "llm":
         from ..llm import ChatLM
 
         chat = ChatLM.load(args.model, max_new_tokens=args.max_new_tokens)
-    extractor = ObservationExtractor(chat) if args.source == "llm" else None
+    extractor = ObservationExtractor(chat) if source == "llm" else None
     manager = make_manager(manager_name, chat=chat)
-    store = open_store(args.store, args.embedder, lock_timeout=args.lock_timeout)
+    store = open_store(args.store, getattr(args, "memory.embedder"), lock_timeout=args.lock_timeout)
     stats = IngestStats()
     try:
         with progress_bar(total=sum(len(c.sessions) for c in convs), desc="ingest", unit="session") as bar:
             for conv in convs:
                 bar.set_postfix_str(conv.sample_id)
-                ingest_conversation(store, conv, args.source, manager, extractor=extractor,
+                ingest_conversation(store, conv, source, manager, extractor=extractor,
                                     date_prefix=date_prefix, progress=bar, stats=stats,
-                                    uncited_turns=args.uncited_turns)
-        summary = {"store": str(args.store), "source": args.source, "manager": manager_name, **stats.as_dict(),
+                                    uncited_turns=cfg.uncited_turns)
+        summary = {"store": str(args.store), "source": source, "manager": manager_name, **stats.as_dict(),
                    "live_records": store.count()}
         if extractor is not None:
             summary["extraction"] = extractor.stats

@@ -98,7 +98,8 @@ def add_options(p: argparse.ArgumentParser, configs: dict, fields: dict | None =
                 overrides: dict | None = None) -> None:
     """The options of :data:`OPTIONS` for ``configs`` (stage -> config object, whose values are the
     defaults); with ``fields`` (stage -> field names), only those; ``overrides``: ``(stage, field)`` -> argparse
-    keywords for this command (e.g. ``required``, narrower ``choices``; ``flags``: another flag)."""
+    keywords for this command (e.g. ``required``, narrower ``choices``; ``flags``: another flag; ``help``:
+    another text; ``default``: None where the command resolves the value itself)."""
     length = None
     for stage in (fields or configs):
         cfg = configs[stage]
@@ -106,9 +107,10 @@ def add_options(p: argparse.ArgumentParser, configs: dict, fields: dict | None =
             flag, text, kw = OPTIONS[stage][name]
             kw = {**kw, **(overrides or {}).get((stage, name), {})}
             flag = kw.pop("flags", flag)
+            text = kw.pop("help", text)
             if "choices" not in kw and "action" not in kw:
                 kw.setdefault("metavar", name.upper())
-            default = getattr(cfg, name)
+            default = kw.pop("default", getattr(cfg, name))
             shown = "" if default is None or kw.get("action") is not None or kw.get("required") else \
                 f" (default {default})"
             target = p

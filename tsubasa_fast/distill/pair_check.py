@@ -14,7 +14,9 @@ rules are what a reader rejects at a glance, stated so that a program can apply 
 * ``cut_off``: the answer ends in a word that cannot end a phrase (an article, possessive,
   preposition, conjunction or auxiliary: "his own dance studio due", "between").
 * ``unsupported``: fewer than ``min_support`` of the answer's content words occur in the
-  context (prefix match on 5 letters, so "painting" finds "paint").
+  context (prefix match on 5 letters, so "painting" finds "paint"); a day of the month counts
+  as found when the context dates a day relative to its own date ("yesterday", "the day before
+  the conversation" under a ``[20 January 2023]`` prefix support "19 January 2023").
 * ``wrong_kind``: a when-question whose answer holds no time expression; a where- or
   who-question answered by a time expression only ("Where ...? -> May"); a how-many question
   whose answer holds no number.
@@ -66,6 +68,9 @@ def _only_time(words: list[str]) -> bool:
                                  for w in content)
 
 
+_RELATIVE_DAY = re.compile(r"\b(yesterday|tomorrow|the day (?:before|after))\b", re.I)
+
+
 def support(answer: str, context: str) -> float:
     """Share of the answer's content words found in the context (1.0 when it has none)."""
     words = [w for w in _words(answer) if w not in _CONTENT_SKIP]
@@ -73,7 +78,9 @@ def support(answer: str, context: str) -> float:
         return 1.0
     ctx = _words(context)
     stems = {w[:5] for w in ctx}
-    return sum(1 for w in words if w in ctx or w[:5] in stems) / len(words)
+    derived_day = bool(_RELATIVE_DAY.search(context))
+    return sum(1 for w in words if w in ctx or w[:5] in stems
+               or (derived_day and w.isdigit() and 1 <= int(w) <= 31)) / len(words)
 
 
 def pair_problems(question: str, answer: str, context: str, user: str, *, max_words: int = 15,

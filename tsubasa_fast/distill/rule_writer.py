@@ -25,9 +25,20 @@ _ADJ_BEFORE_ING = {"new", "old", "big", "small", "little", "good", "great", "fir
                    "favourite", "long", "short", "special", "daily", "weekly", "regular", "online", "local"}
 # verbs whose "X to do Y" is not a purpose: no Why pair ("encourages Jon to keep pushing")
 _NO_WHY = {"want", "ask", "encourage", "remind", "help", "tell", "urge", "expect", "need", "invite", "inspire",
-           "allow", "teach", "like", "love", "get", "motivate", "push", "challenge", "advise", "take"}
-_VAGUE = {"someone", "something", "anyone", "anything", "somebody", "people", "others", "one", "herself",
+           "allow", "teach", "like", "love", "get", "motivate", "push", "challenge", "advise", "take",
+           "support", "warn", "beg", "convince", "persuade", "want"}
+_VAGUE = {"someone", "something", "anyone", "anything", "somebody", "people", "others", "one", "other", "herself",
           "himself", "themselves", "itself", "oneself"}
+# one-word objects too vague to ask about: "What is Jon handling? -> changes", "What does Caroline
+# represent? -> inclusivity"
+_VAGUE_NOUNS = {"changes", "challenges", "things", "stuff", "obstacles", "life", "work", "support", "love",
+                "progress", "goals", "dreams", "success", "setbacks", "help", "advice", "feelings", "emotions"}
+_ABSTRACT_ENDINGS = ("ity", "ness", "ment", "ism", "ance", "ence", "ship", "tion", "sion")
+# "a source of happiness", "a way to relax": frames, not facts
+_FRAME_NOUNS = {"source", "way", "reminder", "symbol", "mix", "part", "kind", "sign", "testament", "ride",
+                "reflection", "example"}
+# gerunds of perceiving or being: "enjoyed seeing them have fun" holds no fact to ask for
+_PERCEPTION = {"seeing", "watching", "hearing", "knowing", "feeling", "being", "having", "getting", "finding"}
 _LIGHT = {"having", "have", "get", "use", "using"}  # "is having trouble", "got mentored": no What pair
 _NOT_VERBS = {"need", "red", "bed", "seed", "feed", "speed", "bred", "shed", "led", "wed",
               "bus", "is", "was", "has", "this", "his", "its", "as", "us", "yes", "always",
@@ -45,6 +56,7 @@ _PARTICLES = {"into", "for", "at", "after", "about", "forward", "on", "up", "wit
 _EMPTY_OBJECTS = {"time", "it", "this", "that", "herself", "himself", "themselves", "itself",
                   "something", "things", "them", "her", "him", "one", "more", "much"}
 _BOUNDARY = {"in", "on", "at", "for", "with", "from", "because", "since", "after", "before", "due", "between", "not",
+             "how", "what", "why", "whether", "if",
              "during", "as", "which", "that", "who", "while", "when", "where", "and", "but", "by",
              "to", "through", "about", "despite", "although", "so", "whose", "like", "including",
              "into", "than", "until", "via", "over", "around", "together", "even", "especially",
@@ -61,12 +73,13 @@ _ADVERBS = {"currently", "recently", "also", "still", "now", "often", "usually",
 _CONTINUE = {"for", "of", "as"}
 _ADJECTIVE_ENDINGS = ("ful", "ous", "ive", "less", "ic", "able", "ible", "ing", "al")
 _MAX_CONTINUED = 7  # words of an object continued that way
+_MAX_CLAUSE_WORDS = 10  # what a "believes ..." / "mentioned ..." answer may run to
 _MONTHS = "January February March April May June July August September October November December"
 _MONTH_SET = set(_MONTHS.split())
 _DATE_PREFIX = re.compile(r"^\s*\[([^\]]+)\]\s*")
 # relative times a session date does not resolve: a past event so described gets no When pair
 _UNDATED = re.compile(r"\b(recently|lately|ago|used to|once|when \w+ was|as a (?:kid|child)|growing up|"
-                      r"years?|for a while|always|often|usually|every|previous|earlier|before|since|but)\b", re.I)
+                      r"years?|for a while|always|often|usually|every|previous|earlier|before|since|but|during)\b", re.I)
 _DAY_BEFORE = re.compile(r"\s*\b(?:on\s+)?(?:the day before the conversation|yesterday)\b", re.I)
 # "last Friday" / "last weekend" / "over the weekend", resolved against the session date the way
 # LoCoMo's answers write them: "the Friday before 15 July 2023"
@@ -249,6 +262,33 @@ def _verb_group(rest: list[str]) -> tuple[str, str, list[str]] | None:
 _PLACE = re.compile(r"^(?:in|at)\s+((?:the\s+)?[A-Z][\w'-]*(?:\s+[A-Z][\w'-]*)*)")
 
 
+def _second_predicate(subject: str, rest: Sequence[str]) -> str | None:
+    """The clause "<subject> <second predicate>" of "<subject> <predicate> and <predicate>", else None.
+
+    ``rest`` is the clause after the subject. An -ing second predicate takes the first one's
+    auxiliary ("is working on X and looking for Y" -> "is looking for Y").
+    """
+    if not rest:
+        return None
+    aux = rest[0].lower() if rest[0].lower() in ("is", "are", "was", "were", "has", "have") else None
+    for j in range(2, len(rest) - 1):
+        low = rest[j].lower()
+        if (low.endswith("ing") and rest[j - 1].lower() in _BOUNDARY | {"of"}) or low in ("that", "which", "who"):
+            return None  # "the dream of having a family and providing ...", "an event that was ... and
+                         # celebrated ...": the "and" is inside a phrase or a relative clause
+        if rest[j] != "and" or rest[j - 1] == ",":
+            continue
+        nxt = rest[j + 1].lower()
+        if not nxt.isalpha() or nxt in _NOT_VERBS or nxt in _ING_NOUNS or nxt == "being":
+            continue
+        if nxt.endswith("ing") and aux in ("is", "are", "was", "were") and len(nxt) > 4:
+            return _join([subject, aux, *rest[j + 1:]])
+        if nxt in ("is", "has") or _lemma_past(nxt) or _lemma_present(nxt):
+            return _join([subject, *rest[j + 1:]])
+        return None
+    return None
+
+
 def _first_predicate(text: str) -> str:
     """``text`` up to a second predicate: "to pursue her dreams and appreciates ..." -> "to pursue her dreams"."""
     words = text.split()
@@ -281,7 +321,8 @@ def _adjunct_pairs(pre: str, vobj: str, tail: Sequence[str], date: str | None,
             to = re.match(r"^to\s+((?:the|a|an)\s+[a-z][\w-]*)", tail_text)
         if to and not to.group(1).split()[-1].endswith(("ing", "ly")):
             out.append((f"Where {pre} {vobj}?", to.group(1)))
-    reason = re.match(r"^(?:in order\s+)?(to\s+(?!(?:the|a|an|her|his|their|my|our|its)\b)[a-z]\w*[^,;]*|"
+    reason = re.match(r"^(?:in order\s+)?(to\s+(?!(?:the|a|an|her|his|their|my|our|its|each|them|him|others|"
+                      r"oneself|one|themselves|herself|himself|people|someone)\b)[a-z]\w*[^,;]*|"
                       r"because\s+[^,;]*|due to\s+[^,;]*)(,?)", tail_text) if why else None
     if reason and not (reason.group(1).startswith("due") and reason.group(2)):  # "due to its grip, ..." is a list
         answer = _first_predicate(re.sub(r"^due to\s+", "", reason.group(1)).rstrip(",. "))
@@ -297,7 +338,9 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15) -> list[tuple
     ("last Friday") are never used as answers: the context carries no date to resolve them.
     """
     pairs: list[tuple[str, str]] = []
-    for clause, lead_date, session in _clauses(text):
+    queue = list(_clauses(text))
+    while queue:
+        clause, lead_date, session = queue.pop(0)
         toks = _WORD.findall(clause.replace("\u2019", "'"))
         found: list[tuple[str, str]] = []
         i = 0  # subject: leading run of capitalised words (and "X and Y")
@@ -309,6 +352,11 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15) -> list[tuple
         subject, rest = _join(toks[:i]), toks[i:]
         if subject.lower().startswith(("the ", "a ", "an ", "according", "on ", "in ", "after ")):
             continue
+        second = _second_predicate(subject, rest)
+        if second:  # "Jon is working on a plan and looking for investors": a clause of its own (its
+            queue.insert(0, (second, lead_date, None))  # own date only: it is often the first's aftermath
+        if session and re.search(r", (?:and )?[a-z]+ed\b", clause):
+            session = None  # "lost her job, started a store, and ...": a summary, not the session's news
         named = re.search(r"\b(?:a|an|her|his|their)\s+([a-z]+(?:\s+[a-z]+)?)\s+(?:named|called)\s+"
                           r"((?:'[^']+')|(?:\"[^\"]+\")|[A-Z][\w'-]*(?:\s+[A-Z][\w'-]*)*)", clause)
         if subject.endswith("'s"):  # "X's favorite book is Y" -> What is X's favorite book? Y
@@ -317,7 +365,8 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15) -> list[tuple
                     obj, _ = _phrase(rest[j + 1:], max_words)
                     noun = _join(rest[:j])
                     if obj and noun and not any(c in noun for c in ",;") and obj.lower() not in _EMPTY_OBJECTS \
-                            and not (obj[:1].islower() and obj.split()[0].endswith(("ing", "ed"))):
+                            and not (obj[:1].islower() and obj.split()[0].endswith(("ing", "ed"))) \
+                            and not set(obj.lower().split()[:2]) & _FRAME_NOUNS:
                         found.append((f"What {t.lower()} {subject} {noun}?", obj))
                     break
         else:
@@ -342,7 +391,7 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15) -> list[tuple
                     pass
                 elif base in _CLAUSE_VERBS or base.rstrip("ing") in _CLAUSE_VERBS or \
                         _lemma_present(base) in _CLAUSE_VERBS:
-                    obj = _clause_object(after, max_words)
+                    obj = _clause_object(after, min(max_words, _MAX_CLAUSE_WORDS))
                     if obj and obj.lower() not in _EMPTY_OBJECTS and obj.split()[0].lower() not in _BOUNDARY:
                         found.append((f"What {head}?", obj))
                 elif after and after[0].lower() == "to" and (verb in _MOTION or base in _MOTION
@@ -367,20 +416,31 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15) -> list[tuple
                         prep.append(after[k].lower())
                         k += 1
                     obj, n = _phrase(after[k:], max_words)
-                    if obj and obj.lower() not in _EMPTY_OBJECTS and not (
-                            len(obj.split()) == 1 and obj.lower().endswith("ing") and not prep) and not (
-                            len(obj.split()) == 1 and obj[:1].islower() and obj.lower().endswith("ed")):
+                    one = obj.lower() if obj and len(obj.split()) == 1 and obj[:1].islower() else ""
+                    if obj and obj.split()[0].lower() in _PERCEPTION:
+                        obj, n = "", 0
+                    if obj and obj.lower() not in _EMPTY_OBJECTS and not (one.endswith("ing") and not prep) and \
+                            not one.endswith("ed") and one not in _VAGUE_NOUNS and not one.endswith(_ABSTRACT_ENDINGS):
                         vphrase = " ".join([verb, *prep])
                         who = "Who" if obj[:1].isupper() and " " not in obj and not obj.isupper() else "What"
                         if who == "Who" and lemma in _PLACE_VERBS:
                             who = "Where"
                         rest_after = after[k + n:]
+                        neg = "not " if rest_after[:1] and rest_after[0].lower() == "not" else ""
+                        if neg:
+                            rest_after = rest_after[1:]
                         to_do = _clause_object(rest_after[1:], max_words) if (
                             rest_after and rest_after[0].lower() == "to" and len(rest_after) > 1
                             and rest_after[1][:1].islower() and rest_after[1].lower() not in _DETERMINERS) else ""
+                        person = (obj[:1].isupper() and " " not in obj and not obj.endswith("'s")) or \
+                            obj.lower() in ("him", "her", "them", "others")
+                        if not person:
+                            to_do = ""  # "supports Caroline's drive to ...": the "to" belongs to the noun
                         if to_do and lemma in _NO_WHY and lemma not in ("take", "bring"):
                             # "encourages Jon to keep pushing": the object's task is the fact
-                            found.append((f"What {pre} {vphrase} {obj} to do?", _first_predicate(to_do)))
+                            found.append((f"What {pre} {vphrase} {obj} {neg}to do?", _first_predicate(to_do)))
+                        elif to_do and lemma in _NO_WHY or neg:
+                            pass  # "advised Jon not to ...": who alone asks nothing
                         elif not (lemma in ("take", "bring") and rest_after and rest_after[0].lower() == "to"):
                             found.append((f"{who} {pre} {vphrase}?", obj))
                     if obj:

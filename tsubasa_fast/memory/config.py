@@ -31,3 +31,11 @@ class MemoryConfig:
                 raise InputError(f"must be one of {allowed}, got {getattr(self, name)!r}", field=name)
         if self.uncited_turns not in (True, False):
             raise InputError(f"must be True or False, got {self.uncited_turns!r}", field="uncited_turns")
+
+
+def default_manager(source: str) -> str:
+    """The evolution manager of a store written from ``source`` when none is named: raw utterances
+    stay as they were said (static: the RAG baseline), observations evolve (rule)."""
+    if source not in SOURCES:
+        raise InputError(f"must be one of {SOURCES}, got {source!r}", field="source")
+    return "static" if source == "utterances" else "rule"

@@ -1,0 +1,88 @@
+"""The rule question writer on memories as the store holds them: a ``[date]`` prefix from ingest,
+past events dated by their session, relative days resolved, objects and question kinds."""
+
+import datetime as dt
+
+import pytest
+
+from tsubasa_fast.core import Session
+from tsubasa_fast.distill import rule_writer as R
+from tsubasa_fast.distill import synth as S
+from tsubasa_fast.memory import HashingEmbedder, MemoryStore
+from tsubasa_fast.memory.ingest import memory_text
+
+
+def dated(text: str, day: dt.date) -> str:
+    """``text`` with the prefix ingest writes (the library's own format, not a copy of it)."""
+    return memory_text(text, Session(1, "", dt.datetime(day.year, day.month, day.day), ()), True)
+
+
+JAN20 = dt.date(2023, 1, 20)
+MAY25 = dt.date(2023, 5, 25)
+
+
+@pytest.mark.parametrize("text,day,expected", [
+    # the session's day before, in the session's own date format
+    ("Jon lost his job as a banker the day before the conversation.", JAN20,
+     [("What did Jon lose?", "his job as a banker"), ("When did Jon lose his job as a banker?", "19 January 2023")]),
+    ("Jon lost his job as a banker yesterday.", dt.date(2023, 3, 1),
+     [("What did Jon lose?", "his job as a banker"), ("When did Jon lose his job as a banker?", "28 February 2023")]),
+    # "last Saturday" / "over the weekend" in LoCoMo's answer style
+    ("Melanie ran a charity race for mental health last Saturday.", MAY25,
+     [("What did Melanie run?", "a charity race for mental health"),
+      ("When did Melanie run a charity race for mental health?", "the Saturday before 25 May 2023")]),
+    ("Caroline joined a mentorship program over the weekend.", dt.date(2023, 7, 17),
+     [("What did Caroline join?", "a mentorship program"),
+      ("When did Caroline join a mentorship program?", "the weekend before 17 July 2023")]),
+    # a past event with no time of its own: on (or just before) the session it was told in
+    ("Gina designed her clothing store space to be cozy.", dt.date(2023, 2, 1),
+     [("What did Gina design?", "her clothing store space"),
+      ("When did Gina design her clothing store space?", "1 February 2023"),
+      ("Why did Gina design her clothing store space?", "to be cozy")]),
+    # "recently" / "but ..." / present tense: no session date as an answer
+    ("Jon visited Paris recently", JAN20, [("Where did Jon visit?", "Paris")]),
+    ("Jon lost his job but used it as an opportunity.", MAY25, [("What did Jon lose?", "his job")]),
+    ("Jon is starting his own dance studio due to his passion for dancing.", JAN20,
+     [("What is Jon starting?", "his own dance studio"),
+      ("Why is Jon starting his own dance studio?", "his passion for dancing")]),
+    # a month is a date, not a place; the date stays out of the When question
+    ("Jon is hosting a dance competition in May 2023 to showcase local talent.", JAN20,
+     [("What is Jon hosting?", "a dance competition"), ("When is Jon hosting a dance competition?", "May 2023")]),
+    # objects continue through a short "for" phrase and stop at a second predicate
+    ("Jon is looking for the ideal spot for his dance studio and is considering features.", JAN20,
+     [("What is Jon looking for?", "the ideal spot for his dance studio")]),
+    # "encourages X to do Y": the task is the fact; "took X to Y": Where, dated with Y
+    ("Gina encourages Jon to keep pushing, assuring him he'll reach his dreams.", JAN20,
+     [("What does Gina encourage Jon to do?", "keep pushing")]),
+    ("Melanie took her kids to a pottery workshop last Friday.", dt.date(2023, 7, 15),
+     [("Where did Melanie take her kids?", "a pottery workshop"),
+      ("When did Melanie take her kids to a pottery workshop?", "the Friday before 15 July 2023")]),
+    # opinions and feelings are not asked about; an adjective cut off before "and" is no answer
+    ("Caroline finds art to be healing.", JAN20, []),
+    ("Caroline appreciates the peaceful and calming nature of the lake.", JAN20, []),
+    ("Jon is working hard on his business despite facing obstacles.", JAN20,
+     [("What is Jon working on?", "his business")]),
+])
+def test_dated_memories(text, day, expected):
+    assert R.rule_pairs(dated(text, day), max_pairs=3) == expected
+
+
+def test_undated_text_gets_no_session_date():
+    assert R.rule_pairs("Gina designed her clothing store space.") == [("What did Gina design?", "her clothing store space")]
+
+
+def test_synthesize_writes_pairs_from_an_ingested_store(tmp_path):
+    """The regression: a store written by ingest (every memory dated) gave the rule writer 0 pairs."""
+    user = "conv-t:Jon"
+    store = MemoryStore(tmp_path / "store", HashingEmbedder())
+    texts = ["Jon lost his job as a banker the day before the conversation.",
+             "Jon is hosting a dance competition in May 2023 to showcase local talent.",
+             "Jon finds dancing joyful."]
+    for i, t in enumerate(texts):
+        store.add(user, dated(t, JAN20), observed_at="2023-01-20", source={"session": 1, "dia_ids": [f"D1:{i}"]})
+    pairs, rep = S.synthesize(store, user, None, S.SynthConfig(generator="rule", pairs_per_prompt=3), progress=False)
+    store.close()
+    assert [(p["question"], p["answer"]) for p in pairs] == [
+        ("What did Jon lose?", "his job as a banker"), ("When did Jon lose his job as a banker?", "19 January 2023"),
+        ("What is Jon hosting?", "a dance competition"), ("When is Jon hosting a dance competition?", "May 2023")]
+    assert rep["generated"] == 4 and rep["dropped"]["malformed"] == 0
