@@ -67,6 +67,43 @@ def test_dated_memories(text, day, expected):
     assert R.rule_pairs(dated(text, day), max_pairs=3) == expected
 
 
+JUL20 = dt.date(2023, 7, 20)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("Melanie has been married for 5 years.", [("How long has Melanie been married?", "5 years")]),
+    ("Melanie is a big fan of pottery and finds it calming.", [("What is Melanie a fan of?", "pottery")]),
+    ("Gina is passionate about fashion trends.", [("What is Gina passionate about?", "fashion trends")]),
+    # every "a <noun> named <Name>"
+    ("Melanie has a dog named Luna and a cat named Oliver.",
+     [("What is the name of Melanie's cat?", "Oliver"), ("What is the name of Melanie's dog?", "Luna")]),
+    # the user's group or relative as the subject
+    ("Melanie and her family watched the Perseid meteor shower in 2022.",
+     [("What did Melanie and her family watch?", "the Perseid meteor shower"),
+      ("When did Melanie and her family watch the Perseid meteor shower?", "2022")]),
+    ("Melanie's family visited the Grand Canyon and enjoyed it.",
+     [("What did Melanie's family visit?", "the Grand Canyon"),
+      ("When did Melanie's family visit the Grand Canyon?", "20 July 2023")]),
+    # a second predicate is a clause of its own (not inside what is believed)
+    ("Jon is working on a business plan and looking for investors.",
+     [("What is Jon working on?", "a business plan"), ("What is Jon looking for?", "investors")]),
+    ("Gina believes that good flooring helps avoid injuries and makes dancing fun.",
+     [("What does Gina believe?", "good flooring helps avoid injuries and makes dancing fun")]),
+    # double objects, "into", a lowercase place after "at", a generic head with its complement
+    ("Gina gives Jon tips to stay confident.",
+     [("What does Gina give Jon?", "tips"), ("Why does Gina give Jon tips?", "to stay confident")]),
+    ("Jon is turning his passion for dance into a business.",
+     [("What is Jon turning into a business?", "his passion for dance")]),
+    ("Melanie volunteered with her family at a homeless shelter.", [("Where did Melanie volunteer?", "a homeless shelter")]),
+    ("Gina loves spending time in the dance studio.", [("What does Gina love?", "spending time in the dance studio")]),
+    # no question a person would not ask: "What did Caroline encourage? -> students", "take the first step"
+    ("Caroline encouraged students to get involved.", [("When did Caroline encourage students?", "20 July 2023")]),
+    ("Caroline took the first step towards becoming a mom.", []),
+])
+def test_templates(text, expected):
+    assert R.rule_pairs(dated(text, JUL20), max_pairs=3) == expected
+
+
 def test_undated_text_gets_no_session_date():
     assert R.rule_pairs("Gina designed her clothing store space.") == [("What did Gina design?", "her clothing store space")]
 

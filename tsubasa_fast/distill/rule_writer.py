@@ -26,7 +26,7 @@ _ADJ_BEFORE_ING = {"new", "old", "big", "small", "little", "good", "great", "fir
 # verbs whose "X to do Y" is not a purpose: no Why pair ("encourages Jon to keep pushing")
 _NO_WHY = {"want", "ask", "encourage", "remind", "help", "tell", "urge", "expect", "need", "invite", "inspire",
            "allow", "teach", "like", "love", "get", "motivate", "push", "challenge", "advise", "take",
-           "support", "warn", "beg", "convince", "persuade", "want"}
+           "support", "warn", "beg", "convince", "persuade", "want", "root", "cheer"}
 _VAGUE = {"someone", "something", "anyone", "anything", "somebody", "people", "others", "one", "other", "herself",
           "himself", "themselves", "itself", "oneself"}
 # one-word objects too vague to ask about: "What is Jon handling? -> changes", "What does Caroline
@@ -39,6 +39,16 @@ _FRAME_NOUNS = {"source", "way", "reminder", "symbol", "mix", "part", "kind", "s
                 "reflection", "example"}
 # gerunds of perceiving or being: "enjoyed seeing them have fun" holds no fact to ask for
 _PERCEPTION = {"seeing", "watching", "hearing", "knowing", "feeling", "being", "having", "getting", "finding"}
+_DITRANSITIVE = {"give", "send", "offer", "show", "tell", "teach", "buy", "lend", "hand", "bring"}
+_RELATIVES = {"family", "kids", "children", "son", "daughter", "husband", "wife", "partner", "mom", "mother",
+              "dad", "father", "parents", "brother", "sister", "friend", "friends", "dog", "cat", "team", "group"}
+# "has been married for 5 years", "has been into art for seven years": How long
+_HOW_LONG = re.compile(r"^(has|have) been (.{3,40}?) for ((?:about |over |almost |nearly )?(?:\d+|one|two|three|four|"
+                       r"five|six|seven|eight|nine|ten|a few|several|many) (?:years?|months?|weeks?|days?))\b")
+_FAN = re.compile(r"^(is|are) (?:a |an )?(?:big |huge |real |great )?fans? of\s+")
+_PRONOUNS = {"they", "it", "he", "she", "this", "that", "these", "those", "them", "we", "you", "i"}
+_GENERIC_HEADS = {"place", "way", "chance", "opportunity", "spot", "time", "reason"}  # "a place to open ..."
+_IDIOM_OBJECTS = {"step", "steps", "part", "action", "care", "notice", "advantage", "place", "break", "chance"}
 _LIGHT = {"having", "have", "get", "use", "using"}  # "is having trouble", "got mentored": no What pair
 _NOT_VERBS = {"need", "red", "bed", "seed", "feed", "speed", "bred", "shed", "led", "wed",
               "bus", "is", "was", "has", "this", "his", "its", "as", "us", "yes", "always",
@@ -46,9 +56,10 @@ _NOT_VERBS = {"need", "red", "bed", "seed", "feed", "speed", "bred", "shed", "le
               "excited", "proud", "determined", "inspired", "thankful", "grateful", "happy"}
 _CLAUSE_VERBS = {"believe", "think", "say", "mention", "hope", "know", "realize", "realise",
                  "explain", "admit", "wish", "describe"}
+_THAT_VERBS = {"share", "suggest", "note", "add", "state", "report"}  # clause verbs only before "that"
 # verbs of judging and feeling: "finds X inspiring", "feels motivated by X", "sees Jon as ...":
 # their object is an opinion, not a fact to ask about
-_OPINION_VERBS = {"find", "feel", "see", "consider", "express", "share", "seem", "appear"}
+_OPINION_VERBS = {"find", "feel", "see", "consider", "express", "seem", "appear"}
 _PLACE_VERBS = {"visit", "explore", "tour"}  # a capitalised object is a place: Where, not Who
 _MOTION = {"go", "move", "travel", "come", "return", "head", "fly", "drive", "walk", "run", "relocate"}
 _PARTICLES = {"into", "for", "at", "after", "about", "forward", "on", "up", "with", "in", "to", "as", "out", "off",
@@ -67,7 +78,7 @@ _DETERMINERS = {"a", "an", "the", "her", "his", "their", "my", "our", "its", "so
 _TRAILING = _DETERMINERS | {"of", "and", "or", "to", "with", "for", "in", "on", "at"}
 _ADVERBS = {"currently", "recently", "also", "still", "now", "often", "usually", "really", "always",
             "sometimes", "finally", "just", "once", "regularly", "even", "actively", "frequently", "hard",
-            "together", "again", "lately", "already", "soon", "back", "away", "well", "a lot"}
+            "together", "again", "lately", "already", "soon", "back", "away", "well", "a lot", "ahead"}
 # "for" / "of" / "as" continue a noun phrase ("the ideal spot for his dance studio", "his job as a
 # banker") when the continuation is short
 _CONTINUE = {"for", "of", "as"}
@@ -132,8 +143,9 @@ def _phrase(tokens: Sequence[str], max_words: int, continued: bool = True) -> tu
         low = t.lower()
         if t in (",", ";", ".", ":", "!", "?", "(", ")"):
             break
-        if low in ("and", "or") and i > 0 and (tokens[i - 1].lower().endswith(_ADJECTIVE_ENDINGS) or (
-                i == 2 and tokens[0].lower() in _DETERMINERS)):
+        nxt = tokens[i + 1].lower() if i + 1 < len(tokens) else ""
+        if low in ("and", "or") and i > 0 and not (_lemma_past(nxt) or _lemma_present(nxt)) \
+                and (tokens[i - 1].lower().endswith(_ADJECTIVE_ENDINGS) or (i == 2 and tokens[0].lower() in _DETERMINERS)):
             return "", 0  # "the peaceful and calming nature", "a black and white bowl": the noun is past the cut
         if low in _BOUNDARY:
             if i == 0:
@@ -178,6 +190,8 @@ def _clause_object(tokens: Sequence[str], max_words: int) -> str:
     if out and out[0].lower() == "that":
         out = out[1:]
     out = _trim(out)
+    if len(out) == 2 and out[0].lower() in _DETERMINERS and len(out) < len(tokens):
+        return ""  # "mentions the tough but rewarding ...": the noun is past the cut
     return _join(out) if 0 < len(out) <= max_words else ""
 
 
@@ -259,6 +273,12 @@ def _verb_group(rest: list[str]) -> tuple[str, str, list[str]] | None:
     return None
 
 
+_NAMED = re.compile(r"\b(?:a|an|her|his|their|another)\s+([a-z]+(?:\s+[a-z]+)?)\s+(?:named|called)\s+"
+                    r"((?:'[^']+')|(?:\"[^\"]+\")|[A-Z][\w'-]*(?:\s+[A-Z][\w'-]*)*)")
+# "is passionate about X", "is interested in X": What is <user> passionate about?
+_ADJ_PREP = re.compile(r"^(is|are|was|were)\s+(?:(?:very|really|so|also|particularly|especially|deeply)\s+)?"
+                       r"(passionate|excited|interested|proud|worried|nervous|curious|serious|keen|fond|"
+                       r"involved|focused|enthusiastic|inspired|skilled|experienced)\s+(about|in|of|on|by)\s+")
 _PLACE = re.compile(r"^(?:in|at)\s+((?:the\s+)?[A-Z][\w'-]*(?:\s+[A-Z][\w'-]*)*)")
 
 
@@ -268,8 +288,15 @@ def _second_predicate(subject: str, rest: Sequence[str]) -> str | None:
     ``rest`` is the clause after the subject. An -ing second predicate takes the first one's
     auxiliary ("is working on X and looking for Y" -> "is looking for Y").
     """
-    if not rest:
+    if not rest or " and " in subject:
         return None
+    vg = _verb_group(list(rest))
+    if vg is None:
+        return None
+    first_aux, first_verb, _ = vg
+    base = first_verb.split()[-1]
+    if {base, _lemma_present(base) or base, base.removesuffix("ing")} & (_CLAUSE_VERBS | _OPINION_VERBS):
+        return None  # "believes that X helps and makes ...": the "and" is inside what is believed
     aux = rest[0].lower() if rest[0].lower() in ("is", "are", "was", "were", "has", "have") else None
     for j in range(2, len(rest) - 1):
         low = rest[j].lower()
@@ -283,7 +310,9 @@ def _second_predicate(subject: str, rest: Sequence[str]) -> str | None:
             continue
         if nxt.endswith("ing") and aux in ("is", "are", "was", "were") and len(nxt) > 4:
             return _join([subject, aux, *rest[j + 1:]])
-        if nxt in ("is", "has") or _lemma_past(nxt) or _lemma_present(nxt):
+        # the same form as the first verb: "plan events and campaigns" is no second predicate
+        if (first_aux == "did" and _lemma_past(nxt)) or (first_aux == "does" and _lemma_present(nxt)) or \
+                (nxt == "is" and first_aux in ("is", "does")) or (nxt == "has" and first_aux in ("has", "does")):
             return _join([subject, *rest[j + 1:]])
         return None
     return None
@@ -307,6 +336,12 @@ def _adjunct_pairs(pre: str, vobj: str, tail: Sequence[str], date: str | None,
     place = _PLACE.match(tail_text)
     if place and (_DATE.fullmatch(place.group(1)) or place.group(1).split()[0] in _MONTH_SET):
         place = None
+    if not place:  # "volunteered with her family at a homeless shelter"
+        at = re.match(r"^(?:with (?:her|his|their) \w+ )?at\s+((?:a|an|the)\s+[a-z][\w-]*(?:\s+[a-z][\w-]*)?)\b",
+                      tail_text)
+        if at and not at.group(1).split()[-1].endswith(("ing", "ly")) and \
+                at.group(1).split()[-1] not in _BOUNDARY | {"time", "age", "end", "moment", "same"}:
+            out.append((f"Where {pre} {vobj}?", at.group(1)))
     m = _DATE.search(tail_text)
     if m and date is None:
         date = m.group(1)
@@ -317,7 +352,7 @@ def _adjunct_pairs(pre: str, vobj: str, tail: Sequence[str], date: str | None,
         out.append((f"When {pre} {vobj}?", date))
     if not place and not m:  # "took her kids to the museum": Where
         to = re.match(r"^to\s+((?:the|a|an)\s+[a-z][\w-]*(?:\s+[a-z][\w-]*)?)\b(?!\s+(?:of|for)\b)", tail_text)
-        if to and to.group(1).split()[-1] in _ADVERBS:
+        if to and to.group(1).split()[-1] in _ADVERBS | _BOUNDARY:
             to = re.match(r"^to\s+((?:the|a|an)\s+[a-z][\w-]*)", tail_text)
         if to and not to.group(1).split()[-1].endswith(("ing", "ly")):
             out.append((f"Where {pre} {vobj}?", to.group(1)))
@@ -349,6 +384,12 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15) -> list[tuple
             i += 1
         if i == 0 or i >= len(toks) or i > 5:
             continue
+        # "Melanie and her kids ...", "Melanie's family ...": the user's group or relative is the subject
+        if i + 2 < len(toks) and toks[i] == "and" and toks[i + 1].lower() in ("her", "his", "their") and \
+                toks[i + 2][:1].islower():
+            i += 3
+        elif toks[i - 1].endswith("'s") and i + 1 < len(toks) and toks[i].lower() in _RELATIVES:
+            i += 1
         subject, rest = _join(toks[:i]), toks[i:]
         if subject.lower().startswith(("the ", "a ", "an ", "according", "on ", "in ", "after ")):
             continue
@@ -357,8 +398,7 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15) -> list[tuple
             queue.insert(0, (second, lead_date, None))  # own date only: it is often the first's aftermath
         if session and re.search(r", (?:and )?[a-z]+ed\b", clause):
             session = None  # "lost her job, started a store, and ...": a summary, not the session's news
-        named = re.search(r"\b(?:a|an|her|his|their)\s+([a-z]+(?:\s+[a-z]+)?)\s+(?:named|called)\s+"
-                          r"((?:'[^']+')|(?:\"[^\"]+\")|[A-Z][\w'-]*(?:\s+[A-Z][\w'-]*)*)", clause)
+        named = list(_NAMED.finditer(clause))
         if subject.endswith("'s"):  # "X's favorite book is Y" -> What is X's favorite book? Y
             for j, t in enumerate(rest):
                 if t.lower() in ("is", "are", "was", "were") and 0 < j <= 4:
@@ -369,6 +409,18 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15) -> list[tuple
                             and not set(obj.lower().split()[:2]) & _FRAME_NOUNS:
                         found.append((f"What {t.lower()} {subject} {noun}?", obj))
                     break
+        elif _HOW_LONG.match(_join(rest)):
+            m = _HOW_LONG.match(_join(rest))
+            found.append((f"How long {m.group(1)} {subject} been {m.group(2)}?", m.group(3)))
+        elif _FAN.match(_join(rest)):
+            obj, _ = _phrase(_WORD.findall(_join(rest)[_FAN.match(_join(rest)).end():]), max_words)
+            if obj and obj.lower() not in _EMPTY_OBJECTS:
+                found.append((f"What {rest[0].lower()} {subject} a fan of?", obj))
+        elif _ADJ_PREP.match(_join(rest)):
+            m = _ADJ_PREP.match(_join(rest))
+            obj, _ = _phrase(_WORD.findall(_join(rest)[m.end():]), max_words)
+            if obj and obj.lower() not in _EMPTY_OBJECTS and not obj.split()[0].lower() in _PERCEPTION:
+                found.append((f"What {m.group(1)} {subject} {m.group(2)} {m.group(3)}?", obj))
         else:
             while rest and rest[0].lower() in _ADVERBS:
                 rest = rest[1:]
@@ -389,10 +441,11 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15) -> list[tuple
                 if base in _OPINION_VERBS or lemma in _OPINION_VERBS or base.removesuffix("ing") in _OPINION_VERBS \
                         or base in _LIGHT or lemma in _LIGHT:
                     pass
-                elif base in _CLAUSE_VERBS or base.rstrip("ing") in _CLAUSE_VERBS or \
+                elif base in _CLAUSE_VERBS or (lemma in _THAT_VERBS and after[:1] and after[0].lower() == "that") or base.rstrip("ing") in _CLAUSE_VERBS or \
                         _lemma_present(base) in _CLAUSE_VERBS:
                     obj = _clause_object(after, min(max_words, _MAX_CLAUSE_WORDS))
-                    if obj and obj.lower() not in _EMPTY_OBJECTS and obj.split()[0].lower() not in _BOUNDARY:
+                    if obj and obj.lower() not in _EMPTY_OBJECTS and obj.split()[0].lower() not in _BOUNDARY and \
+                            obj.split()[0].lower() not in _PRONOUNS:  # "believes they are ...": who is "they"?
                         found.append((f"What {head}?", obj))
                 elif after and after[0].lower() == "to" and (verb in _MOTION or base in _MOTION
                                                              or _lemma_past(base) in _MOTION):
@@ -416,10 +469,26 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15) -> list[tuple
                         prep.append(after[k].lower())
                         k += 1
                     obj, n = _phrase(after[k:], max_words)
+                    tail0 = after[k + n:]
+                    if obj and obj.split()[-1].lower() in _GENERIC_HEADS and tail0 and \
+                            tail0[0].lower() in ("to", "in", "with", "at", "for"):
+                        more = _clause_object(tail0, 6) if tail0[0].lower() == "to" else \
+                            _phrase(tail0[1:], max_words, continued=False)[0]
+                        if more:
+                            more = more if tail0[0].lower() == "to" else f"{tail0[0].lower()} {more}"
+                            obj, n = f"{obj} {more}", len(after) - k  # what follows is no adjunct of the verb
+                        else:
+                            obj = ""
+                    words = obj.split() if obj else []
+                    if len(words) > 1 and lemma in _DITRANSITIVE and words[0][:1].isupper() and \
+                            not words[0].endswith("'s") and words[1][:1].islower():
+                        prep, obj = [*prep, words[0]], " ".join(words[1:])  # "gives Jon tips"
                     one = obj.lower() if obj and len(obj.split()) == 1 and obj[:1].islower() else ""
-                    if obj and obj.split()[0].lower() in _PERCEPTION:
-                        obj, n = "", 0
-                    if obj and obj.lower() not in _EMPTY_OBJECTS and not (one.endswith("ing") and not prep) and \
+                    if obj and (obj.split()[0].lower() in _PERCEPTION or (
+                            lemma in ("take", "make", "have") and obj.split()[-1].lower() in _IDIOM_OBJECTS)):
+                        obj, n, prep = "", 0, ["-"]  # no question, and no intransitive reading either
+                    if obj and obj.lower() not in _EMPTY_OBJECTS and not (
+                            one.endswith("ing") and not prep and (one not in _ING_NOUNS or lemma in _MOTION)) and \
                             not one.endswith("ed") and one not in _VAGUE_NOUNS and not one.endswith(_ABSTRACT_ENDINGS):
                         vphrase = " ".join([verb, *prep])
                         who = "Who" if obj[:1].isupper() and " " not in obj and not obj.isupper() else "What"
@@ -434,18 +503,22 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15) -> list[tuple
                             and rest_after[1][:1].islower() and rest_after[1].lower() not in _DETERMINERS) else ""
                         person = (obj[:1].isupper() and " " not in obj and not obj.endswith("'s")) or \
                             obj.lower() in ("him", "her", "them", "others")
-                        if not person:
-                            to_do = ""  # "supports Caroline's drive to ...": the "to" belongs to the noun
                         if to_do and lemma in _NO_WHY and lemma not in ("take", "bring"):
-                            # "encourages Jon to keep pushing": the object's task is the fact
-                            found.append((f"What {pre} {vphrase} {obj} {neg}to do?", _first_predicate(to_do)))
-                        elif to_do and lemma in _NO_WHY or neg:
+                            if person:  # "encourages Jon to keep pushing": the object's task is the fact
+                                found.append((f"What {pre} {vphrase} {obj} {neg}to do?", _first_predicate(to_do)))
+                            # else "encouraged students to ...", "supports Caroline's drive to ...": nothing
+                        elif neg:
                             pass  # "advised Jon not to ...": who alone asks nothing
                         elif not (lemma in ("take", "bring") and rest_after and rest_after[0].lower() == "to"):
                             found.append((f"{who} {pre} {vphrase}?", obj))
                     if obj:
                         vobj = " ".join([verb, *prep, obj])
                         tail = after[k + n:]
+                        if tail and tail[0].lower() == "into" and found and found[-1][1] == obj:
+                            into, m = _phrase(tail[1:], max_words, continued=False)
+                            if into:  # "is turning his passion for dance into a business"
+                                found[-1] = (f"What {pre} {' '.join([verb, *prep])} into {into}?", obj)
+                                tail = tail[1 + m:]
                         if lemma in ("take", "bring") and tail and tail[0].lower() == "to":
                             dest, m = _phrase(tail[1:], max_words, continued=False)
                             if dest:  # "took her kids to a pottery workshop": the When names it
@@ -454,8 +527,8 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15) -> list[tuple
                         found += _adjunct_pairs(pre, vobj, tail, when, max_words, why=why)
                     elif not prep:  # intransitive: "lived in Boston on 8 May 2023" (a date of its own only)
                         found += _adjunct_pairs(pre, verb, after, lead_date, max_words)
-        if named:
-            owner = subject if not subject.endswith("'s") else subject[:-2]
-            found.insert(1, (f"What is the name of {owner}'s {named.group(1)}?", named.group(2).strip("'\"")))
+        owner = subject if not subject.endswith("'s") else subject[:-2]
+        for m in reversed(named):
+            found.insert(1, (f"What is the name of {owner}'s {m.group(1)}?", m.group(2).strip("'\"")))
         pairs.extend(found[:max_pairs])
     return pairs
