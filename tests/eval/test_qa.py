@@ -89,7 +89,17 @@ def test_eval_qa_methods(method, locomo, tiny_qwen3, tmp_path, capsys):
         assert any("ONE adapter per conversation" in n for n in result["notes"])
 
 
-def test_eval_qa_seeds_and_closed_book(locomo, tiny_qwen3, tmp_path):
+def test_eval_qa_seeds_and_closed_book(locomo, tiny_qwen3, tmp_path, monkeypatch):
+    from tsubasa_fast.llm import ChatLM
+
+    calls = []
+    real_call = ChatLM.__call__
+
+    def counted(self, messages, max_new_tokens=None):
+        calls.append(messages)
+        return real_call(self, messages, max_new_tokens)
+
+    monkeypatch.setattr(ChatLM, "__call__", counted)
     out = tmp_path / "qa.json"
     assert main(["eval", "qa", "--locomo", str(locomo), "--method", "rag-evolved", "--limit", "3",
                  "--seeds", "2", "--seed", "5", "--closed-book", "--model", tiny_qwen3, "--device", "cpu",
@@ -108,6 +118,11 @@ def test_eval_qa_seeds_and_closed_book(locomo, tiny_qwen3, tmp_path):
     mean = sum(per_seed) / 2
     assert result["overall_std"]["f1"] == pytest.approx((sum((v - mean) ** 2 for v in per_seed)) ** 0.5)
     assert result["mean_retrieved_tokens"] == 0.0 and any("closed book" in n for n in result["notes"])
+    # the base model's greedy answers do not depend on the seed: generated once, reused by seed 6
+    assert len(calls) == 3
+    rows5, rows6 = ([json.loads(line) for line in (tmp_path / "work" / "rag-evolved" / f"seed-{s}" / "conv-t" /
+                                                   "answers.jsonl").read_text().splitlines()] for s in (5, 6))
+    assert [r["prediction"] for r in rows5] == [r["prediction"] for r in rows6]
 
 
 def test_tsubasa_with_no_surviving_pair_is_an_error(locomo, tiny_qwen3, tmp_path, capsys):

@@ -72,6 +72,9 @@ class QAEvaluator:
         self.seconds: dict[str, float] = {}
         self.notes: list[str] = []
         self._base = None
+        # the base model's greedy answer per prompt: the same store, prompt and weights give the same
+        # answer under every seed, so a later seed reuses it instead of generating it again
+        self._base_answers: dict[str, str] = {}
 
     # ------------------------------------------------------------------ helpers
 
@@ -204,12 +207,9 @@ class QAEvaluator:
                            "retrieved_tokens": sum(count_tokens(m) for m in memories or [])}
                     if e.method == "tsubasa":  # the distilled student, then the same base without it
                         row.update(self._scored(lm(messages), gold, qa.category))
-                        with student.model.disable_adapter():
-                            base = self._scored(lm(messages), gold, qa.category)
-                        row["base"] = base
+                        row["base"] = self._scored(self._base_answer(student, lm, messages), gold, qa.category)
                     else:
-                        with student.model.disable_adapter():
-                            row.update(self._scored(lm(messages), gold, qa.category))
+                        row.update(self._scored(self._base_answer(student, lm, messages), gold, qa.category))
                     row["judge"] = None
                     out_rows.append(row)
                 self._time("answer", t0)
@@ -228,6 +228,14 @@ class QAEvaluator:
             per_conv[conv.sample_id] = info
             rows.extend(out_rows)
         return rows, per_conv
+
+    def _base_answer(self, student, lm, messages) -> str:
+        """The base model's (adapter off) answer to ``messages``, generated once per prompt."""
+        key = json.dumps([messages, lm.max_new_tokens], sort_keys=True)
+        if key not in self._base_answers:
+            with student.model.disable_adapter():
+                self._base_answers[key] = lm(messages)
+        return self._base_answers[key]
 
     @staticmethod
     def _scored(prediction: str, gold, category: int) -> dict:
