@@ -123,3 +123,15 @@ def test_synthesize_writes_pairs_from_an_ingested_store(tmp_path):
         ("What did Jon lose?", "his job as a banker"), ("When did Jon lose his job as a banker?", "19 January 2023"),
         ("What is Jon hosting?", "a dance competition"), ("When is Jon hosting a dance competition?", "May 2023")]
     assert rep["generated"] == 4 and rep["dropped"]["malformed"] == 0
+
+
+def test_merged_memories_date_each_clause_by_its_own_session():
+    """The evolution's UPDATE format, ``c1 (D1); c2 (D2).``: each clause told on its own date;
+    a date in parentheses is no When answer for a verb without an event ("values")."""
+    text = dated("Caroline attended an LGBTQ support group (8 May 2023); Caroline gave a talk at a school "
+                 "event (9 June 2023); Caroline values happy moments (17 August 2023).", dt.date(2023, 5, 8))
+    assert R.rule_pairs(text, max_pairs=3) == [
+        ("What did Caroline attend?", "an LGBTQ support group"),
+        ("When did Caroline attend an LGBTQ support group?", "8 May 2023"),
+        ("What did Caroline give?", "a talk"), ("Where did Caroline give a talk?", "a school event"),
+        ("When did Caroline give a talk?", "9 June 2023"), ("What does Caroline value?", "happy moments")]

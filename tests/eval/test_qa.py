@@ -86,6 +86,15 @@ def test_eval_qa_methods(method, locomo, tiny_qwen3, tmp_path, capsys):
     if method == "tsubasa":
         assert (conv_dir / "adapter" / "adapter_model.safetensors").is_file()
         assert result["conversations"]["conv-t"]["distill"]["pairs"] > 0
+        # the teacher's evidence is the memory as the student is shown it: with its session date
+        # (the store keeps observations undated), so the evidence check compares like with like
+        pairs = [json.loads(line) for line in (conv_dir / "qa.jsonl").read_text().splitlines()]
+        session_day = {1: "1 May 2023", 2: "2 May 2023"}  # the fixture's "1:56 pm on 1 May, 2023", ...
+        for p in pairs:
+            assert p["context"] == f"[{session_day[p['sessions'][0]]}] " + p["context"].split("] ", 1)[1]
+            assert not p["context"].split("] ", 1)[1].startswith("[")  # dated once
+        ev = result["conversations"]["conv-t"]["distill"]["evidence_in_topk"]
+        assert ev["in_topk"] == sum(p["evidence_in_topk"] for p in pairs)
         assert any("ONE adapter per conversation" in n for n in result["notes"])
 
 

@@ -10,6 +10,7 @@ import datetime as _dt
 import re
 from typing import Sequence
 
+from ..memory.slots import segments
 from ..text import verb_base
 
 _ING_NOUNS = {"meeting", "painting", "counseling", "counselling", "building", "clothing", "wedding",
@@ -87,7 +88,6 @@ _MAX_CONTINUED = 7  # words of an object continued that way
 _MAX_CLAUSE_WORDS = 10  # what a "believes ..." / "mentioned ..." answer may run to
 _MONTHS = "January February March April May June July August September October November December"
 _MONTH_SET = set(_MONTHS.split())
-_DATE_PREFIX = re.compile(r"^\s*\[([^\]]+)\]\s*")
 # relative times a session date does not resolve: a past event so described gets no When pair
 _UNDATED = re.compile(r"\b(recently|lately|ago|used to|once|when \w+ was|as a (?:kid|child)|growing up|"
                       r"years?|for a while|always|often|usually|every|previous|earlier|before|since|but|during)\b", re.I)
@@ -208,19 +208,26 @@ def _clauses(text: str) -> list[tuple[str, str | None, str | None]]:
     """Sentences / merged-update clauses of a memory: ``(clause, its date, session date)``.
 
     The date is a leading "On <date>" (removed) or "the day before the conversation" /
-    "yesterday" (removed; the session's day before). The session date is the memory's
-    ``[date]`` prefix, None without one.
+    "yesterday" (removed; the session's day before). The session date is when the clause was
+    told: the memory's ``[date]`` prefix, or the first date of a merged clause ``... (D1, D2)``
+    (:func:`tsubasa_fast.memory.slots.segments`, the evolution's own format); None without one.
     """
-    session = None
-    m = _DATE_PREFIX.match(text)
-    if m:
-        session, text = m.group(1).strip(), text[m.end():]
+    out = []
+    for seg in segments(text):
+        first = seg.dates[0] if seg.dates else None
+        # "On 8 May 2023, Caroline lived in Boston": the date is the event's own, not only when it was told
+        lead = first if first and re.search(rf"\b[Oo]n {re.escape(first)}\b", text) else None
+        out += _seg_clauses(seg.clause, first, lead)
+    return out
+
+
+def _seg_clauses(text: str, session: str | None, lead: str | None) -> list[tuple[str, str | None, str | None]]:
     out = []
     for part in re.split(r";\s+|(?<=[.!?])\s+(?=[A-Z])", text):
         part = part.strip().rstrip(".")
         if not part:
             continue
-        date = None
+        date = lead
         m = _LEAD_DATE.match(part)
         if m:
             date, part = m.group(1).strip(), part[m.end():]

@@ -20,8 +20,9 @@ CACHE_DIR = "cache"
 ADAPTER_DIR = "adapter"
 
 
-def synth_stage(store, users: Sequence[str], chat, config) -> tuple[list[dict], dict]:
+def synth_stage(store, users: Sequence[str], chat, config, text_of=None) -> tuple[list[dict], dict]:
     """Writes and filters QA pairs from each user's live memories; returns ``(pairs, report)``.
+    ``text_of``: the text of a memory as the student's prompt shows it (:func:`.synth.synthesize`).
 
     ``report``: ``generated``, ``kept`` and ``dropped`` summed over the users, and each user's
     full filter report under ``users``. Raises StageError (with the filters' counts) when no
@@ -33,7 +34,7 @@ def synth_stage(store, users: Sequence[str], chat, config) -> tuple[list[dict], 
     pairs: list[dict] = []
     reports: dict[str, dict] = {}
     for user in users:
-        got, reports[user] = synthesize(store, user, chat, config)
+        got, reports[user] = synthesize(store, user, chat, config, text_of=text_of)
         pairs.extend(got)
     dropped: dict[str, int] = {}
     for rep in reports.values():

@@ -96,8 +96,12 @@ def _provenance(user: str, group: Sequence[Record]) -> dict:
 
 
 def synthesize(store: MemoryStore, user: str, chat: ChatFn | None, config: SynthConfig | None = None,
-               progress: bool = True) -> tuple[list[dict], dict]:
+               progress: bool = True, text_of: Callable[[Record], str] | None = None) -> tuple[list[dict], dict]:
     """Write and filter QA pairs from ``user``'s live memories; returns ``(pairs, report)``.
+
+    ``text_of`` gives a memory's text as the student's prompt will show it (default the stored
+    text; eval qa dates undated observations there): the writer, the filters and the pair's
+    ``context`` (the teacher's evidence) use it, so the teacher sees what the student is shown.
 
     ``chat`` is required for the ``llm`` generator; with the ``rule`` generator it is used
     only for the answerability filter (skipped, and counted, when ``chat`` is None).
@@ -125,6 +129,7 @@ def synthesize(store: MemoryStore, user: str, chat: ChatFn | None, config: Synth
             torch.manual_seed(cfg.seed)
         except ImportError:  # pragma: no cover
             pass
+    text_of = text_of or (lambda r: r.text)
     groups = _groups(records, cfg.group_size)
     if cfg.limit is not None:
         groups = groups[: cfg.limit]
@@ -134,7 +139,7 @@ def synthesize(store: MemoryStore, user: str, chat: ChatFn | None, config: Synth
     if cfg.generator == "llm":
         from .writer import WRITER_VERSION, write_pairs
 
-        written = write_pairs(chat, ["\n".join(r.text for r in g) for g in groups], user, cfg.pairs_per_prompt,
+        written = write_pairs(chat, ["\n".join(text_of(r) for r in g) for g in groups], user, cfg.pairs_per_prompt,
                               stats=writer_stats, round_trip=cfg.round_trip)
     report = {
         "version": SYNTH_VERSION, "user": user, "generator": cfg.generator,
@@ -167,7 +172,7 @@ def synthesize(store: MemoryStore, user: str, chat: ChatFn | None, config: Synth
         bar = progress_bar(total=len(groups), desc=f"synth ({cfg.generator})", unit="prompt")
     try:
         for gi, group in enumerate(groups):
-            texts = [r.text for r in group]
+            texts = [text_of(r) for r in group]
             context = "\n".join(texts)
             if written is not None:
                 cands = written[gi]

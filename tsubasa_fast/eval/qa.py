@@ -135,7 +135,9 @@ class QAEvaluator:
         t0 = time.perf_counter()
         chat = self._base_chat(student, c.synth.max_new_tokens)
         try:
-            pairs, report = synth_stage(store, [u for u in conv.user_ids if store.count(u)], chat, c.synth)
+            # the writer, its filters and the teacher see each memory as the student is shown it (dated)
+            pairs, report = synth_stage(store, [u for u in conv.user_ids if store.count(u)], chat, c.synth,
+                                        text_of=lambda r, _conv=conv: self._dated(_conv, r))
             pairs = evidence_stage(pairs, report, retrieve, c.answer.k, c.synth.evidence_in_topk)
         except StageError as e:
             raise StageError(f"{conv.sample_id}: {e}") from None
