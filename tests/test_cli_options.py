@@ -1,7 +1,7 @@
 """The options of personalize, eval qa, teacher-cache, train and ask are generated from the
 stage configs: their defaults are the library's, and each flag lands in its stage config."""
 
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import pytest
 
@@ -10,7 +10,7 @@ from tsubasa_fast.cli.options import OPTIONS, run_config
 from tsubasa_fast.distill.configs import (AnswerConfig, StudentConfig, SynthConfig, TeacherConfig, TrainConfig,
                                           recipe)
 from tsubasa_fast.memory.config import MemoryConfig
-from tsubasa_fast.run_config import EvalConfig, RunConfig
+from tsubasa_fast.run_config import EvalConfig, RunConfig, eval_qa_config
 
 BASE = ["personalize", "--history", "h.json", "--user", "Maya", "--out", "o"]
 EVAL = ["eval", "qa", "--locomo", "x.json", "--method", "tsubasa"]
@@ -28,11 +28,17 @@ def test_defaults_are_the_recipe():
     synth, teacher, train = recipe()
     assert (synth.generator, synth.pairs_per_prompt, synth.check_answerable) == ("llm", 3, False)
     assert (train.epochs, train.lr, train.ce_weight) == (3.0, 3e-4, 1.0)
-    for argv in (BASE, EVAL):
-        cfg = run_config(build_parser().parse_args(argv))
-        assert (cfg.synth, cfg.teacher, cfg.train) == (synth, teacher, train)
+    # eval qa distils from the dataset's parsed observations: the recipe's rule writer
+    obs_synth = recipe("observations")[0]
+    assert obs_synth == replace(synth, generator="rule") and recipe("utterances")[0] == synth
+    cfg = run_config(build_parser().parse_args(BASE))
+    assert (cfg.synth, cfg.teacher, cfg.train) == (synth, teacher, train) and cfg == RunConfig()
+    args = build_parser().parse_args(EVAL)
+    cfg = run_config(args, eval_qa_config())
+    assert (cfg.synth, cfg.teacher, cfg.train) == (obs_synth, teacher, train) and cfg == eval_qa_config().updated({"eval": {"method": "tsubasa"}})
+    assert getattr(args, "synth.generator") == "rule"  # the option's default shows it
+    for cfg in (run_config(build_parser().parse_args(BASE)), cfg):
         assert (cfg.student, cfg.answer) == (StudentConfig(), AnswerConfig())
-    assert run_config(build_parser().parse_args(BASE)) == RunConfig()
 
 
 def test_flags_land_in_their_stage():

@@ -74,7 +74,9 @@ class RunConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        synth, teacher, train = recipe()
+        if self.memory is None:
+            self.memory = MemoryConfig()
+        synth, teacher, train = recipe(self.memory.source if isinstance(self.memory, MemoryConfig) else "llm")
         defaults = {"synth": synth, "teacher": teacher, "train": train}
         for name in STAGES:
             value = getattr(self, name)
@@ -127,3 +129,10 @@ class RunConfig:
     def with_seed(self, seed: int) -> "RunConfig":
         """A copy whose run seed (so every stage's seed) is ``seed``."""
         return self.updated({"run": {"seed": seed}})
+
+
+def eval_qa_config() -> RunConfig:
+    """The base RunConfig of ``eval qa``: its tsubasa arm distils from the dataset's observations
+    (through the rule manager), so the memory source is "observations" and the recipe's writer
+    for parsed observations applies (:func:`.distill.configs.recipe`)."""
+    return RunConfig(memory=MemoryConfig(source="observations"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..run_config import eval_qa_config
 from . import group
 from .options import add_options, run_config, run_defaults
 
@@ -34,7 +35,7 @@ def register(subparsers) -> None:
                     "training options apply to tsubasa.")
     p.add_argument("--locomo", required=True, type=Path, help="LoCoMo JSON file (locomo10.json format)")
     p.add_argument("--conversation", nargs="+", metavar="ID", help="sample ids (default: all)")
-    add_options(p, run_defaults(), EVAL_OPTIONS,
+    add_options(p, run_defaults(eval_qa_config()), EVAL_OPTIONS,
                 overrides={("eval", "method"): {"required": True}})
     p.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the results as JSON")
     p.set_defaults(func=cmd_eval_qa)
@@ -44,7 +45,7 @@ def cmd_eval_qa(args) -> int:
     from ..eval.qa import evaluate_qa, format_table
     from ..memory.locomo import load_locomo
 
-    config = run_config(args)
+    config = run_config(args, eval_qa_config())
     if config.eval.judge is not None and not Path(config.eval.judge).is_dir():
         raise FileNotFoundError(f"--judge: no such model folder {config.eval.judge}")
     convs = load_locomo(args.locomo, args.conversation)

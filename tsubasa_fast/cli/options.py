@@ -145,9 +145,10 @@ def run_config(args: argparse.Namespace, base=None):
     return (base or RunConfig()).updated(_parsed(args))
 
 
-def run_defaults() -> dict:
-    """stage -> config (and "run" -> the RunConfig) of a default RunConfig, for :func:`add_options`."""
+def run_defaults(base=None) -> dict:
+    """stage -> config (and "run" -> the RunConfig) of ``base`` (default: a fresh RunConfig), for
+    :func:`add_options`."""
     from ..run_config import STAGES, RunConfig
 
-    base = RunConfig()
+    base = base or RunConfig()
     return {**{stage: getattr(base, stage) for stage in STAGES}, "run": base}

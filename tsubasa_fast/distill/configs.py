@@ -183,23 +183,20 @@ class TrainConfig:
             raise InputError(f"must be >= 0, got {self.ce_weight}", field="ce_weight")
 
 
-def fill_from_recipe(config) -> None:
-    """Sets ``config.student`` / ``synth`` / ``teacher`` / ``train`` that are None to the
-    default StudentConfig and the recipe's stage configs (a pipeline config's defaults)."""
-    synth, teacher, train = recipe()
-    config.student = config.student or StudentConfig()
-    config.synth = config.synth or synth
-    config.teacher = config.teacher or teacher
-    config.train = config.train or train
-
-
-def recipe() -> tuple:
+def recipe(source: str = "llm") -> tuple:
     """``(SynthConfig, TeacherConfig, TrainConfig)``: the stage settings measured best with the
-    default model on CPU (benchmarks/README.md, "make demo": +0.104 token F1 over the base),
-    the defaults of personalize, eval qa and the demo, written once. The LLM writer (writer 2:
-    answers picked from the memory, a question per answer under its grammar, a round trip
-    that replaces the answerability re-ask), and a CE term on the answer beside the top-d KL:
-    the teacher's top-d alone teaches its own style ("The answer is: ..."), the CE term the span.
+    default model on CPU, the defaults of personalize, eval qa and the demo, written once.
+
+    The question writer depends on what the memories are (``source``, MemoryConfig's):
+    - the dataset's parsed observations ("observations", eval qa's tsubasa arm): the rule writer,
+      deterministic templates (benchmarks/README.md: +6.7 / +7.7 F1 over rag-evolved on the two
+      dev conversations, where the LLM writer gave -0.5 / +11.6; 3 s of synthesis, not 50 min);
+    - a user's own history ("llm" extraction or "utterances", personalize and the demo): the LLM
+      writer (writer 2: answers picked from the memory, a question per answer under its grammar,
+      a round trip that replaces the answerability re-ask; "make demo": +0.104 token F1).
+    Both with a CE term on the answer beside the top-d KL: the teacher's top-d alone teaches its
+    own style ("The answer is: ..."), the CE term the span.
     """
-    return (SynthConfig(generator="llm", pairs_per_prompt=3, check_answerable=False), TeacherConfig(),
+    generator = "rule" if source == "observations" else "llm"
+    return (SynthConfig(generator=generator, pairs_per_prompt=3, check_answerable=False), TeacherConfig(),
             TrainConfig(epochs=3.0, batch_size=8, micro_batch_size=4, lr=3e-4, warmup_ratio=0.1, ce_weight=1.0))
