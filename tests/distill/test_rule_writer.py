@@ -135,3 +135,12 @@ def test_merged_memories_date_each_clause_by_its_own_session():
         ("When did Caroline attend an LGBTQ support group?", "8 May 2023"),
         ("What did Caroline give?", "a talk"), ("Where did Caroline give a talk?", "a school event"),
         ("When did Caroline give a talk?", "9 June 2023"), ("What does Caroline value?", "happy moments")]
+
+
+def test_only_clauses_about_the_user():
+    # a remembered turn of Melanie's speaks of Caroline: no question about Caroline for Melanie
+    text = dated("Caroline will be a great counselor. Melanie painted a lake sunrise.", JAN20)
+    assert R.rule_pairs(text, 3, user="conv-26:Melanie") == [
+        ("What did Melanie paint?", "a lake sunrise"), ("When did Melanie paint a lake sunrise?", "20 January 2023")]
+    assert R.rule_pairs(text, 3, user="Caroline") == []  # "will be": no verb group to ask about
+    assert R.rule_pairs(text, 3) == R.rule_pairs(text, 3, user="Melanie")

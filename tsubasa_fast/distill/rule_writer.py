@@ -54,7 +54,8 @@ _LIGHT = {"having", "have", "get", "use", "using"}  # "is having trouble", "got 
 _NOT_VERBS = {"need", "red", "bed", "seed", "feed", "speed", "bred", "shed", "led", "wed",
               "bus", "is", "was", "has", "this", "his", "its", "as", "us", "yes", "always",
               "sometimes", "perhaps", "news", "series", "kids", "friends", "parents", "interested",
-              "excited", "proud", "determined", "inspired", "thankful", "grateful", "happy"}
+              "excited", "proud", "determined", "inspired", "thankful", "grateful", "happy",
+              "may", "might", "must", "can", "could", "would", "should", "will", "shall", "bet", "guess"}
 _CLAUSE_VERBS = {"believe", "think", "say", "mention", "hope", "know", "realize", "realise",
                  "explain", "admit", "wish", "describe"}
 _THAT_VERBS = {"share", "suggest", "note", "add", "state", "report"}  # clause verbs only before "that"
@@ -66,7 +67,8 @@ _MOTION = {"go", "move", "travel", "come", "return", "head", "fly", "drive", "wa
 _PARTICLES = {"into", "for", "at", "after", "about", "forward", "on", "up", "with", "in", "to", "as", "out", "off",
               "down"}
 _EMPTY_OBJECTS = {"time", "it", "this", "that", "herself", "himself", "themselves", "itself",
-                  "something", "things", "them", "her", "him", "one", "more", "much"}
+                  "something", "things", "them", "her", "him", "one", "more", "much", "they", "he", "she",
+                  "we", "you", "i", "so", "too", "all", "everything", "anything", "nothing"}
 _BOUNDARY = {"in", "on", "at", "for", "with", "from", "because", "since", "after", "before", "due", "between", "not",
              "how", "what", "why", "whether", "if",
              "during", "as", "which", "that", "who", "while", "when", "where", "and", "but", "by",
@@ -373,12 +375,16 @@ def _adjunct_pairs(pre: str, vobj: str, tail: Sequence[str], date: str | None,
     return out
 
 
-def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15) -> list[tuple[str, str]]:
+def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15, user: str | None = None) -> list[tuple[str, str]]:
     """Templated factoid pairs from one memory text (subject / verb / object / date / place).
 
     Deterministic; at most ``max_pairs`` pairs per clause of the text. Relative times
     ("last Friday") are never used as answers: the context carries no date to resolve them.
+    With ``user`` (a name, or a store id such as "conv-26:Caroline"), only clauses about the
+    user are asked about (a remembered turn also speaks of the other person: "Caroline will be
+    a great counselor" is Melanie's memory).
     """
+    first = (user or "").rpartition(":")[2].split()[0].lower() if (user or "").strip() else None
     pairs: list[tuple[str, str]] = []
     queue = list(_clauses(text))
     while queue:
@@ -399,6 +405,8 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15) -> list[tuple
             i += 1
         subject, rest = _join(toks[:i]), toks[i:]
         if subject.lower().startswith(("the ", "a ", "an ", "according", "on ", "in ", "after ")):
+            continue
+        if first is not None and re.split(r"[\s']", subject.lower())[0] != first:
             continue
         second = _second_predicate(subject, rest)
         if second:  # "Jon is working on a plan and looking for investors": a clause of its own (its

@@ -190,7 +190,7 @@ def synthesize(store: MemoryStore, user: str, chat: ChatFn | None, config: Synth
                     report["malformed_generations"] += 1
                     log.info("malformed generation for records %s: %r", [r.id for r in group], reply[:200])
             else:
-                cands = [p for t in texts for p in rule_pairs(t, cfg.pairs_per_prompt, cfg.max_answer_words)]
+                cands = [p for t in texts for p in rule_pairs(t, cfg.pairs_per_prompt, cfg.max_answer_words, user=user)]
             report["generated"] += len(cands)
             for question, answer in cands:
                 if len(answer.split()) > cfg.max_answer_words:
