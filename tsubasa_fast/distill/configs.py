@@ -189,8 +189,9 @@ def recipe(source: str = "llm") -> tuple:
 
     The question writer depends on what the memories are (``source``, MemoryConfig's):
     - the dataset's parsed observations ("observations", eval qa's tsubasa arm): the rule writer,
-      deterministic templates (benchmarks/README.md: +6.7 / +7.7 F1 over rag-evolved on the two
-      dev conversations, where the LLM writer gave -0.5 / +11.6; 3 s of synthesis, not 50 min);
+      deterministic templates (benchmarks/README.md, "tsubasa with the rule writer": a larger
+      gain over rag-evolved on both dev conversations than the LLM writer's, and 3 s of
+      synthesis instead of about 50 min);
     - a user's own history ("llm" extraction or "utterances", personalize and the demo): the LLM
       writer (writer 2: answers picked from the memory, a question per answer under its grammar,
       a round trip that replaces the answerability re-ask; "make demo": +0.104 token F1).
