@@ -83,6 +83,12 @@ def support(answer: str, context: str) -> float:
                or (derived_day and w.isdigit() and 1 <= int(w) <= 31)) / len(words)
 
 
+def first_name(user: str) -> str:
+    """The first name in a user id: "conv-26:Caroline" -> "Caroline", "Maya Lee" -> "Maya"."""
+    name = user.rpartition(":")[2].strip()
+    return name.split()[0] if name.split() else name
+
+
 def pair_problems(question: str, answer: str, context: str, user: str, *, max_words: int = 15,
                   min_support: float = 0.75) -> list[str]:
     """The rules (see the module docstring) that ``(question, answer)`` breaks; [] when well formed.
@@ -90,8 +96,7 @@ def pair_problems(question: str, answer: str, context: str, user: str, *, max_wo
     ``user`` is the user's name as the memories write it ("Caroline"; a store id such as
     "conv-26:Caroline" is accepted and its last part used).
     """
-    name = user.rpartition(":")[2].strip()
-    first = name.split()[0] if name.split() else name
+    first = first_name(user)
     q, a = question.strip(), answer.strip()
     aw = _words(a)
     problems = []

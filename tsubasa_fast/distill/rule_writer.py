@@ -5,12 +5,12 @@ said in, :func:`tsubasa_fast.memory.ingest.memory_text`) dates its past-tense ev
 
 from __future__ import annotations
 
-import calendar
 import datetime as _dt
 import re
 from typing import Sequence
 
-from ..memory.slots import segments
+from ..memory.slots import human_date, segments
+from .pair_check import first_name
 from ..text import verb_base
 
 _ING_NOUNS = {"meeting", "painting", "counseling", "counselling", "building", "clothing", "wedding",
@@ -27,7 +27,7 @@ _ADJ_BEFORE_ING = {"new", "old", "big", "small", "little", "good", "great", "fir
 # verbs whose "X to do Y" is not a purpose: no Why pair ("encourages Jon to keep pushing")
 _NO_WHY = {"want", "ask", "encourage", "remind", "help", "tell", "urge", "expect", "need", "invite", "inspire",
            "allow", "teach", "like", "love", "get", "motivate", "push", "challenge", "advise", "take",
-           "support", "warn", "beg", "convince", "persuade", "want", "root", "cheer"}
+           "support", "warn", "beg", "convince", "persuade", "root", "cheer"}
 _VAGUE = {"someone", "something", "anyone", "anything", "somebody", "people", "others", "one", "other", "herself",
           "himself", "themselves", "itself", "oneself"}
 # one-word objects too vague to ask about: "What is Jon handling? -> changes", "What does Caroline
@@ -203,7 +203,7 @@ def _day_before(date: str | None) -> str | None:
         d = _dt.datetime.strptime(date or "", "%d %B %Y").date() - _dt.timedelta(days=1)
     except ValueError:
         return None
-    return f"{d.day} {calendar.month_name[d.month]} {d.year}"
+    return human_date(d.isoformat())
 
 
 def _clauses(text: str) -> list[tuple[str, str | None, str | None]]:
@@ -384,7 +384,7 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15, user: str | N
     user are asked about (a remembered turn also speaks of the other person: "Caroline will be
     a great counselor" is Melanie's memory).
     """
-    first = (user or "").rpartition(":")[2].split()[0].lower() if (user or "").strip() else None
+    first = first_name(user).lower() if user is not None else None
     pairs: list[tuple[str, str]] = []
     queue = list(_clauses(text))
     while queue:
@@ -424,16 +424,14 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15, user: str | N
                             and not set(obj.lower().split()[:2]) & _FRAME_NOUNS:
                         found.append((f"What {t.lower()} {subject} {noun}?", obj))
                     break
-        elif _HOW_LONG.match(_join(rest)):
-            m = _HOW_LONG.match(_join(rest))
+        elif m := _HOW_LONG.match(rest_text := _join(rest)):
             found.append((f"How long {m.group(1)} {subject} been {m.group(2)}?", m.group(3)))
-        elif _FAN.match(_join(rest)):
-            obj, _ = _phrase(_WORD.findall(_join(rest)[_FAN.match(_join(rest)).end():]), max_words)
+        elif m := _FAN.match(rest_text):
+            obj, _ = _phrase(_WORD.findall(rest_text[m.end():]), max_words)
             if obj and obj.lower() not in _EMPTY_OBJECTS:
                 found.append((f"What {rest[0].lower()} {subject} a fan of?", obj))
-        elif _ADJ_PREP.match(_join(rest)):
-            m = _ADJ_PREP.match(_join(rest))
-            obj, _ = _phrase(_WORD.findall(_join(rest)[m.end():]), max_words)
+        elif m := _ADJ_PREP.match(rest_text):
+            obj, _ = _phrase(_WORD.findall(rest_text[m.end():]), max_words)
             if obj and obj.lower() not in _EMPTY_OBJECTS and not obj.split()[0].lower() in _PERCEPTION:
                 found.append((f"What {m.group(1)} {subject} {m.group(2)} {m.group(3)}?", obj))
         else:
@@ -455,7 +453,7 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15, user: str | N
                 why = lemma not in _NO_WHY and base.removesuffix("ing") not in _NO_WHY
                 if base in _OPINION_VERBS or lemma in _OPINION_VERBS or base.removesuffix("ing") in _OPINION_VERBS \
                         or base in _LIGHT or lemma in _LIGHT:
-                    pass
+                    pass  # an opinion or a light verb: no fact to ask about
                 elif base in _CLAUSE_VERBS or (lemma in _THAT_VERBS and after[:1] and after[0].lower() == "that") or base.rstrip("ing") in _CLAUSE_VERBS or \
                         _lemma_present(base) in _CLAUSE_VERBS:
                     obj = _clause_object(after, min(max_words, _MAX_CLAUSE_WORDS))
@@ -484,6 +482,7 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15, user: str | N
                         prep.append(after[k].lower())
                         k += 1
                     obj, n = _phrase(after[k:], max_words)
+                    intransitive = not prep  # no object and no particle: "lived in Boston on 8 May 2023"
                     tail0 = after[k + n:]
                     if obj and obj.split()[-1].lower() in _GENERIC_HEADS and tail0 and \
                             tail0[0].lower() in ("to", "in", "with", "at", "for"):
@@ -501,7 +500,7 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15, user: str | N
                     one = obj.lower() if obj and len(obj.split()) == 1 and obj[:1].islower() else ""
                     if obj and (obj.split()[0].lower() in _PERCEPTION or (
                             lemma in ("take", "make", "have") and obj.split()[-1].lower() in _IDIOM_OBJECTS)):
-                        obj, n, prep = "", 0, ["-"]  # no question, and no intransitive reading either
+                        obj, n, intransitive = "", 0, False  # no question, and no intransitive reading either
                     if obj and obj.lower() not in _EMPTY_OBJECTS and not (
                             one.endswith("ing") and not prep and (one not in _ING_NOUNS or lemma in _MOTION)) and \
                             not one.endswith("ed") and one not in _VAGUE_NOUNS and not one.endswith(_ABSTRACT_ENDINGS):
@@ -540,7 +539,7 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15, user: str | N
                                 found.append((f"Where {pre} {vobj}?", dest))
                                 vobj, tail = f"{vobj} to {dest}", tail[1 + m:]
                         found += _adjunct_pairs(pre, vobj, tail, when, max_words, why=why)
-                    elif not prep:  # intransitive: "lived in Boston on 8 May 2023" (a date of its own only)
+                    elif intransitive:  # a date of its own only
                         found += _adjunct_pairs(pre, verb, after, lead_date, max_words)
         owner = subject if not subject.endswith("'s") else subject[:-2]
         for m in reversed(named):
