@@ -78,6 +78,29 @@ def _mmap_threshold(nbytes: int) -> None:
         pass
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc mallopt parameters
+_reuse = {"on": False}
+
+
+def _reuse_freed_pages(on: bool) -> None:
+    """``--reuse-pages``: glibc keeps freed memory in its heap (no mmap, no trimming).
+
+    An experiment, not a library setting: a fresh N x V tensor then costs no first-touch
+    page faults, but only once the heap has grown to several times the tensor. torch
+    allocates with posix_memalign, whose request is padded past the size of a freed chunk
+    of the same shape, and the small allocations between two freed chunks keep them from
+    merging (a 96 MiB alloc/free loop grew the heap by 96 MiB a step for 8 steps before the
+    first reuse). See benchmarks/README.md, "Loss kernels".
+    """
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    for param, value in ((_M_MMAP_MAX, 0 if on else 65536),
+                         (_M_TRIM_THRESHOLD, -1 if on else 128 * 1024)):
+        if libc.mallopt(param, value) != 1:
+            raise RuntimeError(f"mallopt({param}, {value}) failed")
+
+
 def _reset_peak(device: torch.device) -> float:
     """Resets the peak counter; returns the baseline (MiB) the peak is measured above."""
     gc.collect()
@@ -107,7 +130,10 @@ class Impl:
 
 
 def measure(impls: list[Impl], device: torch.device, repeats: int, warmup: int = 1) -> None:
+    reuse = _reuse["on"] and device.type == "cpu"
     if device.type == "cpu":
+        if reuse:  # the peak needs freed memory unmapped; timing runs in the mode asked for
+            _reuse_freed_pages(False)
         _mmap_threshold(64 << 10)
     for impl in impls:  # warm-up, and one run for the peak-memory figure
         for _ in range(warmup):
@@ -120,6 +146,8 @@ def measure(impls: list[Impl], device: torch.device, repeats: int, warmup: int =
         impl.peak_mib = _peak(device) - base
     if device.type == "cpu":
         _mmap_threshold(32 << 20)
+        if reuse:
+            _reuse_freed_pages(True)
         for impl in impls:
             impl.fn()
     for _ in range(repeats):
@@ -315,8 +343,12 @@ def main(argv=None) -> None:
     ap.add_argument("--ns", type=int, nargs="+", default=None, help="token counts for select/topd_kl")
     ap.add_argument("--heads", nargs="+", choices=["frozen", "trainable"], default=["frozen", "trainable"],
                     help="fused-linear case: lm_head frozen (QLoRA) and/or trainable")
+    ap.add_argument("--reuse-pages", action="store_true",
+                    help="CPU experiment: glibc keeps freed memory in its heap while timing, so "
+                         "fresh tensors (eventually) reuse faulted-in pages; see _reuse_freed_pages")
     ap.add_argument("--csv", default="benchmarks/results/loss.csv")
     args = ap.parse_args(argv)
+    _reuse["on"] = args.reuse_pages
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     backends = args.backends or [b for b in tf.available_backends(device)
@@ -324,7 +356,7 @@ def main(argv=None) -> None:
     fused_backends = args.backends or [b for b in backends if b != "torch"] or backends
     dev_name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU x{torch.get_num_threads()}"
     print(f"device: {dev_name}, dtype: {dtype}, backends: {backends}, V={VOCAB}, d={D}, "
-          f"medians of {args.repeats} runs")
+          f"medians of {args.repeats} runs, freed pages {'reused' if args.reuse_pages else 'unmapped (glibc default)'}")
     if args.quick:
         ns, fused_shapes = [128], [(256, 256)]
     elif device.type == "cuda":
@@ -350,6 +382,9 @@ def main(argv=None) -> None:
                 rows += _rows(f"fused_linear topd_kl fwd+bwd ({head} head)", f"N={n} H={hdim}",
                               impls, flop, dev_name)
     _print_table(rows)
+    if device.type == "cpu":  # what --reuse-pages costs: the heap it keeps
+        print(f"process RSS at the end: {_rss_now_mib():.0f} MiB, peak {_rss_peak_mib():.0f} MiB "
+              "(since the last peak reset)")
     if args.csv:
         os.makedirs(os.path.dirname(args.csv) or ".", exist_ok=True)
         keys = sorted({k for r in rows for k in r}, key=lambda k: list(rows[0]).index(k) if k in rows[0] else 99)

@@ -137,6 +137,44 @@ def test_resume_after_interruption_reproduces_the_run(tiny_qwen3, other_tiny_qwe
     assert [m["loss"] for m in resumed] == pytest.approx([m["loss"] for m in full], rel=1e-4)
 
 
+def test_a_finished_training_is_loaded_not_redone(tiny_qwen3, other_tiny_qwen3, pairs, tmp_path):
+    """A rerun with the same inputs loads the trained adapter into a fresh student (the same
+    hidden states as the trained one, no new metrics line); a changed learning rate or a
+    changed teacher cache trains again."""
+    cfg = TrainConfig(steps=4, **TRAIN)
+    st = Student(StudentConfig(model=tiny_qwen3, lora_r=8, lora_alpha=16))
+    foreign_cache(st, Student(StudentConfig(model=other_tiny_qwen3)), pairs, tmp_path / "cache")
+    first = train(st, pairs, tmp_path / "cache", tmp_path / "out", cfg, retrieve=memories_for, progress=False)
+    assert "reused" not in first and len(first["inputs_sha256"]) == 64
+    batch = collate([encode(st.tokenizer, teacher_messages("c", "q?"), "a")], st.tokenizer.pad_token_id)
+
+    def hidden(s):
+        with torch.no_grad():
+            return s.hidden_states(batch["input_ids"], batch["attention_mask"])
+
+    trained = hidden(st)
+    fresh = Student(StudentConfig(model=tiny_qwen3, lora_r=8, lora_alpha=16))  # a new process
+    assert (hidden(fresh) - trained).abs().max() > 1e-3  # an untrained adapter differs
+    metrics = tmp_path / "out" / "metrics.jsonl"
+    lines = metrics.read_text()
+    again = train(fresh, pairs, tmp_path / "cache", tmp_path / "out", cfg, retrieve=memories_for, progress=False)
+    assert again["reused"] is True and again["inputs_sha256"] == first["inputs_sha256"]
+    assert again["last_loss"] == first["last_loss"]
+    torch.testing.assert_close(hidden(fresh), trained)
+    assert metrics.read_text() == lines  # no step was run
+
+    other_lr = train(Student(StudentConfig(model=tiny_qwen3, lora_r=8, lora_alpha=16)), pairs,
+                     tmp_path / "cache", tmp_path / "out", replace(cfg, lr=2e-2),
+                     retrieve=memories_for, progress=False)
+    assert "reused" not in other_lr and other_lr["inputs_sha256"] != first["inputs_sha256"]
+    shutil.rmtree(tmp_path / "cache")  # the same keys, another teacher: other targets
+    foreign_cache(st, Student(StudentConfig(model=tiny_qwen3)), pairs, tmp_path / "cache")
+    other_cache = train(Student(StudentConfig(model=tiny_qwen3, lora_r=8, lora_alpha=16)), pairs,
+                        tmp_path / "cache", tmp_path / "out", replace(cfg, lr=2e-2),
+                        retrieve=memories_for, progress=False)
+    assert "reused" not in other_cache and other_cache["inputs_sha256"] != other_lr["inputs_sha256"]
+
+
 def test_adapter_save_load_round_trip(tiny_qwen3, other_tiny_qwen3, pairs, tmp_path):
     st = Student(StudentConfig(model=tiny_qwen3, lora_r=8, lora_alpha=16))
     with torch.no_grad():

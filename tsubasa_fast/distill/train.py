@@ -12,12 +12,16 @@ their number over the whole step (all micro-batches, all ranks; Trainer's
 ``num_items_in_batch``), so accumulation and DDP give the gradient of one process with the
 whole batch; a checkpoint counts only once completely written; Ctrl-C (or SIGTERM) finishes
 the current step, saves a checkpoint and stops; a rerun resumes from the newest complete
-checkpoint and reproduces the uninterrupted run. ``metrics.jsonl`` gets one line per step,
-``loss.png`` the curve, the adapter its metadata (user, base-model fingerprint).
+checkpoint and reproduces the uninterrupted run, and a rerun after a finished training
+(a crash while answering, a second evaluation) loads the adapter instead of training again
+when everything it was trained from is unchanged (``inputs_sha256`` in its metadata).
+``metrics.jsonl`` gets one line per step, ``loss.png`` the curve, the adapter its metadata
+(user, base-model fingerprint).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -39,6 +43,7 @@ from .cache import CacheSpec, TeacherCache, read_cache_spec
 from .configs import TrainConfig  # noqa: F401 (re-exported)
 from .data import Encoded, QAPair, encode
 from .prompts import TEMPLATE_VERSION, student_messages
+from .student import ADAPTER_META, adapter_meta
 
 log = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
@@ -188,6 +193,48 @@ class _NoFinalCheckpoint(TrainerCallback):
         return control
 
 
+# ------------------------------------------------------------------------ a finished training
+
+
+def inputs_digest(student, rows: list[dict], cache_dir, config: TrainConfig, world: int, steps: int) -> str:
+    """sha256 of everything a training's result depends on: the base model and tokenizer, the
+    student and training configs, the number of processes and steps, the student prompts
+    (pair keys hash question, answer and context) and the teacher cache's files."""
+    h = hashlib.sha256()
+    student_cfg = {k: v for k, v in asdict(student.config).items() if k != "extra"}
+    h.update(json.dumps({"base": student.fingerprint, "tokenizer": student.tokenizer_hash,
+                         "student": student_cfg, "train": asdict(config), "world": world,
+                         "steps": steps, "template": TEMPLATE_VERSION, "rows": rows},
+                        sort_keys=True, default=str).encode())
+    cache_dir = Path(cache_dir)
+    for f in sorted(p for p in cache_dir.rglob("*") if p.is_file()):
+        h.update(f.relative_to(cache_dir).as_posix().encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _finished_training(student, out_dir: Path, digest: str) -> dict | None:
+    """The summary of a finished training of these inputs in ``out_dir``, its adapter loaded
+    into the student; None when there is none (or it was trained from something else)."""
+    if not (out_dir / ADAPTER_META).is_file():
+        return None
+    done = adapter_meta(out_dir).get("training") or {}
+    if done.get("inputs_sha256") != digest:
+        return None
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = load_file(str(out_dir / "adapter_model.safetensors"), device=str(student.device))
+    result = set_peft_model_state_dict(student.model, weights)
+    if getattr(result, "unexpected_keys", None):
+        raise InputError(f"the adapter in {out_dir} does not fit this student (unexpected "
+                         f"{result.unexpected_keys[:3]})", field="out_dir")
+    log.info("training already finished for these inputs: adapter loaded from %s", out_dir)
+    return {**done, "reused": True}
+
+
 # ------------------------------------------------------------------------ training
 
 
@@ -244,6 +291,10 @@ def train(student, pairs: list[QAPair], cache_dir, out_dir, config: TrainConfig,
         dataloader_pin_memory=False, use_cpu=student.device.type == "cpu")
     with args.main_process_first(desc="student prompts"):  # rank 0 retrieves, the others read
         rows = build_student_data(pairs, retrieve, out_dir, config)
+    digest = inputs_digest(student, rows, cache_dir, config, world, total)
+    finished = _finished_training(student, out_dir, digest)
+    if finished is not None:
+        return finished
     examples = student_examples(student.tokenizer, rows, pairs, cache, config.max_length)
     # accelerate's even_batches would repeat examples to fill the last micro-batches of an
     # epoch (trained on twice); zero-weight examples fill them instead and change no gradient
@@ -274,7 +325,8 @@ def train(student, pairs: list[QAPair], cache_dir, out_dir, config: TrainConfig,
                "last_loss": history[-1]["loss"] if history else None, "world_size": world,
                "micro_batch_size": micro, "repeated_per_epoch": 0,
                "padded_per_epoch": padded,
-               "train": asdict(config), "cache": str(cache_dir), "teacher_d": cache.spec.d}
+               "train": asdict(config), "cache": str(cache_dir), "teacher_d": cache.spec.d,
+               "inputs_sha256": digest}
     if trainer.is_world_process_zero():
         student.save_adapter(out_dir, {"user": user, "training": summary})
         _plot(history, out_dir / LOSS_PLOT)
