@@ -15,7 +15,7 @@ EVAL_OPTIONS = {
     "answer": ("k", "max_new_tokens"),
     "student": ("model", "load_in_4bit", "device", "lora_r"),
     "memory": ("embedder",),
-    "synth": ("generator", "pairs_per_prompt", "check_answerable", "evidence_in_topk"),
+    "synth": ("generator", "pairs_per_prompt", "check_answerable", "evidence_in_topk", "abstain_share"),
     "teacher": ("d",),
     "train": ("epochs", "steps", "batch_size", "micro_batch_size", "lr", "ce_weight"),
     "run": ("seed",),

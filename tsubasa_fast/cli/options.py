@@ -45,6 +45,9 @@ OPTIONS = {
                              BOOL),
         "evidence_in_topk": ("--evidence-in-topk", "pairs whose evidence is already in the student's top-k: "
                                                    "train on them too or drop them", {"choices": EVIDENCE_POLICIES}),
+        "abstain_share": ("--abstain-share", "abstention pairs per kept pair (a question about one speaker "
+                                             "from the other's fact, answered \"No information available\"), "
+                                             "and as many hinted answerable ones; 0 = none", {"type": float}),
     },
     "teacher": {
         "d": ("-d", "teacher entries per token", {"type": positive_int}),

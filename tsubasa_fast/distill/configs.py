@@ -102,6 +102,10 @@ class SynthConfig:
     # for their question: "include" (train on them too) or "exclude" (only pairs the teacher knows
     # more about); the share is reported either way (distill.stages.evidence_stage)
     evidence_in_topk: str = "include"
+    # abstention pairs (.abstain) per kept pair: a question about one user built from another's
+    # fact, answered "No information available", and as many answerable pairs with the same hint;
+    # needs two or more users (eval qa's conversations); 0 = none
+    abstain_share: float = 0.0
 
     def __post_init__(self):
         if self.evidence_in_topk not in EVIDENCE_POLICIES:
@@ -119,6 +123,8 @@ class SynthConfig:
             raise ValueError(f"min_context_overlap must be in [0, 1], got {self.min_context_overlap}")
         if self.limit is not None and int(self.limit) < 1:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
+        if not 0.0 <= float(self.abstain_share) <= 1.0:
+            raise InputError(f"must be in [0, 1], got {self.abstain_share}", field="abstain_share")
 
 
 @dataclass

@@ -17,6 +17,22 @@ SYSTEM = ("You answer questions about the user from what you know of them. "
           "Answer with a short phrase, no explanation.")
 
 
+# The abstention hint: eval qa appends it to LoCoMo's category-5 (adversarial) questions, and
+# abstention training (.abstain) to the questions it writes and to as many answerable ones.
+ABSTAIN_ANSWER = "No information available"
+ABSTAIN_HINT = f' If the memories do not say, answer "{ABSTAIN_ANSWER}".'
+
+
+def with_hint(question: str) -> str:
+    """``question`` followed by the abstention hint (once)."""
+    return question if question.endswith(ABSTAIN_HINT) else question + ABSTAIN_HINT
+
+
+def without_hint(question: str) -> str:
+    """``question`` without the abstention hint: what retrieval searches for."""
+    return question[: -len(ABSTAIN_HINT)] if question.endswith(ABSTAIN_HINT) else question
+
+
 def _user_turn(question: str, block_title: str | None, lines: list[str]) -> str:
     if block_title is None:
         return f"Question: {question}"

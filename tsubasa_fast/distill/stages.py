@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..errors import StageError
+from ..errors import InputError, StageError
 from .data import load_qa
+from .prompts import without_hint
 
 QA_FILE = "qa.jsonl"
 QA_REPORT = "qa.report.json"
@@ -25,7 +26,9 @@ def synth_stage(store, users: Sequence[str], chat, config, text_of=None) -> tupl
     ``text_of``: the text of a memory as the student's prompt shows it (:func:`.synth.synthesize`).
 
     ``report``: ``generated``, ``kept`` and ``dropped`` summed over the users, and each user's
-    full filter report under ``users``. Raises StageError (with the filters' counts) when no
+    full filter report under ``users``. With ``config.abstain_share`` > 0, abstention pairs
+    (:mod:`.abstain`, which needs two or more users) are added after the filters and counted
+    under ``abstain``. Raises StageError (with the filters' counts) when no
     pair survives: there is nothing to distil, and answering with the base instead would be a
     silent fallback.
     """
@@ -45,6 +48,15 @@ def synth_stage(store, users: Sequence[str], chat, config, text_of=None) -> tupl
     if not pairs:
         raise StageError(f"no synthesised QA pair survived the filters (dropped {dropped}): nothing to distil; "
                          "try the rule question writer, no answerability check, or a larger model")
+    if config.abstain_share > 0:
+        from .abstain import add_abstention_pairs
+
+        if len(users) < 2:
+            raise InputError(f"abstention pairs ask one user what another did: they need two or more users, "
+                             f"got {list(users)}", field="abstain_share")
+        memories = {u: [r.text for r in store.all(u)] for u in users}
+        pairs, report["abstain"] = add_abstention_pairs(pairs, memories, config.abstain_share, config.seed)
+        report["kept"] = len(pairs)
     return pairs, report
 
 
@@ -57,7 +69,7 @@ def evidence_stage(pairs: list[dict], report: dict, retrieve: Callable[[str], li
     them. Raises StageError when excluding leaves nothing."""
     hits = 0
     for p in pairs:
-        seen = set(retrieve(p["question"]))
+        seen = set(retrieve(without_hint(p["question"])))
         p["evidence_in_topk"] = all(line in seen for line in p["context"].splitlines() if line.strip())
         hits += p["evidence_in_topk"]
     report["evidence_in_topk"] = {"k": k, "pairs": len(pairs), "in_topk": hits,

@@ -25,7 +25,7 @@ _CONVERSATION = re.compile(
 _WHEN = re.compile(r"\b(when|what (date|day|time|month|year)|which (date|day|month|year)|how long ago)\b", re.I)
 
 
-_FUNCTION_WORDS = frozenset(
+FUNCTION_WORDS = frozenset(
     "is are was were be been being to of in on at for with by from and or but her his their its "
     "she he they it i you we my our your this that these those as into about".split())
 
@@ -33,7 +33,7 @@ _FUNCTION_WORDS = frozenset(
 def context_overlap(answer: str, context: str) -> float:
     """Share of the answer's content words that occur in the context (prefix match on the
     first 5 letters, so "painting" finds "paint"); 1.0 for an answer of function words only."""
-    words = [w for w in normalize_answer(answer).split() if w not in _FUNCTION_WORDS]
+    words = [w for w in normalize_answer(answer).split() if w not in FUNCTION_WORDS]
     if not words:
         return 1.0
     ctx = normalize_answer(context).split()

@@ -42,7 +42,7 @@ from ..progress import progress_bar
 from .cache import CacheSpec, TeacherCache, read_cache_spec
 from .configs import TrainConfig  # noqa: F401 (re-exported)
 from .data import Encoded, QAPair, encode
-from .prompts import TEMPLATE_VERSION, student_messages
+from .prompts import TEMPLATE_VERSION, student_messages, without_hint
 from .student import ADAPTER_META, adapter_meta
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,8 @@ def build_student_data(pairs: list[QAPair], retrieve: Callable[[str], list[str]]
         log.warning("%s does not match the QA file; rebuilding it", path)
     rows = []
     for p in progress_bar(pairs, desc="retrieving memories", unit="pair", disable=len(pairs) < 50):
-        memories = retrieve(p.question) if (config.grounding and retrieve is not None) else None
+        # retrieval searches the question as eval qa does, without the abstention hint
+        memories = retrieve(without_hint(p.question)) if (config.grounding and retrieve is not None) else None
         rows.append({"key": p.key, "question": p.question, "answer": p.answer, "memories": memories})
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
     return rows

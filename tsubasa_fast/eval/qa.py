@@ -31,13 +31,13 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+from ..distill.prompts import ABSTAIN_ANSWER, ABSTAIN_HINT, with_hint
 from ..errors import InputError, StageError
 from ..progress import progress_bar
 from ..run_config import METHODS, RunConfig  # noqa: F401  (METHODS re-exported)
 from .metrics import CATEGORY_NAMES, adversarial_correct, aggregate_scores, score_answer
 
 EVOLVED_MANAGER = "rule"  # the evolution manager behind the rag-evolved and tsubasa stores
-ADVERSARIAL_HINT = ' If the memories do not say, answer "No information available".'
 JUDGE_PROMPT = (
     "Your task is to label an answer to a question as 'CORRECT' or 'WRONG'. You are given a question, "
     "a gold (ground truth) answer and a generated answer. Be generous: if the generated answer touches "
@@ -150,7 +150,8 @@ class QAEvaluator:
         summary = train_stage(student, conv_dir, c.train, retrieve, f"{conv.sample_id}:*")
         self._time("train", t0)
         student.model.eval()
-        return student, {"pairs": len(pairs), "evidence_in_topk": report["evidence_in_topk"], **summary}
+        return student, {"pairs": len(pairs), "evidence_in_topk": report["evidence_in_topk"],
+                         "abstain": report.get("abstain"), **summary}
 
     # ------------------------------------------------------------------ main loop
 
@@ -201,9 +202,9 @@ class QAEvaluator:
                 out_rows = []
                 for qa in progress_bar(items, desc=f"answer {conv.sample_id}", unit="q"):
                     memories = None if e.closed_book or not c.answer.grounding else retrieve(qa.question)
-                    question = qa.question + (ADVERSARIAL_HINT if qa.category == 5 else "")
+                    question = with_hint(qa.question) if qa.category == 5 else qa.question
                     messages = student_messages(memories, question)
-                    gold = qa.answer if qa.category != 5 else (qa.answer or "No information available")
+                    gold = qa.answer if qa.category != 5 else (qa.answer or ABSTAIN_ANSWER)
                     row = {"conversation": conv.sample_id, "question": qa.question, "category": qa.category,
                            "answer": gold, "memories": memories or [],
                            "retrieved_tokens": sum(count_tokens(m) for m in memories or [])}
@@ -254,7 +255,7 @@ class QAEvaluator:
         notes = [
             "scores in percent; overall = categories 1-4; category 5 (adversarial) is reported only under "
             "by_category['5'], scored 100 when the answer contains 'no information available' or "
-            "'not mentioned' (its question gets the hint:" + ADVERSARIAL_HINT + ")",
+            "'not mentioned' (its question gets the hint:" + ABSTAIN_HINT + ")",
             (f"closed book: no memories in the answer prompt (the question alone); {e.method} model"
              if e.closed_book else
              f"retrieval: {a.retrieval}, top-{a.k} over both speakers' memories ranked in one pool"
@@ -269,6 +270,10 @@ class QAEvaluator:
                          f"synthesised QA pairs (synth generator {c.synth.generator}); rag_evolved: the same "
                          "questions answered by the base model (adapter off) over the same memories, k, "
                          "prompt and decoding, so distillation_gain = tsubasa - rag_evolved")
+        if e.method == "tsubasa" and c.synth.abstain_share > 0:
+            notes.append(f"abstention pairs: {c.synth.abstain_share} per kept pair, questions about one speaker "
+                         "from the other's facts answered with the category-5 answer, each with the hint, and as "
+                         "many answerable pairs with the hint (distill.abstain)")
         if e.seeds > 1:
             notes.append(f"seeds {[s for s, _, _ in runs]}: scores are the mean over seeds (overall_std: "
                          "their standard deviation); the seed drives synthesis sampling and training")

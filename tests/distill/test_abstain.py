@@ -1,0 +1,136 @@
+"""Abstention pairs: another user's question asked about the user, answered "No information
+available", kept only when the user's memories cannot answer it, and as many hinted answerable
+pairs; the hint stays out of retrieval."""
+
+import pytest
+
+from tsubasa_fast.distill.abstain import add_abstention_pairs
+from tsubasa_fast.distill.data import QAPair, pair_key
+from tsubasa_fast.distill.prompts import ABSTAIN_ANSWER, ABSTAIN_HINT, with_hint, without_hint
+from tsubasa_fast.distill.stages import evidence_stage, synth_stage
+from tsubasa_fast.distill.synth import SynthConfig
+from tsubasa_fast.distill.train import TrainConfig, build_student_data
+from tsubasa_fast.errors import InputError
+from tsubasa_fast.memory import HashingEmbedder, MemoryStore
+
+HINT = ' If the memories do not say, answer "No information available".'
+
+
+def _pair(user, question, answer, context):
+    return {"key": pair_key(question, answer, context), "question": question, "answer": answer,
+            "context": context, "user": user, "record_ids": ["r1"], "dia_ids": ["D1:1"],
+            "observed_at": "2023-06-01", "sessions": [1], "generator": "rule"}
+
+
+MEMORIES = {"c:Ann": ["Ann adopted a puppy named Rex in May 2023.", "Ann plays the violin in an orchestra."],
+            "c:Bob": ["Bob moved to Bristol in June 2023.", "Bob plays the guitar every Sunday."]}
+BOB_BRISTOL = _pair("c:Bob", "Where did Bob move in June?", "Bristol", "Bob moved to Bristol in June 2023.")
+ANN_PUPPY = _pair("c:Ann", "What is the name of Ann's puppy?", "Rex", "Ann adopted a puppy named Rex in May 2023.")
+
+
+def test_the_hint_is_the_one_eval_qa_gives_category_5():
+    assert ABSTAIN_HINT == HINT and ABSTAIN_ANSWER == "No information available"
+    assert with_hint("Q?") == "Q?" + HINT == with_hint(with_hint("Q?"))
+    assert without_hint("Q?" + HINT) == "Q?" == without_hint("Q?")
+
+
+def test_a_question_about_another_user_is_asked_about_the_user_and_abstained():
+    pairs, report = add_abstention_pairs([BOB_BRISTOL, ANN_PUPPY], MEMORIES, share=1.0)
+    abstain = [p for p in pairs if p["generator"] == "abstain"]
+    by_user = {p["user"]: p for p in abstain}
+    assert set(by_user) == {"c:Ann", "c:Bob"}
+    ann = by_user["c:Ann"]
+    assert ann["question"] == "Where did Ann move in June?" + HINT
+    assert ann["answer"] == "No information available"
+    assert ann["context"] == BOB_BRISTOL["context"]  # the teacher sees whose fact it is
+    assert ann["abstain_from"] == {"user": "c:Bob", "key": BOB_BRISTOL["key"]}
+    assert ann["key"] == pair_key(ann["question"], ann["answer"], ann["context"])
+    assert by_user["c:Bob"]["question"] == "What is the name of Bob's puppy?" + HINT
+    # as many answerable pairs get the hint and keep their answers
+    hinted = [p for p in pairs if p.get("hinted")]
+    assert len(hinted) == 2 and report["hinted"] == 2 and report["abstain"] == 2
+    assert {p["answer"] for p in hinted} == {"Bristol", "Rex"}
+    assert all(p["question"].endswith(HINT) for p in hinted)
+    assert len({p["key"] for p in pairs}) == 4
+
+
+def test_a_question_the_user_can_answer_is_not_abstained():
+    # Bob plays the guitar: "What does Bob play in an orchestra?" (from Ann's violin) keeps "play"
+    # and "orchestra", half of its content words, but not the answer: still abstained; "What does
+    # Bob play every Sunday" asked of Ann: Ann plays too, yet "every Sunday" is not hers
+    violin = _pair("c:Ann", "What does Ann play in an orchestra?", "the violin", MEMORIES["c:Ann"][1])
+    guitar = _pair("c:Bob", "What instrument does Bob play?", "the guitar", MEMORIES["c:Bob"][1])
+    memories = {**MEMORIES, "c:Ann": MEMORIES["c:Ann"] + ["Ann bought a new instrument she will play."]}
+    _, report = add_abstention_pairs([violin, guitar], memories, share=1.0)
+    # "What instrument does Ann play?": one memory of Ann holds "instrument" and "play"
+    assert report == {"share": 1.0, "candidates": 2, "vague": 0, "answerable": 1, "duplicate": 0,
+                      "abstain": 1, "hinted": 1}
+    same = _pair("c:Bob", "What does Bob play in an orchestra?", "the violin", "Bob plays the violin in an orchestra.")
+    _, report = add_abstention_pairs([same], MEMORIES, share=1.0)
+    assert report["answerable"] == 1 and report["abstain"] == 0
+
+
+def test_vague_and_duplicate_questions_are_not_abstained():
+    vague = _pair("c:Bob", "What did Bob buy for her?", "a car", "Bob bought a car for her.")
+    dup = _pair("c:Bob", "Where did Ann move in June?", "Paris", "Bob said Ann moved to Paris in June.")
+    _, report = add_abstention_pairs([vague, BOB_BRISTOL, dup], MEMORIES, share=1.0)
+    assert report["vague"] == 1 and report["duplicate"] == 1 and report["abstain"] == 0
+    # dup's question does not name its user (Bob): it is no candidate, only a question asked
+    assert report["candidates"] == 2
+
+
+def test_share_bounds_the_count_and_the_seed_decides_which():
+    pairs = [_pair("c:Bob", f"What colour is Bob's car number {i}?", "red", f"Bob has car {i}, it is red.")
+             for i in range(8)]
+    got, report = add_abstention_pairs(pairs, MEMORIES, share=0.25, seed=3)
+    assert report["abstain"] == 2 == report["hinted"] and len(got) == 10
+    again, _ = add_abstention_pairs(pairs, MEMORIES, share=0.25, seed=3)
+    assert again == got
+    other = [add_abstention_pairs(pairs, MEMORIES, share=0.25, seed=s)[0] for s in range(6)]
+    assert any(o != got for o in other)
+    assert add_abstention_pairs(pairs, MEMORIES, share=0.0) == (pairs, {**report, "share": 0.0, "candidates": 0,
+                                                                      "abstain": 0, "hinted": 0})
+    with pytest.raises(ValueError, match="two or more users"):
+        add_abstention_pairs(pairs, {"c:Bob": []}, share=0.5)
+    with pytest.raises(InputError, match="abstain_share"):
+        SynthConfig(abstain_share=1.5)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = MemoryStore(tmp_path / "st", HashingEmbedder(dim=32))
+    for user, texts in MEMORIES.items():
+        for i, t in enumerate(texts):
+            s.add(user, t, observed_at="2023-06-01", op_key=f"{user}:{i}", source={"kind": "observations"})
+    yield s
+    s.close()
+
+
+def test_synth_stage_adds_them_and_needs_two_users(store):
+    cfg = SynthConfig(generator="rule", check_answerable=False, abstain_share=1.0)
+    pairs, report = synth_stage(store, list(MEMORIES), None, cfg)
+    plain, _ = synth_stage(store, list(MEMORIES), None, SynthConfig(generator="rule", check_answerable=False))
+    n = report["abstain"]["abstain"]
+    assert n >= 1 and report["kept"] == len(pairs) == len(plain) + n
+    assert [p["answer"] for p in pairs[len(plain):]] == [ABSTAIN_ANSWER] * n
+    with pytest.raises(InputError, match="two or more users") as e:
+        synth_stage(store, ["c:Ann"], None, cfg)
+    assert e.value.field == "abstain_share"
+
+
+def test_retrieval_searches_the_question_without_the_hint(tmp_path):
+    asked = []
+
+    def retrieve(q):
+        asked.append(q)
+        return ["Bob moved to Bristol in June 2023."]
+
+    q = "Where did Ann move in June?"
+    pair = _pair("c:Ann", with_hint(q), ABSTAIN_ANSWER, "Bob moved to Bristol in June 2023.")
+    report = {"dropped": {}}
+    evidence_stage([pair], report, retrieve, 3, "include")
+    rows = build_student_data([QAPair(pair["key"], pair["question"], pair["answer"], pair["context"])], retrieve,
+                              tmp_path, TrainConfig())
+    assert asked == [q, q]
+    assert rows[0]["question"] == q + HINT  # the student's prompt keeps it
+    assert report["evidence_in_topk"]["in_topk"] == 1
