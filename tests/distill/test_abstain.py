@@ -2,6 +2,8 @@
 available", kept only when the user's memories cannot answer it, and as many hinted answerable
 pairs; the hint stays out of retrieval."""
 
+import re
+
 import pytest
 
 from tsubasa_fast.distill.abstain import add_abstention_pairs
@@ -63,15 +65,19 @@ def test_a_question_the_user_can_answer_is_not_abstained():
     memories = {**MEMORIES, "c:Ann": MEMORIES["c:Ann"] + ["Ann bought a new instrument she will play."]}
     _, report = add_abstention_pairs([violin, guitar], memories, share=1.0)
     # "What instrument does Ann play?": one memory of Ann holds "instrument" and "play"
-    assert report == {"share": 1.0, "candidates": 2, "vague": 0, "answerable": 1, "duplicate": 0,
+    assert report == {"share": 1.0, "candidates": 2, "pronoun": 0, "vague": 0, "answerable": 1, "duplicate": 0,
                       "abstain": 1, "hinted": 1}
+    faced = _pair("c:Ann", "When did Ann face challenges?", "June 2023", "Ann faced challenges in June 2023.")
+    memories = {**MEMORIES, "c:Bob": MEMORIES["c:Bob"] + ["Bob faced challenges at work."]}
+    _, report = add_abstention_pairs([faced], memories, share=1.0)
+    assert report["answerable"] == 1 and report["abstain"] == 0  # "face" is found in "faced"
     same = _pair("c:Bob", "What does Bob play in an orchestra?", "the violin", "Bob plays the violin in an orchestra.")
     _, report = add_abstention_pairs([same], MEMORIES, share=1.0)
     assert report["answerable"] == 1 and report["abstain"] == 0
 
 
 def test_vague_and_duplicate_questions_are_not_abstained():
-    vague = _pair("c:Bob", "What did Bob buy for her?", "a car", "Bob bought a car for her.")
+    vague = _pair("c:Bob", "What did Bob buy?", "a car", "Bob bought a car.")
     dup = _pair("c:Bob", "Where did Ann move in June?", "Paris", "Bob said Ann moved to Paris in June.")
     _, report = add_abstention_pairs([vague, BOB_BRISTOL, dup], MEMORIES, share=1.0)
     assert report["vague"] == 1 and report["duplicate"] == 1 and report["abstain"] == 0
@@ -94,6 +100,27 @@ def test_share_bounds_the_count_and_the_seed_decides_which():
         add_abstention_pairs(pairs, {"c:Bob": []}, share=0.5)
     with pytest.raises(InputError, match="abstain_share"):
         SynthConfig(abstain_share=1.5)
+
+
+def test_pronouns_follow_the_user_asked_about_and_the_other_name_is_no_candidate():
+    memories = {"c:Jon": ["Jon lost his job as a banker.", "Jon opened his dance studio; he loves it."],
+                "c:Gina": ["Gina runs her online store.", "Gina says she loves her customers."],
+                "c:Sam": ["Sam moved to Leeds.", "Sam likes tea."]}
+    studio = _pair("c:Jon", "Why did Jon open his dance studio in the city?", "to teach", memories["c:Jon"][1])
+    store = _pair("c:Gina", "When did Gina start her online store?", "May 2023", memories["c:Gina"][0])
+    herself = _pair("c:Gina", "What did Gina make herself in March?", "a dress", "Gina made herself a dress.")
+    advice = _pair("c:Gina", "What did Gina advise Jon to try in May?", "dance classes", "Gina advised Jon.")
+    pairs, report = add_abstention_pairs([studio, store, herself, advice], memories, share=1.0)
+    asked = {(p["user"], p["question"].removesuffix(HINT)) for p in pairs if p["generator"] == "abstain"}
+    # Jon -> Gina: his -> her; Gina -> Jon: "her" (his or him?) is not decided, herself -> himself;
+    # Sam's gender is unknown: no pronoun question is asked of Sam (or by swapping from Sam)
+    assert ("c:Gina", "Why did Gina open her dance studio in the city?") in asked
+    assert ("c:Jon", "What did Jon make himself in March?") in asked
+    assert not any("Jon advise Jon" in q for _, q in asked)
+    assert ("c:Sam", "What did Sam advise Jon to try in May?") in asked
+    assert not any(u == "c:Sam" and re.search(r"\b(his|her|himself)\b", q) for u, q in asked)
+    # pronoun drops: studio -> Sam; store -> Jon and Sam; herself -> Sam
+    assert report["pronoun"] == 4
 
 
 @pytest.fixture

@@ -34,11 +34,52 @@ def _topic(question: str, name: str) -> str:
     return " ".join(w for w in words if w not in drop)
 
 
+_MALE = {"he": "she", "his": "her", "him": "her", "himself": "herself"}
+_FEMALE = {"she": "he", "hers": "his", "herself": "himself"}  # "her": his or him, not decided here
+_PRONOUN = re.compile(r"\b(he|his|him|himself|she|her|hers|herself)\b", re.I)
+
+
+def _gender(texts: Sequence[str]) -> str | None:
+    """"m" or "f" when one set of third-person pronouns is at least twice the other in a user's
+    memories (observations are written in the third person), else None."""
+    words = [w.lower() for t in texts for w in _PRONOUN.findall(t)]
+    male = sum(w in _MALE for w in words)
+    female = len(words) - male
+    return "m" if male >= 2 * max(female, 1) else "f" if female >= 2 * max(male, 1) else None
+
+
+def _repronoun(question: str, source: str | None, target: str | None) -> str | None:
+    """``question`` with its pronouns for the user asked about (gender ``target``), or None
+    when that cannot be decided (a gender unknown, or "her" to turn into "his" or "him")."""
+    found = [w.lower() for w in _PRONOUN.findall(question)]
+    if not found or (source is not None and source == target):
+        return question
+    if source is None or target is None or (source == "f" and "her" in found):
+        return None
+    table = _MALE if source == "m" else _FEMALE
+    return _PRONOUN.sub(lambda m: _case(table.get(m.group(0).lower(), m.group(0)), m.group(0)), question)
+
+
+def _case(word: str, like: str) -> str:
+    return word.capitalize() if like[:1].isupper() else word
+
+
 def _supports(answer: str, topic: str, memory: str, min_overlap: float) -> bool:
     """Whether ``memory`` may answer the question: it holds every content word of the question
     (maybe with another answer), or half of them and ``min_overlap`` of the answer's."""
-    covered = context_overlap(topic, memory)
+    covered = _covered(topic, memory)
     return covered == 1.0 or (covered >= 0.5 and context_overlap(answer, memory) >= min_overlap)
+
+
+def _covered(topic: str, memory: str) -> float:
+    """Share of the topic's words found in ``memory``: same first five letters, or a memory word
+    that extends a shorter topic word ("face" in "faced")."""
+    words = topic.split()
+    if not words:
+        return 1.0
+    mem = normalize_question(memory).split()
+    stems = {m[:5] for m in mem}
+    return sum(w[:5] in stems or (len(w) < 5 and any(m.startswith(w) for m in mem)) for w in words) / len(words)
 
 
 def add_abstention_pairs(pairs: list[dict], memories: Mapping[str, Sequence[str]], share: float,
@@ -54,25 +95,37 @@ def add_abstention_pairs(pairs: list[dict], memories: Mapping[str, Sequence[str]
     Caroline play the guitar for?" beside "Caroline plays the guitar to relax"), or half of them
     and at least ``min_overlap`` of the answer's (they did the same), as ``duplicate`` when
     already asked.
-    Deterministic in ``seed``.
+    A question naming the other user too is no candidate, and a question's pronouns follow the
+    user asked about (their gender read from their memories' pronouns; dropped as ``pronoun``
+    when that cannot be decided). Deterministic in ``seed``.
     """
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"share must be in [0, 1], got {share}")
-    report = {"share": share, "candidates": 0, "vague": 0, "answerable": 0, "duplicate": 0, "abstain": 0, "hinted": 0}
+    report = {"share": share, "candidates": 0, "pronoun": 0, "vague": 0, "answerable": 0, "duplicate": 0, "abstain": 0, "hinted": 0}
     if share == 0.0 or not pairs:
         return pairs, report
     users = sorted(memories)
     if len(users) < 2:
         raise ValueError(f"abstention pairs need the memories of two or more users, got {users}")
     rng = random.Random(seed)
+    genders = {u: _gender(memories[u]) for u in users}
+    names = {first_name(u) for u in users}
     candidates = []
     for p in pairs:
         pattern = re.compile(rf"\b{re.escape(first_name(p['user']))}\b")
         if not pattern.search(p["question"]):
             continue
         for other in users:
-            if first_name(other) != first_name(p["user"]):
-                candidates.append((p, other, pattern.sub(first_name(other), p["question"])))
+            if first_name(other) == first_name(p["user"]):
+                continue
+            if re.search(rf"\b{re.escape(first_name(other))}\b", p["question"]):
+                continue  # "What did Gina advise Jon to do?" asked of Jon would read "Jon advise Jon"
+            question = _repronoun(pattern.sub(first_name(other), p["question"]), genders.get(p["user"]),
+                                  genders[other])
+            if question is None:
+                report["pronoun"] += 1
+                continue
+            candidates.append((p, other, question))
     report["candidates"] = len(candidates)
     rng.shuffle(candidates)
     want = round(share * len(pairs))
