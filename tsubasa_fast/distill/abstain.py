@@ -101,7 +101,8 @@ def add_abstention_pairs(pairs: list[dict], memories: Mapping[str, Sequence[str]
     """
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"share must be in [0, 1], got {share}")
-    report = {"share": share, "candidates": 0, "pronoun": 0, "vague": 0, "answerable": 0, "duplicate": 0, "abstain": 0, "hinted": 0}
+    report = {"share": share, "candidates": 0, "pronoun": 0, "vague": 0, "answerable": 0, "duplicate": 0,
+              "abstain": 0, "hinted": 0}
     if share == 0.0 or not pairs:
         return pairs, report
     users = sorted(memories)
@@ -109,7 +110,6 @@ def add_abstention_pairs(pairs: list[dict], memories: Mapping[str, Sequence[str]
         raise ValueError(f"abstention pairs need the memories of two or more users, got {users}")
     rng = random.Random(seed)
     genders = {u: _gender(memories[u]) for u in users}
-    names = {first_name(u) for u in users}
     candidates = []
     for p in pairs:
         pattern = re.compile(rf"\b{re.escape(first_name(p['user']))}\b")
