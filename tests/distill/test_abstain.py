@@ -48,12 +48,14 @@ def test_a_question_about_another_user_is_asked_about_the_user_and_abstained():
     assert ann["abstain_from"] == {"user": "c:Bob", "key": BOB_BRISTOL["key"]}
     assert ann["key"] == pair_key(ann["question"], ann["answer"], ann["context"])
     assert by_user["c:Bob"]["question"] == "What is the name of Bob's puppy?" + HINT
-    # as many answerable pairs get the hint and keep their answers
+    # the pairs stay as they were, then hinted copies of as many of them, keeping their answers
+    assert pairs[:2] == [BOB_BRISTOL, ANN_PUPPY]
     hinted = [p for p in pairs if p.get("hinted")]
     assert len(hinted) == 2 and report["hinted"] == 2 and report["abstain"] == 2
-    assert {p["answer"] for p in hinted} == {"Bristol", "Rex"}
-    assert all(p["question"].endswith(HINT) for p in hinted)
-    assert len({p["key"] for p in pairs}) == 4
+    assert [(p["question"], p["answer"]) for p in hinted] == [(BOB_BRISTOL["question"] + HINT, "Bristol"),
+                                                              (ANN_PUPPY["question"] + HINT, "Rex")]
+    assert pairs[2:4] == hinted and len(pairs) == 6
+    assert len({p["key"] for p in pairs}) == 6
 
 
 def test_a_question_the_user_can_answer_is_not_abstained():
@@ -89,7 +91,7 @@ def test_share_bounds_the_count_and_the_seed_decides_which():
     pairs = [_pair("c:Bob", f"What colour is Bob's car number {i}?", "red", f"Bob has car {i}, it is red.")
              for i in range(8)]
     got, report = add_abstention_pairs(pairs, MEMORIES, share=0.25, seed=3)
-    assert report["abstain"] == 2 == report["hinted"] and len(got) == 10
+    assert report["abstain"] == 2 == report["hinted"] and len(got) == 12 and got[:8] == pairs
     again, _ = add_abstention_pairs(pairs, MEMORIES, share=0.25, seed=3)
     assert again == got
     other = [add_abstention_pairs(pairs, MEMORIES, share=0.25, seed=s)[0] for s in range(6)]
@@ -138,8 +140,8 @@ def test_synth_stage_adds_them_and_needs_two_users(store):
     pairs, report = synth_stage(store, list(MEMORIES), None, cfg)
     plain, _ = synth_stage(store, list(MEMORIES), None, SynthConfig(generator="rule", check_answerable=False))
     n = report["abstain"]["abstain"]
-    assert n >= 1 and report["kept"] == len(pairs) == len(plain) + n
-    assert [p["answer"] for p in pairs[len(plain):]] == [ABSTAIN_ANSWER] * n
+    assert n >= 1 and report["kept"] == len(pairs) == len(plain) + 2 * n and pairs[:len(plain)] == plain
+    assert [p["answer"] for p in pairs[len(plain) + n:]] == [ABSTAIN_ANSWER] * n
     with pytest.raises(InputError, match="two or more users") as e:
         synth_stage(store, ["c:Ann"], None, cfg)
     assert e.value.field == "abstain_share"

@@ -47,7 +47,7 @@ OPTIONS = {
                                                    "train on them too or drop them", {"choices": EVIDENCE_POLICIES}),
         "abstain_share": ("--abstain-share", "abstention pairs per kept pair (a question about one speaker "
                                              "from the other's fact, answered \"No information available\"), "
-                                             "and as many hinted answerable ones; 0 = none", {"type": float}),
+                                             "and as many hinted copies of answerable ones; 0 = none", {"type": float}),
     },
     "teacher": {
         "d": ("-d", "teacher entries per token", {"type": positive_int}),

@@ -7,7 +7,8 @@ base's 46.8 on category 5). :func:`add_abstention_pairs` writes such questions f
 pairs of two or more users: another user's question with the name swapped, kept only when no
 memory of the user asked about supports the answer; its answer is ``ABSTAIN_ANSWER`` and its
 question carries the abstention hint, as eval qa's category-5 questions do. As many answerable
-pairs get the same hint and keep their answer, so the hint alone never means "abstain". The
+pairs are copied with the same hint and keep their answer, so the hint alone never means
+"abstain". The
 teacher's evidence is the fact's source, the other person's memory: it shows whose fact it is.
 """
 
@@ -84,8 +85,10 @@ def _covered(topic: str, memory: str) -> float:
 
 def add_abstention_pairs(pairs: list[dict], memories: Mapping[str, Sequence[str]], share: float,
                          seed: int = 0, min_overlap: float = 0.5) -> tuple[list[dict], dict]:
-    """``pairs`` with about ``share * len(pairs)`` abstention pairs added and as many answerable
-    pairs hinted; returns ``(pairs, report)``.
+    """``pairs`` followed by hinted copies of as many of them as there are abstention pairs, then
+    about ``share * len(pairs)`` abstention pairs; returns ``(pairs, report)``. The copies keep
+    their answer; the originals stay, so every fact is still learnt from its plain question (what
+    eval qa asks outside category 5: in session 8 hinting the pairs in place cost 2.3 F1 on conv-30).
 
     ``memories``: each user's memory texts (the users the questions may be asked about). A
     swapped question is dropped as ``vague`` when fewer than two content words are left besides
@@ -153,12 +156,11 @@ def add_abstention_pairs(pairs: list[dict], memories: Mapping[str, Sequence[str]
                         "record_ids": p.get("record_ids", []), "dia_ids": p.get("dia_ids", []),
                         "observed_at": p.get("observed_at"), "sessions": p.get("sessions", []),
                         "generator": "abstain", "abstain_from": {"user": p["user"], "key": p["key"]}})
-    hinted = set(rng.sample(range(len(pairs)), min(len(abstain), len(pairs))))
-    out = []
-    for i, p in enumerate(pairs):
-        if i in hinted:
-            question = with_hint(p["question"])
-            p = {**p, "key": pair_key(question, p["answer"], p["context"]), "question": question, "hinted": True}
-        out.append(p)
+    hinted = []
+    for i in sorted(rng.sample(range(len(pairs)), min(len(abstain), len(pairs)))):
+        p = pairs[i]
+        question = with_hint(p["question"])
+        hinted.append({**p, "key": pair_key(question, p["answer"], p["context"]), "question": question,
+                       "hinted": True})
     report.update(abstain=len(abstain), hinted=len(hinted))
-    return out + abstain, report
+    return list(pairs) + hinted + abstain, report

@@ -103,7 +103,7 @@ class SynthConfig:
     # more about); the share is reported either way (distill.stages.evidence_stage)
     evidence_in_topk: str = "include"
     # abstention pairs (.abstain) per kept pair: a question about one user built from another's
-    # fact, answered "No information available", and as many answerable pairs with the same hint;
+    # fact, answered "No information available", and as many hinted copies of answerable pairs;
     # needs two or more users (eval qa's conversations); 0 = none
     abstain_share: float = 0.0
 

@@ -273,7 +273,7 @@ class QAEvaluator:
         if e.method == "tsubasa" and c.synth.abstain_share > 0:
             notes.append(f"abstention pairs: {c.synth.abstain_share} per kept pair, questions about one speaker "
                          "from the other's facts answered with the category-5 answer, each with the hint, and as "
-                         "many answerable pairs with the hint (distill.abstain)")
+                         "many hinted copies of answerable pairs (distill.abstain)")
         if e.seeds > 1:
             notes.append(f"seeds {[s for s, _, _ in runs]}: scores are the mean over seeds (overall_std: "
                          "their standard deviation); the seed drives synthesis sampling and training")
