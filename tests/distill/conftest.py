@@ -1,9 +1,10 @@
-"""Engine test data: a handful of facts about one user and a stand-in retriever
-(the tiny random Qwen3 fixtures live in tests/conftest.py)."""
+"""Engine test data: a handful of facts about one user, a stand-in retriever and a store of
+observations (the tiny random Qwen3 fixtures live in tests/conftest.py)."""
 
 import pytest
 
 from tsubasa_fast.distill.data import QAPair, pair_key
+from tsubasa_fast.memory import HashingEmbedder, MemoryStore
 
 FACTS = [
     ("Caroline moved to Denver on 2023-09-01.", "Where did Caroline move in September 2023?", "Denver"),
@@ -25,3 +26,12 @@ def memories_for(question):
     words = set(question.lower().split())
     ranked = sorted(FACTS, key=lambda f: -len(words & set(f[0].lower().split())))
     return [f[0] for f in ranked[:3]]
+
+
+def observation_store(path, facts: dict) -> MemoryStore:
+    """A store holding ``{user: [observation, ...]}`` as dated observations (hashing embedder)."""
+    s = MemoryStore(path, HashingEmbedder(dim=32))
+    for user, texts in facts.items():
+        for i, t in enumerate(texts):
+            s.add(user, t, observed_at="2023-06-01", op_key=f"{user}:{i}", source={"kind": "observations"})
+    return s

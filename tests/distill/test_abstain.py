@@ -13,7 +13,8 @@ from tsubasa_fast.distill.stages import evidence_stage, synth_stage
 from tsubasa_fast.distill.synth import SynthConfig
 from tsubasa_fast.distill.train import TrainConfig, build_student_data
 from tsubasa_fast.errors import InputError
-from tsubasa_fast.memory import HashingEmbedder, MemoryStore
+
+from .conftest import observation_store
 
 HINT = ' If the memories do not say, answer "No information available".'
 
@@ -127,10 +128,7 @@ def test_pronouns_follow_the_user_asked_about_and_the_other_name_is_no_candidate
 
 @pytest.fixture
 def store(tmp_path):
-    s = MemoryStore(tmp_path / "st", HashingEmbedder(dim=32))
-    for user, texts in MEMORIES.items():
-        for i, t in enumerate(texts):
-            s.add(user, t, observed_at="2023-06-01", op_key=f"{user}:{i}", source={"kind": "observations"})
+    s = observation_store(tmp_path / "st", MEMORIES)
     yield s
     s.close()
 

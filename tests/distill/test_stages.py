@@ -7,7 +7,8 @@ import pytest
 from tsubasa_fast.distill.stages import QA_FILE, QA_REPORT, save_qa, synth_stage
 from tsubasa_fast.distill.synth import SynthConfig, synthesize
 from tsubasa_fast.errors import StageError
-from tsubasa_fast.memory import HashingEmbedder, MemoryStore
+
+from .conftest import observation_store
 
 FACTS = {"c:Ann": ["Ann adopted a puppy named Rex in May 2023.", "Ann works as a nurse in Leeds."],
          "c:Bob": ["Bob plays the guitar every Sunday.", "Bob moved to Bristol in June 2023."]}
@@ -15,10 +16,7 @@ FACTS = {"c:Ann": ["Ann adopted a puppy named Rex in May 2023.", "Ann works as a
 
 @pytest.fixture
 def store(tmp_path):
-    s = MemoryStore(tmp_path / "st", HashingEmbedder(dim=32))
-    for user, texts in FACTS.items():
-        for i, t in enumerate(texts):
-            s.add(user, t, observed_at="2023-06-01", op_key=f"{user}:{i}", source={"kind": "observations"})
+    s = observation_store(tmp_path / "st", FACTS)
     yield s
     s.close()
 
