@@ -87,8 +87,8 @@ def add_abstention_pairs(pairs: list[dict], memories: Mapping[str, Sequence[str]
                          seed: int = 0, min_overlap: float = 0.5) -> tuple[list[dict], dict]:
     """``pairs`` followed by hinted copies of as many of them as there are abstention pairs, then
     about ``share * len(pairs)`` abstention pairs; returns ``(pairs, report)``. The copies keep
-    their answer; the originals stay, so every fact is still learnt from its plain question (what
-    eval qa asks outside category 5: in session 8 hinting the pairs in place cost 2.3 F1 on conv-30).
+    their answer; the originals stay, so every fact is still learnt from its plain question, the
+    form eval qa asks outside category 5.
 
     ``memories``: each user's memory texts (the users the questions may be asked about). A
     swapped question is dropped as ``vague`` when fewer than two content words are left besides
