@@ -8,8 +8,8 @@ pairs of two or more users: another user's question with the name swapped, kept 
 memory of the user asked about supports the answer; its answer is ``ABSTAIN_ANSWER`` and its
 question carries the abstention hint, as eval qa's category-5 questions do. As many answerable
 pairs are copied with the same hint and keep their answer, so the hint alone never means
-"abstain". The
-teacher's evidence is the fact's source, the other person's memory: it shows whose fact it is.
+"abstain". The teacher's evidence is the fact's source, the other person's memory: it shows
+whose fact it is.
 """
 
 from __future__ import annotations
@@ -68,19 +68,8 @@ def _case(word: str, like: str) -> str:
 def _supports(answer: str, topic: str, memory: str, min_overlap: float) -> bool:
     """Whether ``memory`` may answer the question: it holds every content word of the question
     (maybe with another answer), or half of them and ``min_overlap`` of the answer's."""
-    covered = _covered(topic, memory)
+    covered = context_overlap(topic, memory, extend_short=True)  # "face" is found in "faced"
     return covered == 1.0 or (covered >= 0.5 and context_overlap(answer, memory) >= min_overlap)
-
-
-def _covered(topic: str, memory: str) -> float:
-    """Share of the topic's words found in ``memory``: same first five letters, or a memory word
-    that extends a shorter topic word ("face" in "faced")."""
-    words = topic.split()
-    if not words:
-        return 1.0
-    mem = normalize_question(memory).split()
-    stems = {m[:5] for m in mem}
-    return sum(w[:5] in stems or (len(w) < 5 and any(m.startswith(w) for m in mem)) for w in words) / len(words)
 
 
 def add_abstention_pairs(pairs: list[dict], memories: Mapping[str, Sequence[str]], share: float,
@@ -157,7 +146,7 @@ def add_abstention_pairs(pairs: list[dict], memories: Mapping[str, Sequence[str]
                         "observed_at": p.get("observed_at"), "sessions": p.get("sessions", []),
                         "generator": "abstain", "abstain_from": {"user": p["user"], "key": p["key"]}})
     hinted = []
-    for i in sorted(rng.sample(range(len(pairs)), min(len(abstain), len(pairs)))):
+    for i in sorted(rng.sample(range(len(pairs)), len(abstain))):  # len(abstain) <= share * len(pairs)
         p = pairs[i]
         question = with_hint(p["question"])
         hinted.append({**p, "key": pair_key(question, p["answer"], p["context"]), "question": question,

@@ -30,15 +30,18 @@ FUNCTION_WORDS = frozenset(
     "she he they it i you we my our your this that these those as into about".split())
 
 
-def context_overlap(answer: str, context: str) -> float:
+def context_overlap(answer: str, context: str, extend_short: bool = False) -> float:
     """Share of the answer's content words that occur in the context (prefix match on the
-    first 5 letters, so "painting" finds "paint"); 1.0 for an answer of function words only."""
+    first 5 letters, so "painting" finds "paint"); 1.0 for an answer of function words only.
+    ``extend_short``: a word under 5 letters is also found at the start of a longer context
+    word ("face" in "faced")."""
     words = [w for w in normalize_answer(answer).split() if w not in FUNCTION_WORDS]
     if not words:
         return 1.0
     ctx = normalize_answer(context).split()
     stems = {w[:5] for w in ctx}
-    found = sum(1 for w in words if w in ctx or w[:5] in stems)
+    found = sum(1 for w in words if w in ctx or w[:5] in stems
+                or (extend_short and len(w) < 5 and any(c.startswith(w) for c in ctx)))
     return found / len(words)
 
 
