@@ -2,7 +2,7 @@
 
 import pytest
 
-from tsubasa_fast.text import verb_base, verb_form
+from tsubasa_fast.text import is_bare_verb, is_inflected_verb, is_participle, verb_base, verb_form
 
 
 @pytest.mark.parametrize("word, tense, base", [
@@ -20,3 +20,14 @@ def test_verb_base(word, tense, base):
     ("do", "present", "does")])
 def test_verb_form(base, tense, form):
     assert verb_form(base, tense) == form
+
+
+@pytest.mark.parametrize("word, participle, bare, inflected", [
+    ("hosting", True, False, True), ("bring", False, True, False), ("string", False, False, False),
+    ("during", False, False, False), ("zorbing", True, False, False), ("swimming", True, False, False),
+    ("started", False, False, True), ("went", False, False, True), ("go", False, False, False),
+    ("loves", False, False, False)])
+def test_verb_kinds(word, participle, bare, inflected):
+    # "zorbing" is in no dictionary (an -ing word of 7 letters counts); "go" and "loves" are nouns too,
+    # "string" a noun and a base verb: none is "nothing but" a verb form
+    assert (is_participle(word), is_bare_verb(word), is_inflected_verb(word)) == (participle, bare, inflected)

@@ -12,8 +12,10 @@ from __future__ import annotations
 import string
 from typing import Any
 
-__all__ = ["set_tokens", "token_f1", "verb_base", "verb_form"]
-_TAGS = {"past": "VBD", "present": "VBZ"}  # simple past; third person singular present
+__all__ = ["set_tokens", "token_f1", "verb_base", "verb_form", "is_participle", "is_bare_verb",
+           "is_inflected_verb"]
+# simple past; third person singular present; present participle
+_TAGS = {"past": "VBD", "present": "VBZ", "participle": "VBG"}
 
 _PUNCT_TO_SPACE = str.maketrans({c: " " for c in string.punctuation})
 
@@ -35,7 +37,8 @@ def token_f1(prediction: Any, reference: Any) -> float:
 
 def verb_base(word: str, tense: str) -> str | None:
     """The base form of ``word`` when it is a verb form of ``tense`` ("past": ``moved`` -> ``move``,
-    ``went`` -> ``go``; "present", third person: ``loves`` -> ``love``); None when it is not one
+    ``went`` -> ``go``; "present", third person: ``loves`` -> ``love``; "participle": ``hosting`` ->
+    ``host``); None when it is not one
     (``need`` is no past form, ``news`` no verb). Lowercase words."""
     from lemminflect import getAllLemmas, getInflection
 
@@ -53,3 +56,36 @@ def verb_form(base: str, tense: str) -> str | None:
 
     forms = getInflection(base, _TAGS[tense])
     return forms[0] if forms else None
+
+
+def is_participle(word: str) -> bool:
+    """``word`` is an -ing verb form: ``hosting`` yes, ``bring`` / ``string`` / ``during`` no; a word the
+    dictionary lacks ("zorbing") counts when it ends in "ing" after two letters or more."""
+    from lemminflect import getAllLemmas
+
+    word = word.lower()
+    if not word.endswith("ing"):
+        return False
+    if verb_base(word, "participle"):
+        return True
+    return not getAllLemmas(word) and len(word) > 4 and word not in ("during", "notwithstanding")
+
+
+def is_bare_verb(word: str) -> bool:
+    """``word`` is a verb's base form and nothing else (``bring``, ``go`` is also a noun: no), the
+    word that cannot follow "is <name>" in a question ("Where is Jon bring ...?")."""
+    from lemminflect import getAllLemmas
+
+    word = word.lower()
+    lemmas = getAllLemmas(word)
+    return set(lemmas) == {"VERB"} and word in lemmas["VERB"]
+
+
+def is_inflected_verb(word: str) -> bool:
+    """``word`` is an inflected verb form and nothing else (``started``, ``went``; ``loves`` is also a
+    noun: no), the word that cannot follow "did <name>" in a question ("What did Jon started?")."""
+    from lemminflect import getAllLemmas
+
+    word = word.lower()
+    lemmas = getAllLemmas(word)
+    return set(lemmas) == {"VERB"} and word not in lemmas["VERB"]

@@ -32,6 +32,12 @@ CTX = "Jon is starting his own dance studio due to his passion for dancing; he h
     ("What does Maya do?", " ".join(["runs"] * 16), "Maya runs.", "Maya", ["long_answer"]),
     ("What is the name of Jon's dance studio?", "dance studio", CTX, "Jon", ["answer_in_question"]),
     ("Who is Maya's sister?", "her sister Lena", "Maya's sister Lena visits.", "Maya", []),
+    # the verb after the user must agree with the auxiliary (only words that are nothing but verbs)
+    ("Where is Jon bring more attention?", "his studio", "Jon wants to bring more attention to his studio.", "Jon",
+     ["garbled"]),
+    ("What did Jon started?", "a studio", "Jon started a studio.", "Jon", ["garbled"]),
+    ("What is Jon starting?", "a studio", "Jon is starting a studio.", "Jon", []),
+    ("When did Caroline go hiking?", "May 2023", "Caroline went hiking in May 2023.", "Caroline", []),
 ])
 def test_rules(question, answer, context, user, expected):
     got = pair_problems(question, answer, context, user)

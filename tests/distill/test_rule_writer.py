@@ -87,6 +87,11 @@ JUL20 = dt.date(2023, 7, 20)
     # a second predicate is a clause of its own (not inside what is believed)
     ("Jon is working on a business plan and looking for investors.",
      [("What is Jon working on?", "a business plan"), ("What is Jon looking for?", "investors")]),
+    # "bring" ends in -ing but is no participle: "to showcase X and bring Y" is one purpose, no
+    # second predicate "is Jon bring"
+    ("Jon is hosting a dance competition to showcase local talent and bring more attention to his studio.",
+     [("What is Jon hosting?", "a dance competition"),
+      ("Why is Jon hosting a dance competition?", "to showcase local talent and bring more attention to his studio")]),
     ("Gina believes that good flooring helps avoid injuries and makes dancing fun.",
      [("What does Gina believe?", "good flooring helps avoid injuries and makes dancing fun")]),
     # double objects, "into", a lowercase place after "at", a generic head with its complement
@@ -99,6 +104,10 @@ JUL20 = dt.date(2023, 7, 20)
     # no question a person would not ask: "What did Caroline encourage? -> students", "take the first step"
     ("Caroline encouraged students to get involved.", [("When did Caroline encourage students?", "20 July 2023")]),
     ("Caroline took the first step towards becoming a mom.", []),
+    # a vague object gets no question at all, not even a When ("When did Gina face challenges?")
+    ("Gina faced challenges in her business.", []),
+    ("Gina faced a lawsuit in her business.",
+     [("What did Gina face?", "a lawsuit"), ("When did Gina face a lawsuit?", "20 July 2023")]),
 ])
 def test_templates(text, expected):
     assert R.rule_pairs(dated(text, JUL20), max_pairs=3) == expected

@@ -10,7 +10,10 @@ rules are what a reader rejects at a glance, stated so that a program can apply 
   is asked about the user, never by them.
 * ``garbled``: the question's subject slot ("What did ___ ...", "Who has ___ ...") holds
   neither the user nor an article or possessive ("What did What make?", "Who has Dancing
-  kept?"), or the question does not end with "?".
+  kept?"), the verb after the user does not agree with the auxiliary before it (a bare verb
+  after is / was: "Where is Jon bring more attention?"; an inflected one after do / did:
+  "What did Jon started?"; only words that are nothing but verbs, by lemminflect's
+  dictionary), or the question does not end with "?".
 * ``cut_off``: the answer ends in a word that cannot end a phrase (an article, possessive,
   preposition, conjunction or auxiliary: "his own dance studio due", "between").
 * ``unsupported``: fewer than ``min_support`` of the answer's content words occur in the
@@ -27,6 +30,8 @@ rules are what a reader rejects at a glance, stated so that a program can apply 
 from __future__ import annotations
 
 import re
+
+from ..text import is_bare_verb, is_inflected_verb
 
 RULES = ("empty_answer", "long_answer", "no_user", "not_third_person", "garbled", "cut_off",
          "unsupported", "wrong_kind", "answer_in_question")
@@ -83,6 +88,17 @@ def support(answer: str, context: str) -> float:
                or (derived_day and w.isdigit() and 1 <= int(w) <= 31)) / len(words)
 
 
+def _disagrees(question: str, first: str) -> bool:
+    """The verb after the user does not fit the auxiliary before it ("is Jon bring", "did Jon went")."""
+    m = re.match(rf"\s*(?i:what|where|when|who|whom|why|how|which)(?:\s+[\w'-]+){{0,3}}?\s+"
+                 rf"(?i:(is|are|was|were|do|does|did))\s+{re.escape(first)}(?:\s+[A-Z][\w'-]*)*\s+([a-z]+)\b",
+                 question)
+    if m is None:
+        return False
+    aux, verb = m.group(1).lower(), m.group(2)
+    return is_bare_verb(verb) if aux in ("is", "are", "was", "were") else is_inflected_verb(verb)
+
+
 def first_name(user: str) -> str:
     """The first name in a user id: "conv-26:Caroline" -> "Caroline", "Maya Lee" -> "Maya"."""
     name = user.rpartition(":")[2].strip()
@@ -111,7 +127,7 @@ def pair_problems(question: str, answer: str, context: str, user: str, *, max_wo
     m = _SUBJECT.match(q)
     subject = m.group(1).lower().replace("’", "'") if m else None
     if not q.endswith("?") or (subject is not None and subject not in _SUBJECT_OK
-                                and not subject.startswith(first.lower())):
+                                and not subject.startswith(first.lower())) or _disagrees(q, first):
         problems.append("garbled")
     if aw and aw[-1] in _CANNOT_END:
         problems.append("cut_off")

@@ -11,7 +11,7 @@ from typing import Sequence
 
 from ..memory.slots import human_date, segments
 from .pair_check import first_name
-from ..text import verb_base
+from ..text import is_participle, verb_base
 
 _ING_NOUNS = {"meeting", "painting", "counseling", "counselling", "building", "clothing", "wedding",
               "evening", "morning", "reading", "writing", "camping", "hiking", "swimming", "dancing",
@@ -259,7 +259,7 @@ def _verb_group(rest: list[str]) -> tuple[str, str, list[str]] | None:
         if nxt in _ADVERBS and len(after) > 1:
             after = after[1:]
             nxt = after[0].lower()
-        if nxt.endswith("ing") and len(nxt) > 4:
+        if is_participle(nxt):
             return low, nxt, after[1:]
         return None
     if low in ("has", "have", "had") and after:
@@ -317,7 +317,7 @@ def _second_predicate(subject: str, rest: Sequence[str]) -> str | None:
         nxt = rest[j + 1].lower()
         if not nxt.isalpha() or nxt in _NOT_VERBS or nxt in _ING_NOUNS or nxt == "being":
             continue
-        if nxt.endswith("ing") and aux in ("is", "are", "was", "were") and len(nxt) > 4:
+        if aux in ("is", "are", "was", "were") and is_participle(nxt):  # not "and bring ..."
             return _join([subject, aux, *rest[j + 1:]])
         # the same form as the first verb: "plan events and campaigns" is no second predicate
         if (first_aux == "did" and _lemma_past(nxt)) or (first_aux == "does" and _lemma_present(nxt)) or \
@@ -525,7 +525,7 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15, user: str | N
                             pass  # "advised Jon not to ...": who alone asks nothing
                         elif not (lemma in ("take", "bring") and rest_after and rest_after[0].lower() == "to"):
                             found.append((f"{who} {pre} {vphrase}?", obj))
-                    if obj:
+                    if obj and one not in _VAGUE_NOUNS:  # "When did Gina face challenges?": which ones?
                         vobj = " ".join([verb, *prep, obj])
                         tail = after[k + n:]
                         if tail and tail[0].lower() == "into" and found and found[-1][1] == obj:
