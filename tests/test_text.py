@@ -2,7 +2,7 @@
 
 import pytest
 
-from tsubasa_fast.text import is_bare_verb, is_inflected_verb, is_participle, verb_base, verb_form
+from tsubasa_fast.text import is_bare_verb, is_inflected_verb, is_noun, is_participle, verb_base, verb_form
 
 
 @pytest.mark.parametrize("word, tense, base", [
@@ -31,3 +31,7 @@ def test_verb_kinds(word, participle, bare, inflected):
     # "zorbing" is in no dictionary (an -ing word of 7 letters counts); "go" and "loves" are nouns too,
     # "string" a noun and a base verb: none is "nothing but" a verb form
     assert (is_participle(word), is_bare_verb(word), is_inflected_verb(word)) == (participle, bare, inflected)
+
+
+def test_is_noun():
+    assert is_noun("crew") and is_noun("saw") and not is_noun("made") and not is_noun("went")

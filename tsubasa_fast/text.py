@@ -13,7 +13,7 @@ import string
 from typing import Any
 
 __all__ = ["set_tokens", "token_f1", "verb_base", "verb_form", "is_participle", "is_bare_verb",
-           "is_inflected_verb"]
+           "is_inflected_verb", "is_noun"]
 # simple past; third person singular present; present participle
 _TAGS = {"past": "VBD", "present": "VBZ", "participle": "VBG"}
 
@@ -89,3 +89,10 @@ def is_inflected_verb(word: str) -> bool:
     word = word.lower()
     lemmas = getAllLemmas(word)
     return set(lemmas) == {"VERB"} and word not in lemmas["VERB"]
+
+
+def is_noun(word: str) -> bool:
+    """``word`` can be a noun ("crew", also the past of "crow"; "saw"); ``made`` cannot."""
+    from lemminflect import getAllLemmas
+
+    return "NOUN" in getAllLemmas(word.lower())

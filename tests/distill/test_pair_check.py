@@ -38,6 +38,16 @@ CTX = "Jon is starting his own dance studio due to his passion for dancing; he h
     ("What did Jon started?", "a studio", "Jon started a studio.", "Jon", ["garbled"]),
     ("What is Jon starting?", "a studio", "Jon is starting a studio.", "Jon", []),
     ("When did Caroline go hiking?", "May 2023", "Caroline went hiking in May 2023.", "Caroline", []),
+    # a subject pronoun or a possessive cannot end an answer (except to a whose-question)
+    ("What did Caroline show Melanie?", "a painting she", "Caroline showed Melanie a painting she made.",
+     "Caroline", ["cut_off"]),
+    ("Where did Caroline show interest?", "Melanie's", "Caroline showed interest in Melanie's paintings.",
+     "Caroline", ["cut_off"]),
+    ("Whose paintings did Caroline like?", "Melanie's", "Caroline liked Melanie's paintings.", "Caroline", []),
+    # a time of day answers "what time", not "what ... at"
+    ("What did Jon catch up at?", "6:46 pm", "Jon caught up at 6:46 pm on 23 July.", "Jon", ["wrong_kind"]),
+    ("What time did Jon catch up with Gina?", "6:46 pm", "Jon caught up with Gina at 6:46 pm.", "Jon", []),
+    ("What did Jon catch up at?", "9:32 am", "Jon caught up at 9:32 am on 8 February.", "Jon", ["wrong_kind"]),
 ])
 def test_rules(question, answer, context, user, expected):
     got = pair_problems(question, answer, context, user)

@@ -15,14 +15,16 @@ rules are what a reader rejects at a glance, stated so that a program can apply 
   "What did Jon started?"; only words that are nothing but verbs, by lemminflect's
   dictionary), or the question does not end with "?".
 * ``cut_off``: the answer ends in a word that cannot end a phrase (an article, possessive,
-  preposition, conjunction or auxiliary: "his own dance studio due", "between").
+  preposition, conjunction, auxiliary or subject pronoun: "his own dance studio due", "between",
+  "a pottery plate she"), or in a possessive noun outside a whose-question ("Melanie's").
 * ``unsupported``: fewer than ``min_support`` of the answer's content words occur in the
   context (prefix match on 5 letters, so "painting" finds "paint"); a day of the month counts
   as found when the context dates a day relative to its own date ("yesterday", "the day before
   the conversation" under a ``[20 January 2023]`` prefix support "19 January 2023").
-* ``wrong_kind``: a when-question whose answer holds no time expression; a where- or
-  who-question answered by a time expression only ("Where ...? -> May"); a how-many question
-  whose answer holds no number.
+* ``wrong_kind``: a when-question whose answer holds no time expression; a where-, who- or
+  what-question (other than "what date / day / time ...") answered by a time expression only
+  ("Where ...? -> May", "What did Jon catch up at? -> 6:46 pm"); a how-many question whose
+  answer holds no number.
 * ``answer_in_question``: every content word of the answer is already in the question
   ("What is the name of Jon's dance studio? -> dance studio"): nothing is asked.
 """
@@ -44,14 +46,14 @@ _CANNOT_END = frozenset(
     "a an the his her their its my your our to of in on at for with by from into onto about as than "
     "and or but nor because due between while whereas although though if that which who whom whose "
     "is are was were be been being has have had do does did will would can could should might must "
-    "very so such more most less some any each every no not".split())  # not "may": a month
+    "very so such more most less some any each every no not she he they we".split())  # not "may": a month
 _MONTHS = ("january february march april may june july august september october november december "
            "jan feb mar apr jun jul aug sep sept oct nov dec").split()
 _TIME_WORDS = set(_MONTHS) | set(
     "monday tuesday wednesday thursday friday saturday sunday weekend week weeks month months year "
     "years day days today yesterday tomorrow tonight morning afternoon evening night ago last next "
     "recently lately since before after during summer winter spring autumn fall christmas "
-    "birthday holiday holidays hour hours minute minutes decade century earlier later soon".split())
+    "birthday holiday holidays hour hours minute minutes decade century earlier later soon am pm".split())
 _NUMBER_WORDS = set("one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
                     "fifteen twenty thirty forty fifty hundred thousand dozen a couple few several".split())
 _CONTENT_SKIP = frozenset(
@@ -129,14 +131,15 @@ def pair_problems(question: str, answer: str, context: str, user: str, *, max_wo
     if not q.endswith("?") or (subject is not None and subject not in _SUBJECT_OK
                                 and not subject.startswith(first.lower())) or _disagrees(q, first):
         problems.append("garbled")
-    if aw and aw[-1] in _CANNOT_END:
+    if aw and (aw[-1] in _CANNOT_END or (aw[-1].endswith("'s") and not re.match(r"\s*whose\b", q, re.I))):
         problems.append("cut_off")
     if aw and support(a, context) < min_support:
         problems.append("unsupported")
     lead = q.lower()
-    if aw and ((re.match(r"\s*(when|what (date|day|month|year|time)|which (date|day|month|year)|how long ago)\b",
-                         lead) and not _has_time(aw))
-               or (re.match(r"\s*(where|who|whom)\b", lead) and _only_time(aw))
+    time_question = re.match(r"\s*(when|what (date|day|month|year|time)|which (date|day|month|year)|how long ago)\b",
+                             lead)
+    if aw and ((time_question and not _has_time(aw))
+               or (re.match(r"\s*(where|who|whom|what)\b", lead) and not time_question and _only_time(aw))
                or (re.match(r"\s*how many\b", lead)
                    and not any(w.isdigit() or w in _NUMBER_WORDS for w in aw))):
         problems.append("wrong_kind")

@@ -11,7 +11,7 @@ from typing import Sequence
 
 from ..memory.slots import human_date, segments
 from .pair_check import first_name
-from ..text import is_participle, verb_base
+from ..text import is_noun, is_participle, verb_base
 
 _ING_NOUNS = {"meeting", "painting", "counseling", "counselling", "building", "clothing", "wedding",
               "evening", "morning", "reading", "writing", "camping", "hiking", "swimming", "dancing",
@@ -32,8 +32,29 @@ _VAGUE = {"someone", "something", "anyone", "anything", "somebody", "people", "o
           "himself", "themselves", "itself", "oneself"}
 # one-word objects too vague to ask about: "What is Jon handling? -> changes", "What does Caroline
 # represent? -> inclusivity"
+def _vague(obj: str) -> bool:
+    """The object's head noun says nothing on its own ("challenges", "her hard work", "his exciting
+    news"; not "his passion for dancing": a for / of / as phrase pins it down), or its owner is
+    an unresolved "its"."""
+    words = obj.lower().split()
+    if words and words[0] == "its":
+        return True  # "its main message": whose, the memory does not say here
+    return bool(words) and not set(words) & _CONTINUE and words[-1] in _VAGUE_NOUNS
+
+
 _VAGUE_NOUNS = {"changes", "challenges", "things", "stuff", "obstacles", "life", "work", "support", "love",
-                "progress", "goals", "dreams", "success", "setbacks", "help", "advice", "feelings", "emotions"}
+                "progress", "goals", "dreams", "success", "setbacks", "help", "advice", "feelings", "emotions",
+                "interest", "excitement", "gratitude", "appreciation", "struggles", "concerns", "thoughts",
+                "news", "story", "stories", "journey", "efforts", "determination", "stress", "faith",
+                "ambition", "belief", "importance", "experience", "guidance", "picture", "photo", "passion"}
+# acts of the conversation itself: "Melanie praised Caroline", "Jon shared his stress". Their date is
+# the session's (no When), their person is the other speaker (no Who, no object opening on a name)
+_SOCIAL = {"ask", "praise", "compliment", "commend", "thank", "congratulate", "appreciate", "assure", "reassure",
+           "update", "tell", "inform", "share", "mention", "speak", "talk", "discuss", "express", "inquire",
+           "admire", "acknowledge", "cheer", "support", "encourage", "agree", "reply", "respond", "remind",
+           "wish", "greet", "reciprocate", "comfort", "sympathize", "advise", "suggest", "recommend",
+           "emphasize", "highlight", "say", "apologize", "promise", "vow", "motivate", "credit", "affirm",
+           "reveal"}
 _ABSTRACT_ENDINGS = ("ity", "ness", "ment", "ism", "ance", "ence", "ship", "tion", "sion")
 # "a source of happiness", "a way to relax": frames, not facts
 _FRAME_NOUNS = {"source", "way", "reminder", "symbol", "mix", "part", "kind", "sign", "testament", "ride",
@@ -48,6 +69,9 @@ _HOW_LONG = re.compile(r"^(has|have) been (.{3,40}?) for ((?:about |over |almost
                        r"five|six|seven|eight|nine|ten|a few|several|many) (?:years?|months?|weeks?|days?))\b")
 _FAN = re.compile(r"^(is|are) (?:a |an )?(?:big |huge |real |great )?fans? of\s+")
 _PRONOUNS = {"they", "it", "he", "she", "this", "that", "these", "those", "them", "we", "you", "i"}
+_SUBJECT_PRONOUNS = {"she", "he", "they", "we"}
+_PEOPLE = {"people", "students", "group", "community", "members", "others", "children", "kids", "youth",
+           "audience", "crowd", "friends", "family", "team", "parents", "person", "woman", "man", "girl", "boy"}
 _GENERIC_HEADS = {"place", "way", "chance", "opportunity", "spot", "time", "reason"}  # "a place to open ..."
 _IDIOM_OBJECTS = {"step", "steps", "part", "action", "care", "notice", "advantage", "place", "break", "chance"}
 _LIGHT = {"having", "have", "get", "use", "using"}  # "is having trouble", "got mentored": no What pair
@@ -149,6 +173,8 @@ def _phrase(tokens: Sequence[str], max_words: int, continued: bool = True) -> tu
         if low in ("and", "or") and i > 0 and not (_lemma_past(nxt) or _lemma_present(nxt)) \
                 and (tokens[i - 1].lower().endswith(_ADJECTIVE_ENDINGS) or (i == 2 and tokens[0].lower() in _DETERMINERS)):
             return "", 0  # "the peaceful and calming nature", "a black and white bowl": the noun is past the cut
+        if i > 0 and low in _SUBJECT_PRONOUNS:
+            break  # "a pottery plate she made": a relative clause starts
         if low in _BOUNDARY:
             if i == 0:
                 return "", 0
@@ -164,7 +190,7 @@ def _phrase(tokens: Sequence[str], max_words: int, continued: bool = True) -> tu
                     text = _REL_TIME.sub("", _join(out)).strip()
                     return (text, n) if text and len(text.split()) <= max_words else ("", 0)
             break
-        if i > 0 and (low.endswith(("ing", "ed")) or _lemma_past(low)) and t[:1].islower() and \
+        if i > 0 and (low.endswith(("ing", "ed")) or (_lemma_past(low) and not is_noun(low))) and t[:1].islower() and \
                 tokens[i - 1].lower() not in _KEEP_BEFORE_VERBAL and low not in _ING_NOUNS and \
                 not (low.endswith("ing") and tokens[i - 1].lower() in _ADJ_BEFORE_ING) and \
                 low not in ("red", "bed", "need", "seed", "speed"):
@@ -191,7 +217,10 @@ def _clause_object(tokens: Sequence[str], max_words: int) -> str:
         out.append(t)
     if out and out[0].lower() == "that":
         out = out[1:]
+    last_her = bool(out) and out[-1].lower() == "her"  # "her family motivates her": an object, not a determiner
     out = _trim(out)
+    if last_her and out and out[-1].lower() != "her":
+        out.append("her")
     if len(out) == 2 and out[0].lower() in _DETERMINERS and len(out) < len(tokens):
         return ""  # "mentions the tough but rewarding ...": the noun is past the cut
     return _join(out) if 0 < len(out) <= max_words else ""
@@ -337,13 +366,22 @@ def _first_predicate(text: str) -> str:
     return text
 
 
+def _to_place(tokens: Sequence[str]) -> bool:
+    """``tokens`` open on "to" and a destination ("to the museum", "to Paris"), not on an
+    infinitive ("takes up a job to cover his expenses")."""
+    return bool(tokens) and tokens[0].lower() == "to" and not (
+        len(tokens) > 1 and tokens[1][:1].islower() and tokens[1].lower() not in _DETERMINERS)
+
+
 def _adjunct_pairs(pre: str, vobj: str, tail: Sequence[str], date: str | None,
-                   max_words: int, why: bool = True) -> list[tuple[str, str]]:
-    """When / Where / Why questions from what follows a verb phrase (absolute dates only)."""
+                   max_words: int, why: bool = True, when: bool = True) -> list[tuple[str, str]]:
+    """When / Where / Why questions from what follows a verb phrase (absolute dates only; no When
+    at all with ``when=False``)."""
     out = []
     tail_text = _join(tail)
     place = _PLACE.match(tail_text)
-    if place and (_DATE.fullmatch(place.group(1)) or place.group(1).split()[0] in _MONTH_SET):
+    if place and (_DATE.fullmatch(place.group(1)) or place.group(1).split()[0] in _MONTH_SET
+                  or place.group(1).endswith("'s")):  # "in Melanie's paintings": no place
         place = None
     if not place:  # "volunteered with her family at a homeless shelter"
         at = re.match(r"^(?:with (?:her|his|their) \w+ )?at\s+((?:a|an|the)\s+[a-z][\w-]*(?:\s+[a-z][\w-]*)?)\b",
@@ -352,7 +390,7 @@ def _adjunct_pairs(pre: str, vobj: str, tail: Sequence[str], date: str | None,
                 at.group(1).split()[-1] not in _BOUNDARY | {"time", "age", "end", "moment", "same"}:
             out.append((f"Where {pre} {vobj}?", at.group(1)))
     m = _DATE.search(tail_text)
-    if m and date is None:
+    if m and date is None and when:
         date = m.group(1)
     if place:
         out.append((f"Where {pre} {vobj}?", place.group(1)))
@@ -361,9 +399,10 @@ def _adjunct_pairs(pre: str, vobj: str, tail: Sequence[str], date: str | None,
         out.append((f"When {pre} {vobj}?", date))
     if not place and not m:  # "took her kids to the museum": Where
         to = re.match(r"^to\s+((?:the|a|an)\s+[a-z][\w-]*(?:\s+[a-z][\w-]*)?)\b(?!\s+(?:of|for)\b)", tail_text)
-        if to and to.group(1).split()[-1] in _ADVERBS | _BOUNDARY:
+        if to and to.group(1).split()[-1] in _ADVERBS | _BOUNDARY | _SUBJECT_PRONOUNS:
             to = re.match(r"^to\s+((?:the|a|an)\s+[a-z][\w-]*)", tail_text)
-        if to and not to.group(1).split()[-1].endswith(("ing", "ly")):
+        # a person is no place: "wrote a letter to the people she met"
+        if to and not to.group(1).split()[-1].endswith(("ing", "ly")) and to.group(1).split()[-1] not in _PEOPLE:
             out.append((f"Where {pre} {vobj}?", to.group(1)))
     reason = re.match(r"^(?:in order\s+)?(to\s+(?!(?:the|a|an|her|his|their|my|our|its|each|them|him|others|"
                       r"oneself|one|themselves|herself|himself|people|someone)\b)[a-z]\w*[^,;]*|"
@@ -447,10 +486,12 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15, user: str | N
                 head = f"{pre} {verb}"
                 # a past event with no date of its own happened on or before the session it was
                 # told in: its When answer is the session date (not for "recently", "years ago", ...)
-                when = lead_date or (session if aux == "did" and session and not _DATE.search(clause)
-                                     and not _UNDATED.search(clause) else None)
                 lemma = _lemma_present(base) or (verb if aux in ("did", "does", "do") else None) or base
-                why = lemma not in _NO_WHY and base.removesuffix("ing") not in _NO_WHY
+                social = bool({lemma, base} & _SOCIAL)  # no When, no Why: the date and the "to" are the talk's
+                when = None if social else lead_date or (
+                    session if aux == "did" and session and not _DATE.search(clause) and not _UNDATED.search(clause)
+                    else None)
+                why = lemma not in _NO_WHY and base.removesuffix("ing") not in _NO_WHY and not social
                 if base in _OPINION_VERBS or lemma in _OPINION_VERBS or base.removesuffix("ing") in _OPINION_VERBS \
                         or base in _LIGHT or lemma in _LIGHT:
                     pass  # an opinion or a light verb: no fact to ask about
@@ -497,13 +538,16 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15, user: str | N
                     if len(words) > 1 and lemma in _DITRANSITIVE and words[0][:1].isupper() and \
                             not words[0].endswith("'s") and words[1][:1].islower():
                         prep, obj = [*prep, words[0]], " ".join(words[1:])  # "gives Jon tips"
+                    elif len(words) > 1 and lemma in _DITRANSITIVE and words[0].lower() in ("her", "him", "them") and \
+                            words[1].lower() in _DETERMINERS | {"some"}:
+                        obj = " ".join(words[1:])  # "shows her some figurines": who "her" is, the memory does not say
                     one = obj.lower() if obj and len(obj.split()) == 1 and obj[:1].islower() else ""
                     if obj and (obj.split()[0].lower() in _PERCEPTION or (
                             lemma in ("take", "make", "have") and obj.split()[-1].lower() in _IDIOM_OBJECTS)):
                         obj, n, intransitive = "", 0, False  # no question, and no intransitive reading either
                     if obj and obj.lower() not in _EMPTY_OBJECTS and not (
                             one.endswith("ing") and not prep and (one not in _ING_NOUNS or lemma in _MOTION)) and \
-                            not one.endswith("ed") and one not in _VAGUE_NOUNS and not one.endswith(_ABSTRACT_ENDINGS):
+                            not one.endswith("ed") and not _vague(obj) and not one.endswith(_ABSTRACT_ENDINGS):
                         vphrase = " ".join([verb, *prep])
                         who = "Who" if obj[:1].isupper() and " " not in obj and not obj.isupper() else "What"
                         if who == "Who" and lemma in _PLACE_VERBS:
@@ -523,9 +567,11 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15, user: str | N
                             # else "encouraged students to ...", "supports Caroline's drive to ...": nothing
                         elif neg:
                             pass  # "advised Jon not to ...": who alone asks nothing
-                        elif not (lemma in ("take", "bring") and rest_after and rest_after[0].lower() == "to"):
+                        elif social and (obj[:1].isupper() or obj.split()[0].lower() in ("him", "her", "them")):
+                            pass  # "Who did Melanie praise? -> Caroline", "What did Jon thank? -> Gina for ..."
+                        elif not (lemma in ("take", "bring") and _to_place(rest_after)):
                             found.append((f"{who} {pre} {vphrase}?", obj))
-                    if obj and one not in _VAGUE_NOUNS:  # "When did Gina face challenges?": which ones?
+                    if obj and not _vague(obj):  # "When did Gina face challenges?": which ones?
                         vobj = " ".join([verb, *prep, obj])
                         tail = after[k + n:]
                         if tail and tail[0].lower() == "into" and found and found[-1][1] == obj:
@@ -533,14 +579,15 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15, user: str | N
                             if into:  # "is turning his passion for dance into a business"
                                 found[-1] = (f"What {pre} {' '.join([verb, *prep])} into {into}?", obj)
                                 tail = tail[1 + m:]
-                        if lemma in ("take", "bring") and tail and tail[0].lower() == "to":
+                        if lemma in ("take", "bring") and _to_place(tail):
                             dest, m = _phrase(tail[1:], max_words, continued=False)
                             if dest:  # "took her kids to a pottery workshop": the When names it
                                 found.append((f"Where {pre} {vobj}?", dest))
                                 vobj, tail = f"{vobj} to {dest}", tail[1 + m:]
-                        found += _adjunct_pairs(pre, vobj, tail, when, max_words, why=why)
+                        found += _adjunct_pairs(pre, vobj, tail, when, max_words, why=why, when=not social)
                     elif intransitive:  # a date of its own only
-                        found += _adjunct_pairs(pre, verb, after, lead_date, max_words)
+                        found += _adjunct_pairs(pre, verb, after, None if social else lead_date, max_words,
+                                                when=not social)
         owner = subject if not subject.endswith("'s") else subject[:-2]
         for m in reversed(named):
             found.insert(1, (f"What is the name of {owner}'s {m.group(1)}?", m.group(2).strip("'\"")))
