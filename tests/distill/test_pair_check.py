@@ -44,6 +44,8 @@ CTX = "Jon is starting his own dance studio due to his passion for dancing; he h
     ("Where did Caroline show interest?", "Melanie's", "Caroline showed interest in Melanie's paintings.",
      "Caroline", ["cut_off"]),
     ("Whose paintings did Caroline like?", "Melanie's", "Caroline liked Melanie's paintings.", "Caroline", []),
+    ("What did Melanie mention?", "her family motivates her", "Melanie mentioned that her family motivates her.",
+     "Melanie", []),
     # a time of day answers "what time", not "what ... at"
     ("What did Jon catch up at?", "6:46 pm", "Jon caught up at 6:46 pm on 23 July.", "Jon", ["wrong_kind"]),
     ("What time did Jon catch up with Gina?", "6:46 pm", "Jon caught up with Gina at 6:46 pm.", "Jon", []),

@@ -121,6 +121,9 @@ JUL20 = dt.date(2023, 7, 20)
     ("Melanie mentioned that her family motivates her, while Caroline rested.",
      [("What did Melanie mention?", "her family motivates her")]),
     ("Melanie asked about its main message.", []),
+    ("Gina complimented the group's grace.", []),
+    ("Caroline shares that finding self-acceptance was a long process for her.",
+     [("What does Caroline share?", "finding self-acceptance was a long process")]),
     # "crew" is also the past of "crow": a noun first
     ("Jon showed Gina a photo of his dance crew winning a competition.",
      [("What did Jon show Gina?", "a photo of his dance crew"),

@@ -16,7 +16,8 @@ rules are what a reader rejects at a glance, stated so that a program can apply 
   dictionary), or the question does not end with "?".
 * ``cut_off``: the answer ends in a word that cannot end a phrase (an article, possessive,
   preposition, conjunction, auxiliary or subject pronoun: "his own dance studio due", "between",
-  "a pottery plate she"), or in a possessive noun outside a whose-question ("Melanie's").
+  "a pottery plate she"; not "her", an object as often as a determiner: "a gift for her"), or in
+  a possessive noun outside a whose-question ("Melanie's").
 * ``unsupported``: fewer than ``min_support`` of the answer's content words occur in the
   context (prefix match on 5 letters, so "painting" finds "paint"); a day of the month counts
   as found when the context dates a day relative to its own date ("yesterday", "the day before
@@ -43,7 +44,7 @@ _SUBJECT = re.compile(r"^\s*(?:what|where|when|who|whom|why|how|which)\s+"
                       r"(?:did|does|do|is|was|are|were|has|had|have|will|would|can|could)\s+([\w'’-]+)", re.I)
 _SUBJECT_OK = {"the", "a", "an", "his", "her", "their", "its", "this", "that", "these", "those", "some"}
 _CANNOT_END = frozenset(
-    "a an the his her their its my your our to of in on at for with by from into onto about as than "
+    "a an the his their its my your our to of in on at for with by from into onto about as than "
     "and or but nor because due between while whereas although though if that which who whom whose "
     "is are was were be been being has have had do does did will would can could should might must "
     "very so such more most less some any each every no not she he they we".split())  # not "may": a month

@@ -46,7 +46,8 @@ _VAGUE_NOUNS = {"changes", "challenges", "things", "stuff", "obstacles", "life",
                 "progress", "goals", "dreams", "success", "setbacks", "help", "advice", "feelings", "emotions",
                 "interest", "excitement", "gratitude", "appreciation", "struggles", "concerns", "thoughts",
                 "news", "story", "stories", "journey", "efforts", "determination", "stress", "faith",
-                "ambition", "belief", "importance", "experience", "guidance", "picture", "photo", "passion"}
+                "ambition", "belief", "importance", "experience", "guidance", "picture", "photo", "passion",
+                "offers"}
 # acts of the conversation itself: "Melanie praised Caroline", "Jon shared his stress". Their date is
 # the session's (no When), their person is the other speaker (no Who, no object opening on a name)
 _SOCIAL = {"ask", "praise", "compliment", "commend", "thank", "congratulate", "appreciate", "assure", "reassure",
@@ -54,7 +55,10 @@ _SOCIAL = {"ask", "praise", "compliment", "commend", "thank", "congratulate", "a
            "admire", "acknowledge", "cheer", "support", "encourage", "agree", "reply", "respond", "remind",
            "wish", "greet", "reciprocate", "comfort", "sympathize", "advise", "suggest", "recommend",
            "emphasize", "highlight", "say", "apologize", "promise", "vow", "motivate", "credit", "affirm",
-           "reveal"}
+           "reveal", "remark"}
+# of those, the ones whose object is praised or thanked: an opinion of the other speaker, no question
+_PRAISE = {"praise", "compliment", "commend", "thank", "congratulate", "admire", "appreciate", "cheer", "credit",
+           "greet", "comfort", "sympathize", "reassure", "assure"}
 _ABSTRACT_ENDINGS = ("ity", "ness", "ment", "ism", "ance", "ence", "ship", "tion", "sion")
 # "a source of happiness", "a way to relax": frames, not facts
 _FRAME_NOUNS = {"source", "way", "reminder", "symbol", "mix", "part", "kind", "sign", "testament", "ride",
@@ -217,10 +221,8 @@ def _clause_object(tokens: Sequence[str], max_words: int) -> str:
         out.append(t)
     if out and out[0].lower() == "that":
         out = out[1:]
-    last_her = bool(out) and out[-1].lower() == "her"  # "her family motivates her": an object, not a determiner
-    out = _trim(out)
-    if last_her and out and out[-1].lower() != "her":
-        out.append("her")
+    if not (len(out) > 1 and out[-1].lower() == "her" and out[-2].lower() not in _TRAILING):
+        out = _trim(out)  # but not "her family motivates her": an object there, not a determiner
     if len(out) == 2 and out[0].lower() in _DETERMINERS and len(out) < len(tokens):
         return ""  # "mentions the tough but rewarding ...": the noun is past the cut
     return _join(out) if 0 < len(out) <= max_words else ""
@@ -567,7 +569,8 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15, user: str | N
                             # else "encouraged students to ...", "supports Caroline's drive to ...": nothing
                         elif neg:
                             pass  # "advised Jon not to ...": who alone asks nothing
-                        elif social and (obj[:1].isupper() or obj.split()[0].lower() in ("him", "her", "them")):
+                        elif social and (obj[:1].isupper() or obj.split()[0].lower() in ("him", "her", "them")
+                                         or {lemma, base} & _PRAISE):
                             pass  # "Who did Melanie praise? -> Caroline", "What did Jon thank? -> Gina for ..."
                         elif not (lemma in ("take", "bring") and _to_place(rest_after)):
                             found.append((f"{who} {pre} {vphrase}?", obj))
