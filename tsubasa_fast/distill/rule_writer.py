@@ -30,18 +30,8 @@ _NO_WHY = {"want", "ask", "encourage", "remind", "help", "tell", "urge", "expect
            "support", "warn", "beg", "convince", "persuade", "root", "cheer"}
 _VAGUE = {"someone", "something", "anyone", "anything", "somebody", "people", "others", "one", "other", "herself",
           "himself", "themselves", "itself", "oneself"}
-# one-word objects too vague to ask about: "What is Jon handling? -> changes", "What does Caroline
+# heads too vague to ask about: "What is Jon handling? -> changes", "What does Caroline
 # represent? -> inclusivity"
-def _vague(obj: str) -> bool:
-    """The object's head noun says nothing on its own ("challenges", "her hard work", "his exciting
-    news"; not "his passion for dancing": a for / of / as phrase pins it down), or its owner is
-    an unresolved "its"."""
-    words = obj.lower().split()
-    if words and words[0] == "its":
-        return True  # "its main message": whose, the memory does not say here
-    return bool(words) and not set(words) & _CONTINUE and words[-1] in _VAGUE_NOUNS
-
-
 _VAGUE_NOUNS = {"changes", "challenges", "things", "stuff", "obstacles", "life", "work", "support", "love",
                 "progress", "goals", "dreams", "success", "setbacks", "help", "advice", "feelings", "emotions",
                 "interest", "excitement", "gratitude", "appreciation", "struggles", "concerns", "thoughts",
@@ -149,6 +139,16 @@ def _lemma_present(word: str) -> str | None:
     """Base form of a third-person present verb (``loves`` -> ``love``); None if not one."""
     w = word.lower()
     return None if w in _NOT_VERBS else verb_base(w, "present")
+
+
+def _vague(obj: str) -> bool:
+    """The object's head noun says nothing on its own ("challenges", "her hard work", "his exciting
+    news"; not "his passion for dancing": a for / of / as phrase pins it down), or its owner is
+    an unresolved "its"."""
+    words = obj.lower().split()
+    if words and words[0] == "its":
+        return True  # "its main message": whose, the memory does not say here
+    return bool(words) and not set(words) & _CONTINUE and words[-1] in _VAGUE_NOUNS
 
 
 def _join(tokens: Sequence[str]) -> str:
