@@ -2,7 +2,7 @@
 
 import pytest
 
-from tsubasa_fast.text import is_bare_verb, is_inflected_verb, is_noun, is_participle, verb_base, verb_form
+from tsubasa_fast.text import can_be_bare_verb, is_bare_verb, is_inflected_verb, is_noun, is_participle, verb_base, verb_form
 
 
 @pytest.mark.parametrize("word, tense, base", [
@@ -35,3 +35,9 @@ def test_verb_kinds(word, participle, bare, inflected):
 
 def test_is_noun():
     assert is_noun("crew") and is_noun("saw") and not is_noun("made") and not is_noun("went")
+
+
+def test_can_be_bare_verb():
+    # a base form, also when it is a noun too; an unknown word may be one; a plural noun or a past form is not
+    assert can_be_bare_verb("show") and can_be_bare_verb("go") and can_be_bare_verb("destress")
+    assert not can_be_bare_verb("investors") and not can_be_bare_verb("went") and not can_be_bare_verb("the")

@@ -11,7 +11,7 @@ from typing import Sequence
 
 from ..memory.slots import human_date, segments
 from .pair_check import first_name
-from ..text import is_noun, is_participle, verb_base
+from ..text import can_be_bare_verb, is_noun, is_participle, verb_base
 
 _ING_NOUNS = {"meeting", "painting", "counseling", "counselling", "building", "clothing", "wedding",
               "evening", "morning", "reading", "writing", "camping", "hiking", "swimming", "dancing",
@@ -20,7 +20,7 @@ _ING_NOUNS = {"meeting", "painting", "counseling", "counselling", "building", "c
               "sibling", "drawing", "landing", "parking", "housing", "learning", "fundraising",
               "flooring", "meaning", "offering", "belonging", "upbringing", "outing", "ceiling",
               "handwriting", "mentoring", "marketing", "networking", "tutoring", "coaching", "shopping",
-              "sightseeing", "gardening", "baking", "cooking", "volunteering", "skiing", "surfing"}
+              "sightseeing", "gardening", "baking", "cooking", "volunteering", "skiing", "surfing", "riding"}
 # adjectives before a gerund noun ("new running shoes") do not end a phrase there
 _ADJ_BEFORE_ING = {"new", "old", "big", "small", "little", "good", "great", "first", "own", "favorite",
                    "favourite", "long", "short", "special", "daily", "weekly", "regular", "online", "local"}
@@ -37,18 +37,17 @@ _VAGUE_NOUNS = {"changes", "challenges", "things", "stuff", "obstacles", "life",
                 "interest", "excitement", "gratitude", "appreciation", "struggles", "concerns", "thoughts",
                 "news", "story", "stories", "journey", "efforts", "determination", "stress", "faith",
                 "ambition", "belief", "importance", "experience", "guidance", "picture", "photo", "passion",
-                "offers"}
-# acts of the conversation itself: "Melanie praised Caroline", "Jon shared his stress". Their date is
-# the session's (no When), their person is the other speaker (no Who, no object opening on a name)
+                "offers", "encouragement", "motivation", "piece"}
+# acts of the conversation itself: "Melanie praised Caroline", "Jon shared his stress", "Jon mentioned
+# losing his job". What they were about is an act of talk, not a fact ("What did Jon mention?"), their
+# date is the session's and their person the other speaker: no pair, but for the task they give a
+# person ("encourages Jon to keep pushing": What does Gina encourage Jon to do?)
 _SOCIAL = {"ask", "praise", "compliment", "commend", "thank", "congratulate", "appreciate", "assure", "reassure",
-           "update", "tell", "inform", "share", "mention", "speak", "talk", "discuss", "express", "inquire",
+           "tell", "inform", "share", "mention", "speak", "talk", "discuss", "express", "inquire",
            "admire", "acknowledge", "cheer", "support", "encourage", "agree", "reply", "respond", "remind",
            "wish", "greet", "reciprocate", "comfort", "sympathize", "advise", "suggest", "recommend",
            "emphasize", "highlight", "say", "apologize", "promise", "vow", "motivate", "credit", "affirm",
-           "reveal", "remark"}
-# of those, the ones whose object is praised or thanked: an opinion of the other speaker, no question
-_PRAISE = {"praise", "compliment", "commend", "thank", "congratulate", "admire", "appreciate", "cheer", "credit",
-           "greet", "comfort", "sympathize", "reassure", "assure"}
+           "reveal", "remark", "respect", "chat", "explain", "admit", "describe", "note", "add", "state", "report"}
 _ABSTRACT_ENDINGS = ("ity", "ness", "ment", "ism", "ance", "ence", "ship", "tion", "sion")
 # "a source of happiness", "a way to relax": frames, not facts
 _FRAME_NOUNS = {"source", "way", "reminder", "symbol", "mix", "part", "kind", "sign", "testament", "ride",
@@ -66,6 +65,14 @@ _PRONOUNS = {"they", "it", "he", "she", "this", "that", "these", "those", "them"
 _SUBJECT_PRONOUNS = {"she", "he", "they", "we"}
 _PEOPLE = {"people", "students", "group", "community", "members", "others", "children", "kids", "youth",
            "audience", "crowd", "friends", "family", "team", "parents", "person", "woman", "man", "girl", "boy"}
+# heads that name people: the question asks Who ("some investors", "a transgender teen", "her mentor")
+_PERSON_NOUNS = {"investor", "investors", "friend", "friends", "mentor", "mentors", "teacher", "teachers", "coach",
+                 "customer", "customers", "client", "clients", "artist", "artists", "dancer", "dancers", "neighbor",
+                 "neighbors", "colleague", "colleagues", "boss", "counselor", "therapist", "doctor", "teen", "teens",
+                 "student", "students", "kid", "kids", "children", "child", "people", "person", "woman", "man",
+                 "girl", "boy", "mom", "mother", "dad", "father", "parents", "brother", "sister", "son", "daughter",
+                 "husband", "wife", "partner", "volunteers", "members", "youth", "family", "grandmother",
+                 "grandfather", "grandma", "grandpa", "cousin", "aunt", "uncle", "designer", "designers"}
 _GENERIC_HEADS = {"place", "way", "chance", "opportunity", "spot", "time", "reason"}  # "a place to open ..."
 _IDIOM_OBJECTS = {"step", "steps", "part", "action", "care", "notice", "advantage", "place", "break", "chance"}
 _LIGHT = {"having", "have", "get", "use", "using"}  # "is having trouble", "got mentored": no What pair
@@ -120,6 +127,7 @@ _DATE = re.compile(
     r"\b(?:(?:on|in|around|since|by)\s+)?((?:the (?:week|weekend|month) (?:before|after|of)\s+)?"
     r"(?:\d{1,2}\s+)?(?:" + _MONTHS.replace(" ", "|") +
     r")(?:\s+\d{1,2})?,?\s+\d{4}|\d{4}-\d{2}-\d{2}|(?<!\d)(?:19|20)\d{2}(?!\d))\b")
+_CLOCK = re.compile(r"\b\d{1,2}:\d{2}\s*(?:am|pm)\b", re.I)
 _LEAD_DATE = re.compile(r"^\s*On\s+([^,]{4,40}?),?\s+(?=[A-Z])")
 _REL_TIME = re.compile(
     r"\b(recently|lately|last \w+|(?:a few|several|some|\w+) (?:years?|months?|weeks?|days?) ago|"
@@ -143,12 +151,27 @@ def _lemma_present(word: str) -> str | None:
 
 def _vague(obj: str) -> bool:
     """The object's head noun says nothing on its own ("challenges", "her hard work", "his exciting
-    news"; not "his passion for dancing": a for / of / as phrase pins it down), or its owner is
-    an unresolved "its"."""
+    news"; not "his passion for dancing": a for / of / as phrase pins it down; of "X and Y", both
+    heads), or its owner is an unresolved "its"."""
     words = obj.lower().split()
     if words and words[0] == "its":
         return True  # "its main message": whose, the memory does not say here
-    return bool(words) and not set(words) & _CONTINUE and words[-1] in _VAGUE_NOUNS
+    if set(words) & _CONTINUE:
+        return False
+    heads = [part.split()[-1] for part in re.split(r"\s+(?:and|or)\s+", obj.lower()) if part.split()]
+    return bool(heads) and all(h in _VAGUE_NOUNS for h in heads)  # "the support and encouragement"
+
+
+def _head(obj: str) -> str:
+    """The head noun of a phrase: its last word before a for / of / as / with phrase
+    ("a mentorship program for LGBTQ youth" -> "program")."""
+    return re.split(r"\s+(?:for|of|as|with)\s+", obj.lower())[0].split()[-1]
+
+
+def _named_person(obj: str) -> bool:
+    """``obj`` is a person named after a person noun: "her friend Melanie", "his brother Ben"."""
+    words = re.split(r"\s+(?:for|of|as|with)\s+", obj)[0].split()
+    return len(words) > 1 and words[-1][:1].isupper() and words[-2].lower() in _PERSON_NOUNS
 
 
 def _join(tokens: Sequence[str]) -> str:
@@ -164,28 +187,80 @@ def _trim(out: list[str]) -> list[str]:
     return out
 
 
+def _verb_form(word: str) -> bool:
+    """``word`` is a finite verb or a participle ("finds", "started", "looking"), not a noun first."""
+    w = word.lower()
+    return bool(_lemma_past(w) or _lemma_present(w) or is_participle(w)) and w not in _ING_NOUNS
+
+
+def _conjunct(first: str, nxt: str) -> bool:
+    """The word after "and" / "or" opens a second conjunct of the phrase that opened on ``first``:
+    a determiner, a noun that is no verb form ("furniture and decor", "his plans and goals"), or
+    a gerund after a gerund ("building relationships and creating ..."); not a second predicate
+    ("his passion for dance and searching for ...")."""
+    f, n = first.lower(), nxt.lower()
+    if n in _DETERMINERS:
+        return n not in ("that", "this", "these", "its")  # not "self-care and its impact": whose?
+    if n.endswith("ing") and nxt[:1].islower():
+        return f.endswith("ing") and first[:1].islower() and f not in ("something", "anything", "nothing")
+    if nxt[:1].isupper():
+        return first[:1].isupper()
+    return is_noun(n) and not _verb_form(n) and n not in _BOUNDARY | _PRONOUNS
+
+
+def _listed(first: str, after_comma: Sequence[str]) -> bool:
+    """The phrase that opened on ``first`` is the first item of a comma list ("doing research,
+    preparing emotionally, and gathering ..."; "flowers, candles, and a cake"): its answer would
+    be one item of several."""
+    if not after_comma or after_comma[0].lower() in _BOUNDARY | _PRONOUNS:
+        return False
+    nxt = after_comma[0]
+    if nxt.lower().endswith("ing") and nxt[:1].islower() and first.lower().endswith("ing"):
+        return True
+    seg = []
+    for t in after_comma:
+        if t in (".", ";", ":", "!", "?"):
+            break
+        seg.append(t.lower())
+    oxford = any(a == "," and b in ("and", "or") for a, b in zip(seg, seg[1:]))
+    return oxford and (is_noun(nxt) or not _verb_form(nxt))  # "candles" (also a verb), not "started"
+
+
 def _phrase(tokens: Sequence[str], max_words: int, continued: bool = True) -> tuple[str, int]:
     """Leading noun phrase of ``tokens`` (up to a comma, clause, preposition or a participle
-    after a noun; continued through a short "for" / "of" / "as" phrase) and the number of tokens
-    it used; ``("", 0)`` when empty or too long."""
+    after a noun; continued through a short "for" / "of" / "as" phrase and through a second
+    conjunct, :func:`_conjunct`) and the number of tokens it used; ``("", 0)`` when empty, too
+    long or the first item of a list."""
     out: list[str] = []
     for i, t in enumerate(tokens):
         low = t.lower()
+        if t == "," and out and _listed(out[0], tokens[i + 1:]):
+            return "", 0
         if t in (",", ";", ".", ":", "!", "?", "(", ")"):
             break
         nxt = tokens[i + 1].lower() if i + 1 < len(tokens) else ""
+        if low in ("and", "or") and out and i + 1 < len(tokens) and _conjunct(out[0], tokens[i + 1]):
+            more, m = _phrase(tokens[i + 1:], max_words, continued=False)
+            if not more or len(out) + 1 + len(more.split()) > _MAX_CLAUSE_WORDS or more.endswith("'s"):
+                return "", 0  # half of "X and Y" is no answer
+            out = [*out, t, *tokens[i + 1:i + 1 + m]]
+            n = i + 1 + m
+            text = _REL_TIME.sub("", _join(_trim(out))).strip()
+            return (text, n) if text and len(text.split()) <= max_words else ("", 0)
         if low in ("and", "or") and i > 0 and not (_lemma_past(nxt) or _lemma_present(nxt)) \
                 and (tokens[i - 1].lower().endswith(_ADJECTIVE_ENDINGS) or (i == 2 and tokens[0].lower() in _DETERMINERS)):
             return "", 0  # "the peaceful and calming nature", "a black and white bowl": the noun is past the cut
-        if i > 0 and low in _SUBJECT_PRONOUNS:
-            break  # "a pottery plate she made": a relative clause starts
+        if i > 0 and (low in _SUBJECT_PRONOUNS or low in ("each", "every")):
+            break  # "a pottery plate she made": a relative clause starts; "me-time each day": a time
         if low in _BOUNDARY:
             if i == 0:
                 return "", 0
             if continued and low in _CONTINUE and i + 1 < len(tokens):
                 more, m = _phrase(tokens[i + 1:], max_words, continued=False)
                 after_more = tokens[i + 1 + m].lower() if i + 1 + m < len(tokens) else ""
-                if more and m and len(out) + 1 + len(more.split()) <= _MAX_CONTINUED and after_more != "to" and \
+                # "a place for kids to play" is no noun phrase; "for dance and fashion to show ..." is
+                if more and m and len(out) + 1 + len(more.split()) <= _MAX_CONTINUED and \
+                        (after_more != "to" or re.search(r" (?:and|or) ", more)) and \
                         not _DATE.match(more) and more.split()[0] not in _MONTH_SET and not more.endswith("'s") and \
                         not more.split()[0].lower().endswith("ing"):
                     out += [t, *tokens[i + 1:i + 1 + m]]
@@ -409,6 +484,8 @@ def _adjunct_pairs(pre: str, vobj: str, tail: Sequence[str], date: str | None,
     reason = re.match(r"^(?:in order\s+)?(to\s+(?!(?:the|a|an|her|his|their|my|our|its|each|them|him|others|"
                       r"oneself|one|themselves|herself|himself|people|someone)\b)[a-z]\w*[^,;]*|"
                       r"because\s+[^,;]*|due to\s+[^,;]*)(,?)", tail_text) if why else None
+    if reason and reason.group(1).startswith("to ") and not can_be_bare_verb(reason.group(1).split()[1]):
+        reason = None  # "updating his pitch to investors": a receiver, not a purpose
     if reason and not (reason.group(1).startswith("due") and reason.group(2)):  # "due to its grip, ..." is a list
         answer = _first_predicate(re.sub(r"^due to\s+", "", reason.group(1)).rstrip(",. "))
         if len(answer.split()) <= max_words:
@@ -445,6 +522,8 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15, user: str | N
         elif toks[i - 1].endswith("'s") and i + 1 < len(toks) and toks[i].lower() in _RELATIVES:
             i += 1
         subject, rest = _join(toks[:i]), toks[i:]
+        if " and " in subject and _CLOCK.search(clause):
+            continue  # "Gina and Jon caught up at 5:44 pm": the conversation itself
         if subject.lower().startswith(("the ", "a ", "an ", "according", "on ", "in ", "after ")):
             continue
         if first is not None and re.split(r"[\s']", subject.lower())[0] != first:
@@ -488,7 +567,8 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15, user: str | N
                 head = f"{pre} {verb}"
                 # a past event with no date of its own happened on or before the session it was
                 # told in: its When answer is the session date (not for "recently", "years ago", ...)
-                lemma = _lemma_present(base) or (verb if aux in ("did", "does", "do") else None) or base
+                lemma = _lemma_present(base) or (verb if aux in ("did", "does", "do") else None) or \
+                    verb_base(base, "participle") or base
                 social = bool({lemma, base} & _SOCIAL)  # no When, no Why: the date and the "to" are the talk's
                 when = None if social else lead_date or (
                     session if aux == "did" and session and not _DATE.search(clause) and not _UNDATED.search(clause)
@@ -500,7 +580,7 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15, user: str | N
                 elif base in _CLAUSE_VERBS or (lemma in _THAT_VERBS and after[:1] and after[0].lower() == "that") or base.rstrip("ing") in _CLAUSE_VERBS or \
                         _lemma_present(base) in _CLAUSE_VERBS:
                     obj = _clause_object(after, min(max_words, _MAX_CLAUSE_WORDS))
-                    if obj and obj.lower() not in _EMPTY_OBJECTS and obj.split()[0].lower() not in _BOUNDARY and \
+                    if obj and not social and obj.lower() not in _EMPTY_OBJECTS and obj.split()[0].lower() not in _BOUNDARY and \
                             obj.split()[0].lower() not in _PRONOUNS:  # "believes they are ...": who is "they"?
                         found.append((f"What {head}?", obj))
                 elif after and after[0].lower() == "to" and (verb in _MOTION or base in _MOTION
@@ -551,7 +631,10 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15, user: str | N
                             one.endswith("ing") and not prep and (one not in _ING_NOUNS or lemma in _MOTION)) and \
                             not one.endswith("ed") and not _vague(obj) and not one.endswith(_ABSTRACT_ENDINGS):
                         vphrase = " ".join([verb, *prep])
-                        who = "Who" if obj[:1].isupper() and " " not in obj and not obj.isupper() else "What"
+                        who = "Who" if (obj[:1].isupper() and " " not in obj and not obj.isupper()) or \
+                            ((_head(obj) in _PERSON_NOUNS or _named_person(obj)) and prep[-1:] != ["as"]) \
+                            else "What"  # "Who did Gina meet? ->
+                        # some investors", "Who did Caroline reach out to? -> her friend Melanie"
                         if who == "Who" and lemma in _PLACE_VERBS:
                             who = "Where"
                         rest_after = after[k + n:]
@@ -563,15 +646,19 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15, user: str | N
                             and rest_after[1][:1].islower() and rest_after[1].lower() not in _DETERMINERS) else ""
                         person = (obj[:1].isupper() and " " not in obj and not obj.endswith("'s")) or \
                             obj.lower() in ("him", "her", "them", "others")
+                        if lemma == "update" and person:  # "updated Gina", not "is updating his business plan"
+                            social = True
                         if to_do and lemma in _NO_WHY and lemma not in ("take", "bring"):
                             if person:  # "encourages Jon to keep pushing": the object's task is the fact
                                 found.append((f"What {pre} {vphrase} {obj} {neg}to do?", _first_predicate(to_do)))
                             # else "encouraged students to ...", "supports Caroline's drive to ...": nothing
                         elif neg:
                             pass  # "advised Jon not to ...": who alone asks nothing
-                        elif social and (obj[:1].isupper() or obj.split()[0].lower() in ("him", "her", "them")
-                                         or {lemma, base} & _PRAISE):
-                            pass  # "Who did Melanie praise? -> Caroline", "What did Jon thank? -> Gina for ..."
+                        elif social:
+                            pass  # "Who did Melanie praise? -> Caroline", "What did Jon mention? -> losing his job"
+                        elif lemma in ("take", "bring") and (_head(obj) in _PERSON_NOUNS or _named_person(obj) or
+                                                             obj.split()[-1].lower() in _ING_NOUNS):
+                            pass  # "What does Melanie take? -> her family camping": where or what for, not whom
                         elif not (lemma in ("take", "bring") and _to_place(rest_after)):
                             found.append((f"{who} {pre} {vphrase}?", obj))
                     if obj and not _vague(obj):  # "When did Gina face challenges?": which ones?
@@ -587,7 +674,8 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15, user: str | N
                             if dest:  # "took her kids to a pottery workshop": the When names it
                                 found.append((f"Where {pre} {vobj}?", dest))
                                 vobj, tail = f"{vobj} to {dest}", tail[1 + m:]
-                        found += _adjunct_pairs(pre, vobj, tail, when, max_words, why=why, when=not social)
+                        found += _adjunct_pairs(pre, vobj, tail, None if social else when, max_words,
+                                                why=why and not social, when=not social)
                     elif intransitive:  # a date of its own only
                         found += _adjunct_pairs(pre, verb, after, None if social else lead_date, max_words,
                                                 when=not social)
