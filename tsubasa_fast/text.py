@@ -81,6 +81,11 @@ def is_bare_verb(word: str) -> bool:
     return set(lemmas) == {"VERB"} and word in lemmas["VERB"]
 
 
+# determiners and pronouns: words lemminflect has no lemma for that are no verb either
+_CLOSED_CLASS = frozenset("the a an her his their its my our your this that these those them him me us you it "
+                          "they she he we i some each every all any no".split())
+
+
 def can_be_bare_verb(word: str) -> bool:
     """``word`` can be a verb's base form (``show``, ``cover``; also ``go``, a noun too; not
     ``investors``): what may follow a purpose "to" ("to show her work", not "a pitch to investors").
@@ -93,10 +98,6 @@ def can_be_bare_verb(word: str) -> bool:
     lemmas = getAllLemmas(word)
     return (not lemmas and word.isalpha()) or word in lemmas.get("VERB", ())
 
-
-# determiners and pronouns: words lemminflect has no lemma for that are no verb either
-_CLOSED_CLASS = frozenset("the a an her his their its my our your this that these those them him me us you it "
-                          "they she he we i some each every all any no".split())
 
 
 def is_inflected_verb(word: str) -> bool:

@@ -162,16 +162,13 @@ def _vague(obj: str) -> bool:
     return bool(heads) and all(h in _VAGUE_NOUNS for h in heads)  # "the support and encouragement"
 
 
-def _head(obj: str) -> str:
-    """The head noun of a phrase: its last word before a for / of / as / with phrase
-    ("a mentorship program for LGBTQ youth" -> "program")."""
-    return re.split(r"\s+(?:for|of|as|with)\s+", obj.lower())[0].split()[-1]
-
-
-def _named_person(obj: str) -> bool:
-    """``obj`` is a person named after a person noun: "her friend Melanie", "his brother Ben"."""
+def _names_people(obj: str) -> bool:
+    """``obj`` names people: its head (the last word before a for / of / as / with phrase) is a
+    person noun ("some investors"; not "a mentorship program for LGBTQ youth"), or a name follows
+    one ("her friend Melanie", "his brother Ben")."""
     words = re.split(r"\s+(?:for|of|as|with)\s+", obj)[0].split()
-    return len(words) > 1 and words[-1][:1].isupper() and words[-2].lower() in _PERSON_NOUNS
+    return words[-1].lower() in _PERSON_NOUNS or (
+        len(words) > 1 and words[-1][:1].isupper() and words[-2].lower() in _PERSON_NOUNS)
 
 
 def _join(tokens: Sequence[str]) -> str:
@@ -226,6 +223,13 @@ def _listed(first: str, after_comma: Sequence[str]) -> bool:
     return oxford and (is_noun(nxt) or not _verb_form(nxt))  # "candles" (also a verb), not "started"
 
 
+def _taken(out: list[str], n: int, max_words: int) -> tuple[str, int]:
+    """``(text, n)`` of a phrase's words without trailing function words or a relative time;
+    ``("", 0)`` when nothing is left or it runs past ``max_words``."""
+    text = _REL_TIME.sub("", _join(_trim(out))).strip()
+    return (text, n) if text and len(text.split()) <= max_words else ("", 0)
+
+
 def _phrase(tokens: Sequence[str], max_words: int, continued: bool = True) -> tuple[str, int]:
     """Leading noun phrase of ``tokens`` (up to a comma, clause, preposition or a participle
     after a noun; continued through a short "for" / "of" / "as" phrase and through a second
@@ -243,10 +247,7 @@ def _phrase(tokens: Sequence[str], max_words: int, continued: bool = True) -> tu
             more, m = _phrase(tokens[i + 1:], max_words, continued=False)
             if not more or len(out) + 1 + len(more.split()) > _MAX_CLAUSE_WORDS or more.endswith("'s"):
                 return "", 0  # half of "X and Y" is no answer
-            out = [*out, t, *tokens[i + 1:i + 1 + m]]
-            n = i + 1 + m
-            text = _REL_TIME.sub("", _join(_trim(out))).strip()
-            return (text, n) if text and len(text.split()) <= max_words else ("", 0)
+            return _taken([*out, t, *tokens[i + 1:i + 1 + m]], i + 1 + m, max_words)
         if low in ("and", "or") and i > 0 and not (_lemma_past(nxt) or _lemma_present(nxt)) \
                 and (tokens[i - 1].lower().endswith(_ADJECTIVE_ENDINGS) or (i == 2 and tokens[0].lower() in _DETERMINERS)):
             return "", 0  # "the peaceful and calming nature", "a black and white bowl": the noun is past the cut
@@ -263,11 +264,7 @@ def _phrase(tokens: Sequence[str], max_words: int, continued: bool = True) -> tu
                         (after_more != "to" or re.search(r" (?:and|or) ", more)) and \
                         not _DATE.match(more) and more.split()[0] not in _MONTH_SET and not more.endswith("'s") and \
                         not more.split()[0].lower().endswith("ing"):
-                    out += [t, *tokens[i + 1:i + 1 + m]]
-                    n = i + 1 + m
-                    out = _trim(out)
-                    text = _REL_TIME.sub("", _join(out)).strip()
-                    return (text, n) if text and len(text.split()) <= max_words else ("", 0)
+                    return _taken([*out, t, *tokens[i + 1:i + 1 + m]], i + 1 + m, max_words)
             break
         if i > 0 and (low.endswith(("ing", "ed")) or (_lemma_past(low) and not is_noun(low))) and t[:1].islower() and \
                 tokens[i - 1].lower() not in _KEEP_BEFORE_VERBAL and low not in _ING_NOUNS and \
@@ -632,8 +629,7 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15, user: str | N
                             not one.endswith("ed") and not _vague(obj) and not one.endswith(_ABSTRACT_ENDINGS):
                         vphrase = " ".join([verb, *prep])
                         who = "Who" if (obj[:1].isupper() and " " not in obj and not obj.isupper()) or \
-                            ((_head(obj) in _PERSON_NOUNS or _named_person(obj)) and prep[-1:] != ["as"]) \
-                            else "What"  # "Who did Gina meet? ->
+                            (_names_people(obj) and prep[-1:] != ["as"]) else "What"  # "Who did Gina meet? ->
                         # some investors", "Who did Caroline reach out to? -> her friend Melanie"
                         if who == "Who" and lemma in _PLACE_VERBS:
                             who = "Where"
@@ -647,7 +643,7 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15, user: str | N
                         person = (obj[:1].isupper() and " " not in obj and not obj.endswith("'s")) or \
                             obj.lower() in ("him", "her", "them", "others")
                         if lemma == "update" and person:  # "updated Gina", not "is updating his business plan"
-                            social = True
+                            social, when, why = True, None, False
                         if to_do and lemma in _NO_WHY and lemma not in ("take", "bring"):
                             if person:  # "encourages Jon to keep pushing": the object's task is the fact
                                 found.append((f"What {pre} {vphrase} {obj} {neg}to do?", _first_predicate(to_do)))
@@ -656,8 +652,7 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15, user: str | N
                             pass  # "advised Jon not to ...": who alone asks nothing
                         elif social:
                             pass  # "Who did Melanie praise? -> Caroline", "What did Jon mention? -> losing his job"
-                        elif lemma in ("take", "bring") and (_head(obj) in _PERSON_NOUNS or _named_person(obj) or
-                                                             obj.split()[-1].lower() in _ING_NOUNS):
+                        elif lemma in ("take", "bring") and (_names_people(obj) or obj.split()[-1].lower() in _ING_NOUNS):
                             pass  # "What does Melanie take? -> her family camping": where or what for, not whom
                         elif not (lemma in ("take", "bring") and _to_place(rest_after)):
                             found.append((f"{who} {pre} {vphrase}?", obj))
@@ -674,8 +669,7 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15, user: str | N
                             if dest:  # "took her kids to a pottery workshop": the When names it
                                 found.append((f"Where {pre} {vobj}?", dest))
                                 vobj, tail = f"{vobj} to {dest}", tail[1 + m:]
-                        found += _adjunct_pairs(pre, vobj, tail, None if social else when, max_words,
-                                                why=why and not social, when=not social)
+                        found += _adjunct_pairs(pre, vobj, tail, when, max_words, why=why, when=not social)
                     elif intransitive:  # a date of its own only
                         found += _adjunct_pairs(pre, verb, after, None if social else lead_date, max_words,
                                                 when=not social)
