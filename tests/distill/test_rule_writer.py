@@ -185,6 +185,11 @@ JUL20 = dt.date(2023, 7, 20)
       ("When did Jon show Gina a photo of his dance crew?", "20 July 2023")]),
     # a vague object gets no question at all, not even a When ("When did Gina face challenges?")
     ("Gina faced challenges in her business.", []),
+    # time spent or invested is how, not what ("What does Caroline spend? -> time with friends")
+    ("Caroline spends time with friends biking.", []),
+    ("Jon is investing his time in his business.", []),
+    ("Melanie cherishes time with family.",
+     [("What does Melanie cherish?", "time with family")]),
     ("Gina faced a lawsuit in her business.",
      [("What did Gina face?", "a lawsuit"), ("When did Gina face a lawsuit?", "20 July 2023")]),
 ])

@@ -76,6 +76,7 @@ _PERSON_NOUNS = {"investor", "investors", "friend", "friends", "mentor", "mentor
 _GENERIC_HEADS = {"place", "way", "chance", "opportunity", "spot", "time", "reason"}  # "a place to open ..."
 _IDIOM_OBJECTS = {"step", "steps", "part", "action", "care", "notice", "advantage", "place", "break", "chance"}
 _LIGHT = {"having", "have", "get", "use", "using"}  # "is having trouble", "got mentored": no What pair
+_TIME_VERBS = {"spend", "invest", "waste", "devote", "dedicate"}  # "spends time with friends": time is no thing
 _NOT_VERBS = {"need", "red", "bed", "seed", "feed", "speed", "bred", "shed", "led", "wed",
               "bus", "is", "was", "has", "this", "his", "its", "as", "us", "yes", "always",
               "sometimes", "perhaps", "news", "series", "kids", "friends", "parents", "interested",
@@ -622,7 +623,8 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15, user: str | N
                         obj = " ".join(words[1:])  # "shows her some figurines": who "her" is, the memory does not say
                     one = obj.lower() if obj and len(obj.split()) == 1 and obj[:1].islower() else ""
                     if obj and (obj.split()[0].lower() in _PERCEPTION or (
-                            lemma in ("take", "make", "have") and obj.split()[-1].lower() in _IDIOM_OBJECTS)):
+                            lemma in ("take", "make", "have") and obj.split()[-1].lower() in _IDIOM_OBJECTS) or (
+                            lemma in _TIME_VERBS and "time" in obj.lower().split()[:4])):
                         obj, n, intransitive = "", 0, False  # no question, and no intransitive reading either
                     if obj and obj.lower() not in _EMPTY_OBJECTS and not (
                             one.endswith("ing") and not prep and (one not in _ING_NOUNS or lemma in _MOTION)) and \
