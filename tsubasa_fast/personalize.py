@@ -134,7 +134,7 @@ class Personalizer:
             live = store.count(self.user_id)
         finally:
             store.close()
-        out = {"stats": stats.as_dict(), "live_memories": live}
+        out = {"stats": stats.as_dict(), "live_memories": live, "manager": dict(getattr(manager, "stats", {}))}
         if extractor is not None:
             out["extraction"] = dict(extractor.stats)
             out["ungrounded_examples"] = list(extractor.ungrounded_examples)
@@ -163,7 +163,10 @@ class Personalizer:
                 "malformed_generations": mine.get("malformed_generations", 0),
                 "malformed_rules": {k: v for k, v in mine.get("malformed_rules", {}).items() if v},
                 "writer": mine.get("writer"), "generator": mine.get("generator"),
-                "answerability": mine.get("answerability"), "evidence_in_topk": report["evidence_in_topk"]}
+                "answerability": mine.get("answerability"), "evidence_in_topk": report["evidence_in_topk"],
+                **{k: mine.get(k) for k in ("malformed_items", "answerability_skipped", "well_formed_check",
+                                            "answer_f1_mean")},
+                "abstain": report.get("abstain")}
 
     def stage_teacher(self) -> dict:
         from .distill.stages import teacher_stage
@@ -240,6 +243,11 @@ def _markdown(r: dict) -> str:
             f"repeated facts dropped."]
         for e in mem.get("ungrounded_examples") or []:
             lines.append(f"  - dropped (session {e.get('session')}, {e.get('dia_id')}): {e.get('text')}")
+    man = mem.get("manager") or {}
+    if man:  # the manager's decisions by op, and how it decided (the LLM manager's fallbacks in bold)
+        fallback = f"; **{man['fallback']} decisions fell back to the rule manager (invalid LLM reply)**" \
+            if "fallback" in man else ""
+        lines.append(f"- memory, evolution: {_counts({k: v for k, v in man.items() if k != 'fallback'})}{fallback}.")
     stats = mem.get("stats") or {}
     lines.append(f"- memory, writing: {stats.get('skipped_sessions', 0)} sessions with no valid extraction; "
                  f"{stats.get('uncited_turns', 0)} of the user's turns no observation cites were remembered "
@@ -249,11 +257,23 @@ def _markdown(r: dict) -> str:
         lines += [
             f"- QA synthesis ({qa.get('generator')} writer): {qa.get('malformed_generations', 0)} prompts gave no "
             f"pair; writer {_counts(w)}; dropped by filter: {_counts(qa.get('dropped'))}; malformed-pair rules "
-            f"broken: {_counts(qa.get('malformed_rules'))}; answerability check: {qa.get('answerability')}."]
+            f"broken: {_counts(qa.get('malformed_rules'))}; {qa.get('malformed_items', 0)} malformed items in "
+            f"replies; well-formed check: {qa.get('well_formed_check')}; answerability check: "
+            f"{qa.get('answerability')} ({qa.get('answerability_skipped', 0)} skipped, answer F1 mean "
+            f"{qa.get('answer_f1_mean')})."]
+        if qa.get("abstain"):
+            lines.append(f"- QA synthesis, abstention pairs: {_counts(qa['abstain'])}.")
         ev = qa.get("evidence_in_topk") or {}
         if ev:
             lines.append(f"- teacher evidence already in the student's top-{ev.get('k')}: {ev.get('in_topk')} of "
                          f"{ev.get('pairs')} pairs ({ev.get('share')}); policy: {ev.get('policy')}.")
+    if tc:
+        lines.append(f"- teacher cache: {tc.get('cached')} pairs cached, {tc.get('resumed', 0)} already cached "
+                     f"(resumed); **{tc.get('truncated', 0)} prompts cut to max_length**.")
+    if tr:
+        lines.append(f"- training: resumed from step {tr.get('resumed_from', 0)}; adapter reused: "
+                     f"{tr.get('reused', False)}; {tr.get('padded_per_epoch', 0)} zero-weight padding examples per "
+                     f"epoch; **{tr.get('truncated', 0)} student prompts cut to max_length**.")
     lines += ["", f"Peak resident memory: {r['peak_rss_mib']} MiB.", "", "![loss curve](adapter/loss.png)", ""]
     return "\n".join(lines)
 

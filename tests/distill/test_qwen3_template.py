@@ -39,3 +39,14 @@ def test_teacher_and_student_rows_are_the_answer_tokens_after_the_thinking_block
         rows = range(len(ids))[seq.target_rows]
         assert [ids[r + 1] for r in rows] == answer + [IM_END]
         assert ids.count(IM_START) == 3
+
+
+def test_a_prompt_cut_to_max_length_keeps_its_end_and_counts_the_cut(tiny_qwen3):
+    tok = AutoTokenizer.from_pretrained(tiny_qwen3)
+    messages = student_messages(["Maya moved to Bristol."] * 20, "Where does Maya live?")
+    full = chat_prompt_ids(tok, messages)
+    answer = tok.encode("Bristol", add_special_tokens=False) + [IM_END]
+    assert encode(tok, messages, "Bristol").truncated == 0
+    seq = encode(tok, messages, "Bristol", max_length=40)
+    assert len(seq.input_ids) == 40 and seq.truncated == len(full) - (40 - len(answer))
+    assert seq.input_ids == full[-(40 - len(answer)):] + answer  # question and header survive

@@ -70,11 +70,13 @@ def load_qa(path: str | Path) -> list[QAPair]:
 
 @dataclass(frozen=True)
 class Encoded:
-    """One teacher-forced sequence: prompt + answer tokens + end-of-turn."""
+    """One teacher-forced sequence: prompt + answer tokens + end-of-turn. ``truncated``: prompt
+    tokens cut from the front to fit ``max_length`` (counted by the stages, never silent)."""
 
     input_ids: list[int]
     answer_start: int
     answer_len: int
+    truncated: int = 0
 
     @property
     def target_rows(self) -> slice:
@@ -92,10 +94,12 @@ def encode(tokenizer, messages: list[dict], answer: str, max_length: int | None 
     """Chat-template prompt (with the assistant header, thinking off) followed by the answer tokens."""
     prompt = chat_prompt_ids(tokenizer, messages)
     ans = answer_ids(tokenizer, answer)
+    cut = 0
     if max_length is not None and len(prompt) + len(ans) > max_length:
         keep = max(1, max_length - len(ans))  # keep the end of the prompt (question + header)
+        cut = len(prompt) - keep
         prompt = prompt[-keep:]
-    return Encoded(prompt + ans, len(prompt), len(ans))
+    return Encoded(prompt + ans, len(prompt), len(ans), cut)
 
 
 def collate(seqs: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:

@@ -104,10 +104,12 @@ def teacher_stage(student, out: Path, config) -> dict:
 
 def train_stage(student, out: Path, config, retrieve: Callable[[str], list[str]] | None, user: str) -> dict:
     """Trains the adapter into ``out/adapter`` from ``out/qa.jsonl`` and ``out/cache`` (resumes
-    from its last checkpoint); returns steps and first / last loss."""
+    from its last checkpoint); returns steps, first / last loss and the counts a report shows
+    (the step it resumed from, padding examples per epoch, truncated prompts, a reused adapter)."""
     from .train import train
 
     out = Path(out)
     summary = train(student, load_qa(out / QA_FILE), out / CACHE_DIR, out / ADAPTER_DIR, config,
                     retrieve=retrieve, user=user)
-    return {"steps": summary["steps"], "first_loss": summary["first_loss"], "last_loss": summary["last_loss"]}
+    keys = ("steps", "first_loss", "last_loss", "resumed_from", "padded_per_epoch", "truncated")
+    return {**{k: summary.get(k) for k in keys}, "reused": bool(summary.get("reused"))}

@@ -34,7 +34,7 @@ def build_teacher_cache(student, pairs: list[QAPair], out_dir, config: TeacherCo
     """Caches the teacher's top-d entries of every pair not cached yet; returns counts."""
     writer = TeacherCacheWriter(out_dir, cache_spec(student, config), shard_tokens=config.shard_tokens)
     todo = [p for p in pairs if p.key not in writer.done]
-    stats = {"pairs": len(pairs), "resumed": len(pairs) - len(todo), "cached": 0, "tokens": 0}
+    stats = {"pairs": len(pairs), "resumed": len(pairs) - len(todo), "cached": 0, "tokens": 0, "truncated": 0}
     tok = student.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     bar = progress_bar(total=len(todo), desc="teacher cache", unit="pair", disable=not progress)
@@ -55,6 +55,7 @@ def build_teacher_cache(student, pairs: list[QAPair], out_dir, config: TeacherCo
                     writer.add(pair.key, top.indices[offset : offset + n], top.logprobs[offset : offset + n])
                     offset += n
                     stats["tokens"] += n
+                    stats["truncated"] += seq.truncated > 0  # prompt cut to max_length: evidence may be lost
                 stats["cached"] += len(chunk)
                 bar.update(len(chunk))
     except BaseException:

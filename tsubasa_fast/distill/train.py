@@ -85,12 +85,15 @@ def encode_student(tokenizer, row: dict, max_length: int) -> Encoded:
 
 
 def student_examples(tokenizer, rows: list[dict], pairs: list[QAPair], cache: TeacherCache,
-                     max_length: int) -> list[dict]:
+                     max_length: int, stats: dict | None = None) -> list[dict]:
     """One ``TopDDataCollator`` example per pair: the student sequence, its answer-predicting
-    rows as ``teacher_mask`` and the cached teacher entries of those rows."""
+    rows as ``teacher_mask`` and the cached teacher entries of those rows. ``stats["truncated"]``
+    counts the prompts cut to ``max_length``."""
     out = []
     for p, row in zip(pairs, rows):
         e = encode_student(tokenizer, row, max_length)
+        if stats is not None:
+            stats["truncated"] = stats.get("truncated", 0) + (e.truncated > 0)
         idx, lp = cache.get(p.key)
         if idx.shape[0] != e.answer_len:
             raise InputError(f"pair {p.key}: the cache holds {idx.shape[0]} answer tokens, the student "
@@ -296,7 +299,8 @@ def train(student, pairs: list[QAPair], cache_dir, out_dir, config: TrainConfig,
     finished = _finished_training(student, out_dir, digest)
     if finished is not None:
         return finished
-    examples = student_examples(student.tokenizer, rows, pairs, cache, config.max_length)
+    counts = {"truncated": 0}
+    examples = student_examples(student.tokenizer, rows, pairs, cache, config.max_length, counts)
     # accelerate's even_batches would repeat examples to fill the last micro-batches of an
     # epoch (trained on twice); zero-weight examples fill them instead and change no gradient
     padded = (-n) % (micro * world) if world > 1 else 0
@@ -325,7 +329,7 @@ def train(student, pairs: list[QAPair], cache_dir, out_dir, config: TrainConfig,
                "first_loss": history[0]["loss"] if history else None,
                "last_loss": history[-1]["loss"] if history else None, "world_size": world,
                "micro_batch_size": micro, "repeated_per_epoch": 0,
-               "padded_per_epoch": padded,
+               "padded_per_epoch": padded, "truncated": counts["truncated"],
                "train": asdict(config), "cache": str(cache_dir), "teacher_d": cache.spec.d,
                "inputs_sha256": digest}
     if trainer.is_world_process_zero():
@@ -344,7 +348,8 @@ def evaluate_loss(student, pairs: list[QAPair], cache_dir, rows: list[dict], con
     cache = TeacherCache(cache_dir)
     if topd_kl_options(student.model) is None:
         apply_topd_kl(student.model)
-    examples = student_examples(student.tokenizer, rows, pairs, cache, config.max_length)
+    counts = {"truncated": 0}
+    examples = student_examples(student.tokenizer, rows, pairs, cache, config.max_length, counts)
     collate = TopDDataCollator(_pad_id(student.tokenizer))
     was_training = student.model.training
     student.model.eval()
