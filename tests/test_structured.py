@@ -12,7 +12,8 @@ import pytest
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from tsubasa_fast.structured import SchemaError, StructuredOutputError, generate, generate_batch, parse_reply
+from tsubasa_fast.structured import (SchemaError, StructuredOutputError, generate, generate_batch, json_in_reply,
+                                     parse_reply)
 
 MSG = [{"role": "user", "content": "Describe Ann as JSON."}]
 SCHEMA = {"type": "object", "additionalProperties": False, "required": ["name", "age", "pets"],
@@ -93,3 +94,16 @@ def test_parse_reply_validates_unconstrained_text():
     assert parse_reply('{"op": "ADD", "target": null, "text": ""}', Fact) == Fact(op="ADD", target=None, text="")
     with pytest.raises(StructuredOutputError, match="target"):
         parse_reply('{"op": "ADD", "target": 9, "text": ""}', Fact)
+
+
+def test_json_in_reply_finds_the_asked_kind_in_prose():
+    reply = 'Pairs [1] below: {"q": "Where?", "a": ["Bristol"]} done'
+    assert json_in_reply(reply, dict) == {"q": "Where?", "a": ["Bristol"]}  # from the first "{"
+    assert json_in_reply('Here: [{"q": "Who?"}] ok', list) == [{"q": "Who?"}]
+    assert json_in_reply('x {"a": 1} y') == {"a": 1}
+    with pytest.raises(StructuredOutputError, match="no JSON object"):
+        json_in_reply("[1, 2]", dict)
+    with pytest.raises(StructuredOutputError, match="unparsable JSON"):
+        json_in_reply('{"a": 1', dict)
+    with pytest.raises(StructuredOutputError, match="no JSON list"):
+        json_in_reply('{"a": 1}', list)

@@ -10,34 +10,10 @@ ChatLM, so their replies cannot be malformed.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from typing import Any
 
 from .chat import chat_prompt_ids
-
-_JSON_SPANS = {list: re.compile(r"\[.*\]", re.S), dict: re.compile(r"\{.*\}", re.S)}
-_KIND_NAMES = {list: "JSON list", dict: "JSON object"}
-
-
-def json_in_reply(reply: str | None, kind: type) -> Any:
-    """The JSON list or object (``kind``) a model reply contains, surrounding prose ignored.
-
-    Raises ValueError saying what is wrong, so callers can count or retry malformed replies.
-    """
-    name = _KIND_NAMES[kind]
-    m = _JSON_SPANS[kind].search(reply or "")
-    if not m:
-        raise ValueError(f"no {name} in the reply")
-    try:
-        value = json.loads(m.group(0))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"unparsable {name}: {e}") from None
-    if not isinstance(value, kind):
-        raise ValueError(f"reply is not a {name}")
-    return value
-
 
 class ChatLM:
     """Greedy chat-template generation with a local transformers causal LM."""

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 from .chat import chat_prompt_text
 
 __all__ = ["SchemaError", "StructuredOutputError", "Grammar", "grammar_for", "generate",
-           "generate_batch", "parse_reply"]
+           "generate_batch", "json_in_reply", "parse_reply"]
 
 # Compact JSON (no free whitespace): a small model otherwise can spend its budget on newlines.
 _JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
@@ -256,17 +256,35 @@ def generate(model: Any, tokenizer: Any, messages: list[dict], schema: Any, **kw
     return generate_batch(model, tokenizer, [messages], schema, **kwargs)[0]
 
 
+def _json_span(reply: str | None, kind: type | None = None) -> str:
+    """The text of the one JSON value a reply holds: from its first opening bracket (``{`` for
+    ``kind=dict``, ``[`` for ``list``, whichever comes first for None) to the last closing one."""
+    text = (reply or "").strip()
+    pairs = {dict: "{}", list: "[]"}
+    opens = [pairs[kind]] if kind is not None else list(pairs.values())
+    starts = [(text.find(o), c) for o, c in opens if text.find(o) >= 0]
+    if not starts:
+        what = {dict: "JSON object", list: "JSON list", None: "JSON"}[kind]
+        raise StructuredOutputError(f"no {what} in the reply: {text[:80]!r}")
+    start, close = min(starts)
+    end = text.rfind(close) if kind is not None else max(text.rfind("}"), text.rfind("]"))
+    return text[start:end + 1] if end > start else text[start:]
+
+
+def json_in_reply(reply: str | None, kind: type | None = None) -> Any:
+    """The JSON value (a ``kind``: dict or list, or either) in an unconstrained chat's reply,
+    surrounding prose ignored, with no schema: for replies whose shape the caller checks itself.
+    Raises :class:`StructuredOutputError` saying what is wrong."""
+    try:  # the span opens with the kind's bracket: parsed, it is of that kind
+        return json.loads(_json_span(reply, kind))
+    except json.JSONDecodeError as e:
+        raise StructuredOutputError(f"unparsable JSON: {e}") from None
+
+
 def parse_reply(reply: str | None, schema: Any) -> Any:
     """Validate an unconstrained chat's text reply against ``schema`` (the JSON it contains).
 
     For chats that cannot be constrained; surrounding prose around one JSON value is ignored.
     Raises :class:`StructuredOutputError` saying what is wrong.
     """
-    grammar = grammar_for(schema)
-    text = (reply or "").strip()
-    starts = [i for i in (text.find("{"), text.find("[")) if i >= 0]
-    if not starts:
-        raise StructuredOutputError(f"no JSON in the reply: {text[:80]!r}")
-    start = min(starts)
-    end = max(text.rfind("}"), text.rfind("]"))
-    return grammar.validate(text[start:end + 1] if end > start else text[start:])
+    return grammar_for(schema).validate(_json_span(reply))

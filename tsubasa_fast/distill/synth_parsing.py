@@ -3,9 +3,9 @@ lines (SmolLM2-135M rarely writes valid JSON); the count of unparsable parts is 
 
 from __future__ import annotations
 
-import json
 import re
 
+from ..structured import json_in_reply
 from .synth_filters import normalize_answer
 
 def _pairs_from_json(obj) -> list[tuple[str, str]] | None:
@@ -62,15 +62,13 @@ def parse_pairs(reply: str) -> tuple[list[tuple[str, str]], int]:
     """
     reply = str(reply or "")
     items = None
-    for pattern in (r"\[.*\]", r"\{.*\}"):
-        m = re.search(pattern, reply, re.S)
-        if m:
-            try:
-                items = _pairs_from_json(json.loads(m.group(0)))
-            except (json.JSONDecodeError, ValueError):
-                items = None
-            if items:
-                break
+    for kind in (list, dict):
+        try:
+            items = _pairs_from_json(json_in_reply(reply, kind))
+        except ValueError:  # StructuredOutputError too: no such JSON in the reply
+            items = None
+        if items:
+            break
     if not items:
         items = _pairs_from_lines(reply)
     good, bad = [], 0

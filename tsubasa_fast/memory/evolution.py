@@ -24,7 +24,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from ..errors import InputError
-from ..llm import json_in_reply
+from ..structured import json_in_reply
 from .slots import (Segment, Slot, content_stems, extract_slots, human_date, informative, names,
                     past_tense, render, segments, strip_prefix, subject_of, subjects_compatible, words)
 from .store import MemoryStore, Record
