@@ -66,6 +66,11 @@ def test_updated_changes_a_shared_value_everywhere():
     (lambda: EvalConfig(method="rag"), "method"),
     (lambda: EvalConfig(seeds=0), "seeds"),
     (lambda: EvalConfig(limit=0), "limit"),
+    (lambda: SynthConfig(generator="gpt"), "generator"),
+    (lambda: SynthConfig(limit=0), "limit"),
+    (lambda: SynthConfig(pairs_per_prompt=True), "pairs_per_prompt"),
+    (lambda: SynthConfig(f1_threshold=1.5), "f1_threshold"),
+    (lambda: SynthConfig(min_context_overlap=-0.1), "min_context_overlap"),
 ])
 def test_bad_values_name_their_field(make, field):
     with pytest.raises(InputError) as e:

@@ -44,11 +44,7 @@ def evaluate(personalizer: Personalizer, questions, echo=print, max_new_tokens: 
 
     answerer = Answerer(personalizer.out / "store", personalizer.user_id, student=personalizer.student,
                         config=replace(personalizer.config.answer, max_new_tokens=max_new_tokens))
-    st = personalizer.student
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    set_peft_model_state_dict(st.model, load_file(str(personalizer.out / "adapter" / "adapter_model.safetensors")))
+    personalizer.student.load_adapter_weights(personalizer.out / "adapter")
     rows = []
     for q in questions:
         base = answerer.answer(q.question, adapter=False)

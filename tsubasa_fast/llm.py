@@ -16,7 +16,9 @@ from typing import Any
 from .chat import chat_prompt_ids
 
 class ChatLM:
-    """Greedy chat-template generation with a local transformers causal LM."""
+    """Chat-template generation with a local transformers causal LM: the one generation path of
+    every stage (free text with :meth:`chat`, grammar-constrained with :meth:`structured`), with a
+    peft model's adapter on or off per call (``adapter``; default: off when ``adapter_off``)."""
 
     def __init__(self, model: Any, tokenizer: Any, max_new_tokens: int = 256,
                  temperature: float = 0.0, name: str = "llm", adapter_off: bool = False):
@@ -41,13 +43,17 @@ class ChatLM:
         model, tok = load_causal_lm(path, dtype=dtype, device=device, load_in_4bit=load_in_4bit)
         return cls(model, tok, name=str(path or "SmolLM2-135M-Instruct"), **kwargs)
 
-    def __call__(self, messages: list[dict], max_new_tokens: int | None = None) -> str:
-        return self.chat(messages, max_new_tokens)
+    def __call__(self, messages: list[dict], max_new_tokens: int | None = None, adapter: bool | None = None) -> str:
+        return self.chat(messages, max_new_tokens, adapter=adapter)
 
-    def _context(self):
+    def _context(self, adapter: bool | None = None):
+        """Where the model generates: with its adapter disabled (the base model) unless asked for.
+        A model with no adapter is the base model already."""
         import contextlib
 
-        return self.model.disable_adapter() if self.adapter_off else contextlib.nullcontext()
+        off = self.adapter_off if adapter is None else not adapter
+        return self.model.disable_adapter() if off and hasattr(self.model, "disable_adapter") else \
+            contextlib.nullcontext()
 
     def structured(self, messages: list[dict], schema: Any, max_new_tokens: int | None = None, **gen) -> Any:
         """The reply decoded under ``schema``'s grammar, validated (see :func:`structured.generate`)."""
@@ -63,7 +69,7 @@ class ChatLM:
                                   max_new_tokens=max_new_tokens or self.max_new_tokens,
                                   temperature=self.temperature, **gen)
 
-    def chat(self, messages: list[dict], max_new_tokens: int | None = None) -> str:
+    def chat(self, messages: list[dict], max_new_tokens: int | None = None, adapter: bool | None = None) -> str:
         import torch
 
         prompt = torch.tensor([chat_prompt_ids(self.tokenizer, messages)], device=self.model.device)
@@ -74,7 +80,7 @@ class ChatLM:
             gen.update(do_sample=True, temperature=self.temperature)
         else:
             gen.update(do_sample=False)
-        with torch.inference_mode(), self._context():
+        with torch.inference_mode(), self._context(adapter):
             out = self.model.generate(**ids, **gen)
         new = out[0, ids["input_ids"].shape[1]:]
         return self.tokenizer.decode(new, skip_special_tokens=True).strip()

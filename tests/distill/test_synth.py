@@ -254,8 +254,15 @@ def test_cli_rule_writes_qa_and_report(tmp_path, store, capsys):
     assert "--no-llm needs --generator rule" in capsys.readouterr().err
     assert main(["synth", "--store", str(tmp_path / "none"), "--user", USER, "--out", str(out)]) == 2
     assert "no memory store" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["synth", "--store", str(store.path), "--user", USER, "--out", str(out), "--f1-threshold", "2"])
+    # the options are SynthConfig's: its validation names the field, shown as the flag
+    assert main(["synth", "--store", str(store.path), "--user", USER, "--out", str(out), "--f1-threshold", "2"]) == 2
+    assert "--f1-threshold: must be in [0, 1], got 2.0" in capsys.readouterr().err
+    assert main(["synth", "--store", str(store.path), "--user", USER, "--out", str(out), "--generator", "rule",
+                 "--no-llm", "--pairs-per-prompt", "1", "--limit", "2", "--seed", "3"]) == 0
+    capsys.readouterr()
+    config = json.loads((tmp_path / "out" / "qa.report.json").read_text())["config"]
+    assert {k: config[k] for k in ("pairs_per_prompt", "limit", "seed", "max_answer_words", "generator")} == {
+        "pairs_per_prompt": 1, "limit": 2, "seed": 3, "max_answer_words": 15, "generator": "rule"}
 
 
 @pytest.mark.slow

@@ -104,9 +104,9 @@ def test_eval_qa_seeds_and_closed_book(locomo, tiny_qwen3, tmp_path, monkeypatch
     calls = []
     real_call = ChatLM.__call__
 
-    def counted(self, messages, max_new_tokens=None):
+    def counted(self, messages, max_new_tokens=None, adapter=None):
         calls.append(messages)
-        return real_call(self, messages, max_new_tokens)
+        return real_call(self, messages, max_new_tokens, adapter=adapter)
 
     monkeypatch.setattr(ChatLM, "__call__", counted)
     out = tmp_path / "qa.json"

@@ -65,7 +65,9 @@ def _flags(parser: argparse.ArgumentParser, argv: list[str]) -> dict[str, str]:
             if isinstance(action, argparse._SubParsersAction):
                 nxt = next((p for name, p in action.choices.items() if name in words), None)
             elif action.option_strings:
-                flag = max((o for o in action.option_strings if not o.startswith("--no-")), key=len)
+                # the positive flag of a --x / --no-x pair; a lone "--no-llm" is its own flag
+                flag = max((o for o in action.option_strings if not o.startswith("--no-")), key=len,
+                           default=action.option_strings[0])
                 out[action.dest] = flag
                 # generated options ("train.lr"): a library error names the field alone ("lr")
                 out.setdefault(action.dest.rpartition(".")[2], flag)

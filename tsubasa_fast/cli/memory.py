@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..fileio import atomic_write_text
 from ..progress import progress_bar
-from ..memory.config import MemoryConfig, default_manager
+from ..memory.config import DEFAULT_K, EMBEDDERS, MemoryConfig, default_manager
 from ..memory.retrieval import DEFAULT_ALPHA, DEFAULT_MODE, DEFAULT_SPEAKER_BOOST, FUSIONS, MODES
 from ..memory.store import MemoryStoreError, open_store
 from . import group
@@ -76,7 +76,7 @@ def register(subparsers) -> None:
                        description="Top-k live memories of one user (the library's default ranking).")
     p.add_argument("--store", required=True, type=Path, help="store directory")
     p.add_argument("--user", required=True, help="user id, e.g. conv-26:Caroline")
-    p.add_argument("-k", type=_positive, default=3, help="number of results (default 3)")
+    p.add_argument("-k", type=_positive, default=DEFAULT_K, help=f"number of results (default {DEFAULT_K})")
     p.add_argument("--retrieval", choices=MODES, default=DEFAULT_MODE,
                    help=f"ranking: dense cosine, hybrid BM25+cosine, or hybrid with date matching "
                         f"(default {DEFAULT_MODE}, as `eval retrieval`)")
@@ -99,7 +99,7 @@ def register(subparsers) -> None:
 
     p = mem.add_parser("import", help="import records from an export (idempotent)")
     p.add_argument("--store", required=True, type=Path, help="store directory")
-    p.add_argument("--embedder", choices=("minilm", "hashing"), default=None, help="embedder for a new store")
+    p.add_argument("--embedder", choices=EMBEDDERS, default=None, help="embedder for a new store")
     p.add_argument("file", type=Path, help=".jsonl file written by `memory export`")
     _lock_timeout_arg(p)
     p.set_defaults(func=_store_errors(cmd_import))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from ..distill.configs import EVIDENCE_POLICIES
+from ..distill.configs import EVIDENCE_POLICIES, GENERATORS
 from ..memory.config import EMBEDDERS, MANAGERS, SOURCES
 from ..ops.reference import TAIL_MODES
 from ..run_config import METHODS
@@ -39,8 +39,20 @@ OPTIONS = {
                                              "their session cites", BOOL),
     },
     "synth": {
-        "generator": ("--synth-generator", "who writes the training questions", {"choices": ("llm", "rule")}),
+        "generator": ("--synth-generator", "who writes the training questions: the LLM under the writer's grammar, "
+                                           "rule templates over parsed observations, or the unconstrained "
+                                           "LLM writer (an ablation)", {"choices": GENERATORS}),
         "pairs_per_prompt": ("--pairs-per-prompt", "answers (so questions) per memory", {"type": positive_int}),
+        "group_size": ("--group-size", "memories per writing prompt", {"type": positive_int}),
+        "max_answer_words": ("--max-answer-words", "longest answer kept", {"type": positive_int}),
+        "f1_threshold": ("--f1-threshold", "least token F1 between the model's re-answer and the pair's answer",
+                         {"type": float}),
+        "min_context_overlap": ("--min-context-overlap", "least share of an answer's content words found in its "
+                                                         "context (0: off)", {"type": float}),
+        "max_new_tokens": ("--synth-max-new-tokens", "generation limit per writing prompt", {"type": positive_int}),
+        "limit": ("--synth-limit", "at most N writing prompts (groups of memories)",
+                  {"type": positive_int, "metavar": "N"}),
+        "seed": ("--synth-seed", "torch seed for a sampling writer", {"type": int}),
         "check_answerable": ("--answer-check", "the answerability re-ask filter (the llm writer has its round trip)",
                              BOOL),
         "evidence_in_topk": ("--evidence-in-topk", "pairs whose evidence is already in the student's top-k: "

@@ -56,10 +56,4 @@ class Answerer:
         if not isinstance(question, str) or not question.strip():
             raise ValueError("question must be a non-empty string")
         memories = self.retrieve(question) if self.retrieve is not None else None
-        messages = student_messages(memories, question)
-        if adapter:
-            text = self.chat(messages)
-        else:
-            with self.student.model.disable_adapter():
-                text = self.chat(messages)
-        return Answer(text, memories)
+        return Answer(self.chat(student_messages(memories, question), adapter=adapter), memories)

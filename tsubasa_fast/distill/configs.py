@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import InputError
+from ..memory.config import DEFAULT_K
 from ..memory.retrieval import DEFAULT_MODE, MODES
 
 GENERATORS = ("llm", "rule", "llm-text")
@@ -60,7 +61,7 @@ class AnswerConfig:
     """How the student (or the base) is asked: the top-k memories, then a greedy answer. Training
     uses the same k, ranking and grounding, so the student learns the prompt it answers with."""
 
-    k: int = 3
+    k: int = DEFAULT_K
     retrieval: str = DEFAULT_MODE  # the best measured (benchmarks/README.md)
     grounding: bool = True  # False: the question alone
     max_new_tokens: int = 32
@@ -112,17 +113,16 @@ class SynthConfig:
             raise InputError(f"must be one of {EVIDENCE_POLICIES}, got {self.evidence_in_topk!r}",
                              field="evidence_in_topk")
         if self.generator not in GENERATORS:
-            raise ValueError(f"generator must be one of {GENERATORS}, got {self.generator!r}")
+            raise InputError(f"must be one of {GENERATORS}, got {self.generator!r}", field="generator")
         for name in ("group_size", "pairs_per_prompt", "max_answer_words", "max_new_tokens",
-                     "answer_max_new_tokens"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= float(self.f1_threshold) <= 1.0:
-            raise ValueError(f"f1_threshold must be in [0, 1], got {self.f1_threshold}")
-        if not 0.0 <= float(self.min_context_overlap) <= 1.0:
-            raise ValueError(f"min_context_overlap must be in [0, 1], got {self.min_context_overlap}")
-        if self.limit is not None and int(self.limit) < 1:
-            raise ValueError(f"limit must be >= 1, got {self.limit}")
+                     "answer_max_new_tokens", "report_examples") + (("limit",) if self.limit is not None else ()):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "report_examples" else 1):
+                raise InputError(f"must be an integer >= {0 if name == 'report_examples' else 1}, got {value!r}",
+                                 field=name)
+        for name in ("f1_threshold", "min_context_overlap"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise InputError(f"must be in [0, 1], got {getattr(self, name)}", field=name)
         if not 0.0 <= float(self.abstain_share) <= 1.0:
             raise InputError(f"must be in [0, 1], got {self.abstain_share}", field="abstain_share")
 
@@ -161,7 +161,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     tail: str = "renorm"
     ce_weight: float = 0.0
-    k: int = 3  # memories in the student prompt
+    k: int = DEFAULT_K  # memories in the student prompt
     grounding: bool = True  # False: the question alone (the "no grounding" ablation)
     retrieval: str = DEFAULT_MODE  # the best measured (benchmarks/README.md)
     checkpoint_every: int = 50

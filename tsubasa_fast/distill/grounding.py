@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import InputError
+from ..memory.config import DEFAULT_K
 from ..memory.retrieval import DEFAULT_MODE, Retriever
 from ..memory.store import open_store
 
 
-def memory_retriever(store_dir: str | Path, user: str, k: int = 3,
+def memory_retriever(store_dir: str | Path, user: str, k: int = DEFAULT_K,
                      mode: str = DEFAULT_MODE) -> Callable[[str], list[str]]:
     """``retrieve(question) -> [memory text, ...]`` (at most k) over one user's live memories."""
     if k < 1:

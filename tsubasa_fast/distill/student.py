@@ -95,6 +95,19 @@ class Student:
 
     # -------------------------------------------------------------------- adapters on disk
 
+    def load_adapter_weights(self, directory: str | os.PathLike) -> None:
+        """Loads a saved adapter's weights into this student's adapter (checked first: same base
+        model and tokenizer, and every tensor a key of this adapter)."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        check_adapter(directory, self)
+        weights = load_file(str(Path(directory) / "adapter_model.safetensors"), device=str(self.device))
+        result = set_peft_model_state_dict(self.model, weights)
+        if getattr(result, "unexpected_keys", None):
+            raise AdapterMismatchError(f"the adapter in {directory} does not fit this student (unexpected "
+                                       f"{result.unexpected_keys[:3]})", field="adapter")
+
     def save_adapter(self, directory: str | os.PathLike, meta: dict | None = None) -> Path:
         """Writes the adapter and its metadata into `directory` (other files there stay).
 

@@ -227,14 +227,7 @@ def _finished_training(student, out_dir: Path, digest: str) -> dict | None:
     done = adapter_meta(out_dir).get("training") or {}
     if done.get("inputs_sha256") != digest:
         return None
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    weights = load_file(str(out_dir / "adapter_model.safetensors"), device=str(student.device))
-    result = set_peft_model_state_dict(student.model, weights)
-    if getattr(result, "unexpected_keys", None):
-        raise InputError(f"the adapter in {out_dir} does not fit this student (unexpected "
-                         f"{result.unexpected_keys[:3]})", field="out_dir")
+    student.load_adapter_weights(out_dir)
     log.info("training already finished for these inputs: adapter loaded from %s", out_dir)
     return {**done, "reused": True}
 

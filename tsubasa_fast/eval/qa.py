@@ -210,9 +210,9 @@ class QAEvaluator:
                            "retrieved_tokens": sum(count_tokens(m) for m in memories or [])}
                     if e.method == "tsubasa":  # the distilled student, then the same base without it
                         row.update(self._scored(lm(messages), gold, qa.category))
-                        row["base"] = self._scored(self._base_answer(student, lm, messages), gold, qa.category)
+                        row["base"] = self._scored(self._base_answer(lm, messages), gold, qa.category)
                     else:
-                        row.update(self._scored(self._base_answer(student, lm, messages), gold, qa.category))
+                        row.update(self._scored(self._base_answer(lm, messages), gold, qa.category))
                     row["judge"] = None
                     out_rows.append(row)
                 self._time("answer", t0)
@@ -232,12 +232,11 @@ class QAEvaluator:
             rows.extend(out_rows)
         return rows, per_conv
 
-    def _base_answer(self, student, lm, messages) -> str:
+    def _base_answer(self, lm, messages) -> str:
         """The base model's (adapter off) answer to ``messages``, generated once per prompt."""
         key = json.dumps([messages, lm.max_new_tokens], sort_keys=True)
         if key not in self._base_answers:
-            with student.model.disable_adapter():
-                self._base_answers[key] = lm(messages)
+            self._base_answers[key] = lm(messages, adapter=False)
         return self._base_answers[key]
 
     @staticmethod

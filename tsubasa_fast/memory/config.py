@@ -11,6 +11,7 @@ SOURCES = ("utterances", "observations", "llm")
 HISTORY_SOURCES = ("llm", "utterances")  # what a user's own history offers (no dataset observations)
 MANAGERS = ("llm", "rule", "static")
 EMBEDDERS = ("minilm", "hashing")
+DEFAULT_K = 3  # memories retrieved per question: search, the student's prompt and its training
 
 
 @dataclass

@@ -37,6 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import InputError
+from .config import DEFAULT_K
 from .store_db import (
     SCHEMA_VERSION,
     EmbedderMismatchError,
@@ -372,7 +373,7 @@ class MemoryStore:
         raise InputError(f"must be a non-empty string or an embedding vector, got {type(query).__name__}",
                          field="query")
 
-    def search(self, user_id: str, query: str | np.ndarray, k: int = 3) -> list[Hit]:
+    def search(self, user_id: str, query: str | np.ndarray, k: int = DEFAULT_K) -> list[Hit]:
         """Top-k live records of one user by cosine similarity: always min(k, live) hits."""
         check_user(user_id)
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
