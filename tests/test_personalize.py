@@ -65,7 +65,7 @@ def test_personalize_runs_every_stage_and_resumes(tiny_qwen3, tmp_path):
     assert {k: v for k, v in man.items() if v} == report["memory"]["stats"]["ops"] and f"- memory, evolution: ADD {man['ADD']}" in md
     tc, tr = report["teacher_cache"], report["training"]
     assert tc["cached"] == report["qa"]["kept"] and tc["resumed"] == 0 and tc["truncated"] == 0
-    assert f"- teacher cache: {tc['cached']} pairs cached, 0 already cached" in md
+    assert f"- teacher cache: {tc['cached']} pairs cached, 0 already cached" in md and "0 newly cached prompts cut" in md
     assert (tr["resumed_from"], tr["reused"], tr["truncated"]) == (0, False, 0)  # the crash came before step 1
     assert "- training: resumed from step 0; adapter reused: False" in md
     assert "malformed items in replies; well-formed check: skipped" in md

@@ -211,6 +211,11 @@ def _config_dict(config: RunConfig) -> dict:
     return out
 
 
+def _n(d: dict, key: str):
+    """A count of a stage dict, "unknown" where a run of an older version did not record it."""
+    return "unknown" if d.get(key) is None else d[key]
+
+
 def _counts(d: dict | None) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted((d or {}).items())) or "none"
 
@@ -245,9 +250,12 @@ def _markdown(r: dict) -> str:
             lines.append(f"  - dropped (session {e.get('session')}, {e.get('dia_id')}): {e.get('text')}")
     man = mem.get("manager") or {}
     if man:  # the manager's decisions by op, and how it decided (the LLM manager's fallbacks in bold)
-        fallback = f"; **{man['fallback']} decisions fell back to the rule manager (invalid LLM reply)**" \
-            if "fallback" in man else ""
-        lines.append(f"- memory, evolution: {_counts({k: v for k, v in man.items() if k != 'fallback'})}{fallback}.")
+        how = {k: man[k] for k in ("constrained", "unconstrained", "fallback") if k in man}
+        fallback = f"; **{how['fallback']} decisions fell back to the rule manager (invalid LLM reply)**" \
+            if how.get("fallback") else ""
+        lines.append(f"- memory, evolution: {_counts({k: v for k, v in man.items() if k not in how})}"
+                     + (f"; asked {_counts({k: v for k, v in how.items() if k != 'fallback'})}" if how else "")
+                     + f"{fallback}.")
     stats = mem.get("stats") or {}
     lines.append(f"- memory, writing: {stats.get('skipped_sessions', 0)} sessions with no valid extraction; "
                  f"{stats.get('uncited_turns', 0)} of the user's turns no observation cites were remembered "
@@ -257,10 +265,10 @@ def _markdown(r: dict) -> str:
         lines += [
             f"- QA synthesis ({qa.get('generator')} writer): {qa.get('malformed_generations', 0)} prompts gave no "
             f"pair; writer {_counts(w)}; dropped by filter: {_counts(qa.get('dropped'))}; malformed-pair rules "
-            f"broken: {_counts(qa.get('malformed_rules'))}; {qa.get('malformed_items', 0)} malformed items in "
-            f"replies; well-formed check: {qa.get('well_formed_check')}; answerability check: "
-            f"{qa.get('answerability')} ({qa.get('answerability_skipped', 0)} skipped, answer F1 mean "
-            f"{qa.get('answer_f1_mean')})."]
+            f"broken: {_counts(qa.get('malformed_rules'))}; {_n(qa, 'malformed_items')} malformed items in "
+            f"replies; well-formed check: {_n(qa, 'well_formed_check')}; answerability check: "
+            f"{qa.get('answerability')} ({_n(qa, 'answerability_skipped')} skipped, answer F1 mean "
+            f"{_n(qa, 'answer_f1_mean')})."]
         if qa.get("abstain"):
             lines.append(f"- QA synthesis, abstention pairs: {_counts(qa['abstain'])}.")
         ev = qa.get("evidence_in_topk") or {}
@@ -268,12 +276,12 @@ def _markdown(r: dict) -> str:
             lines.append(f"- teacher evidence already in the student's top-{ev.get('k')}: {ev.get('in_topk')} of "
                          f"{ev.get('pairs')} pairs ({ev.get('share')}); policy: {ev.get('policy')}.")
     if tc:
-        lines.append(f"- teacher cache: {tc.get('cached')} pairs cached, {tc.get('resumed', 0)} already cached "
-                     f"(resumed); **{tc.get('truncated', 0)} prompts cut to max_length**.")
+        lines.append(f"- teacher cache: {tc.get('cached')} pairs cached, {_n(tc, 'resumed')} already cached "
+                     f"(resumed); **{_n(tc, 'truncated')} newly cached prompts cut to max_length**.")
     if tr:
-        lines.append(f"- training: resumed from step {tr.get('resumed_from', 0)}; adapter reused: "
-                     f"{tr.get('reused', False)}; {tr.get('padded_per_epoch', 0)} zero-weight padding examples per "
-                     f"epoch; **{tr.get('truncated', 0)} student prompts cut to max_length**.")
+        lines.append(f"- training: resumed from step {_n(tr, 'resumed_from')}; adapter reused: "
+                     f"{tr.get('reused', False)}; {_n(tr, 'padded_per_epoch')} zero-weight padding examples per "
+                     f"epoch; **{_n(tr, 'truncated')} student prompts cut to max_length**.")
     lines += ["", f"Peak resident memory: {r['peak_rss_mib']} MiB.", "", "![loss curve](adapter/loss.png)", ""]
     return "\n".join(lines)
 
