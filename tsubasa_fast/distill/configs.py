@@ -114,12 +114,13 @@ class SynthConfig:
                              field="evidence_in_topk")
         if self.generator not in GENERATORS:
             raise InputError(f"must be one of {GENERATORS}, got {self.generator!r}", field="generator")
-        for name in ("group_size", "pairs_per_prompt", "max_answer_words", "max_new_tokens",
-                     "answer_max_new_tokens", "report_examples") + (("limit",) if self.limit is not None else ()):
+        least = {"group_size": 1, "pairs_per_prompt": 1, "max_answer_words": 1, "max_new_tokens": 1,
+                 "answer_max_new_tokens": 1, "report_examples": 0, "limit": 1}  # limit None: no limit
+        for name, low in least.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "report_examples" else 1):
-                raise InputError(f"must be an integer >= {0 if name == 'report_examples' else 1}, got {value!r}",
-                                 field=name)
+            if (value is not None or name != "limit") and (
+                    isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise InputError(f"must be an integer >= {low}, got {value!r}", field=name)
         for name in ("f1_threshold", "min_context_overlap"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise InputError(f"must be in [0, 1], got {getattr(self, name)}", field=name)
