@@ -31,7 +31,7 @@ test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install
-	$(PY) -m tsubasa_fast.demo
+	$(PY) -m tsubasa_fast.cli demo
 
 bench: install
 	$(PY) -m benchmarks.loss

@@ -117,3 +117,23 @@ def test_memory_ingest_options_come_from_the_memory_config(capsys):
         assert all(c in err for c in allowed)
     with pytest.raises(SystemExit):  # --source stays required
         p.parse_args(["memory", "ingest", "--store", "s", "--locomo", "x.json"])
+
+
+def test_demo_options_come_from_the_demo_config(capsys, tmp_path):
+    """`tsubasa-fast demo` (make demo): --model, --4bit and --steps land in demo_config()'s stages,
+    every other value stays the demo's; a missing model folder is one clear line, exit status 2."""
+    from tsubasa_fast.demo import demo_config
+
+    p = build_parser()
+    cfg = run_config(p.parse_args(["demo"]), demo_config())
+    assert cfg == demo_config() and cfg.train.checkpoint_every == 10
+    args = p.parse_args(["demo", "--model", "m", "--no-4bit", "--steps", "7", "--out", str(tmp_path / "o")])
+    assert run_config(args, demo_config()) == demo_config("m", 7, False)
+    assert args.out == tmp_path / "o"
+    with pytest.raises(SystemExit):
+        p.parse_args(["demo", "--steps", "0"])
+    assert "--steps" in capsys.readouterr().err
+    assert main(["demo", "--model", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tsubasa-fast: error: ") and str(tmp_path / "none") in err and "\n" not in err
+    assert not (tmp_path / "o").exists()  # nothing written before the model is found

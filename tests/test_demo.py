@@ -1,4 +1,4 @@
-"""`make demo` runs tsubasa_fast.demo: here with a tiny Qwen3 and the fast settings."""
+"""`make demo` (`tsubasa-fast demo`) runs tsubasa_fast.demo: here with a tiny Qwen3 and the fast settings."""
 
 import statistics
 

@@ -6,15 +6,13 @@ a preference and keeps a weekly habit): memory writing with the decisions printe
 happen, self-learned QA, teacher cache, student training. Then every held-back question of
 the sample is answered by the base model with retrieval and by the distilled student with
 retrieval, scored with token F1 against the reference answer. Rerunning resumes (or reuses)
-the finished stages in ``--out``.
+the finished stages in ``out``. The command: ``tsubasa-fast demo`` (``make demo``, :mod:`.cli.demo`).
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from .eval.metrics import token_f1
@@ -31,19 +29,17 @@ def demo_config(model: str | None = None, steps: int | None = None,
     """The defaults of personalize (grounded LLM extraction falling back, counted, to the
     user's own words in the third person where the small model invents; the rule manager; the
     stage recipe of :func:`.distill.configs.recipe`), with a checkpoint every 10 steps."""
-    from .distill.configs import recipe
-    from .distill.student import StudentConfig
-
-    train = replace(recipe()[2], steps=steps, checkpoint_every=10)
-    return RunConfig(student=StudentConfig(model=model, load_in_4bit=load_in_4bit), train=train)
+    return RunConfig().updated({"student": {"model": model, "load_in_4bit": load_in_4bit},
+                                "train": {"steps": steps, "checkpoint_every": 10}})
 
 
-def evaluate(personalizer: Personalizer, questions, echo=print, max_new_tokens: int = 24) -> list[dict]:
-    """Answers every question with base + retrieval and student + retrieval; prints a table."""
+def evaluate(personalizer: Personalizer, questions, echo=print) -> list[dict]:
+    """Answers every question with base + retrieval and student + retrieval (the run's answer
+    config: as ``ask`` answers); prints a table."""
     from .distill.answer import Answerer
 
     answerer = Answerer(personalizer.out / "store", personalizer.user_id, student=personalizer.student,
-                        config=replace(personalizer.config.answer, max_new_tokens=max_new_tokens))
+                        config=personalizer.config.answer)
     personalizer.student.load_adapter_weights(personalizer.out / "adapter")
     rows = []
     for q in questions:
@@ -75,9 +71,13 @@ def _print_table(rows: list[dict], echo) -> None:
 def run(out: str | Path = "demo_out", model: str | None = None, steps: int | None = None,
         config: RunConfig | None = None, echo=print, questions: int | None = None,
         load_in_4bit: bool | None = None) -> dict:
+    """The demo into ``out``: ``config`` (default :func:`demo_config` of ``model``, ``steps`` and
+    ``load_in_4bit``), then the first ``questions`` held-back questions (default all)."""
     t0 = time.perf_counter()
-    p = Personalizer(SAMPLE, USER, out, config or demo_config(model, steps, load_in_4bit), echo=echo)
-    echo(f"personalising {p.user_id} from {SAMPLE.name} into {p.out}/ (model: {model or 'SmolLM2-135M-Instruct'})")
+    config = config or demo_config(model, steps, load_in_4bit)
+    p = Personalizer(SAMPLE, USER, out, config, echo=echo)
+    echo(f"personalising {p.user_id} from {SAMPLE.name} into {p.out}/ "
+         f"(model: {config.student.model or 'SmolLM2-135M-Instruct'})")
     report = p.run()
     qs = load_eval_questions(SAMPLE)[:questions]
     rows = evaluate(p, qs, echo)
@@ -86,18 +86,3 @@ def run(out: str | Path = "demo_out", model: str | None = None, steps: int | Non
          f"\"Where does Maya live now?\"")
     echo(f"{time.perf_counter() - t0:.0f}s in all")
     return {"report": report, "answers": rows}
-
-
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="demo_out", help="output directory (default demo_out/)")
-    ap.add_argument("--model", default=None, help="local causal LM folder (default SmolLM2-135M-Instruct)")
-    ap.add_argument("--4bit", dest="four_bit", action=argparse.BooleanOptionalAction, default=None,
-                    help="load the base in 4-bit NF4 (default: on with CUDA, off on CPU), e.g. Qwen3-4B on a GPU")
-    ap.add_argument("--steps", type=int, default=None, help="training steps (default: 3 epochs)")
-    args = ap.parse_args(argv)
-    run(args.out, args.model, args.steps, load_in_4bit=args.four_bit)
-
-
-if __name__ == "__main__":
-    main()

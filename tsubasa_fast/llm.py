@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .chat import chat_prompt_ids
 
 class ChatLM:
     """Chat-template generation with a local transformers causal LM: the one generation path of
@@ -70,17 +69,9 @@ class ChatLM:
                                   temperature=self.temperature, **gen)
 
     def chat(self, messages: list[dict], max_new_tokens: int | None = None, adapter: bool | None = None) -> str:
-        import torch
+        from .generation import encode_chats, generate_replies
 
-        prompt = torch.tensor([chat_prompt_ids(self.tokenizer, messages)], device=self.model.device)
-        ids = {"input_ids": prompt, "attention_mask": torch.ones_like(prompt)}
-        gen = dict(max_new_tokens=max_new_tokens or self.max_new_tokens,
-                   pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
-        if self.temperature > 0:
-            gen.update(do_sample=True, temperature=self.temperature)
-        else:
-            gen.update(do_sample=False)
-        with torch.inference_mode(), self._context(adapter):
-            out = self.model.generate(**ids, **gen)
-        new = out[0, ids["input_ids"].shape[1]:]
-        return self.tokenizer.decode(new, skip_special_tokens=True).strip()
+        enc = encode_chats(self.tokenizer, [messages], self.model.device)
+        with self._context(adapter):
+            return generate_replies(self.model, self.tokenizer, enc, temperature=self.temperature,
+                                    max_new_tokens=max_new_tokens or self.max_new_tokens)[0]

@@ -47,6 +47,10 @@ class Personalizer:
         if self.config.memory.source not in HISTORY_SOURCES:
             raise InputError(f"a history offers the sources {HISTORY_SOURCES}, got {self.config.memory.source!r}",
                              field="source")
+        if self.config.student.model is not None:  # a missing model folder fails before anything is written
+            from .models import resolve_causal_lm
+
+            resolve_causal_lm(self.config.student.model)
         self.out = Path(out_dir)
         self.echo = echo
         self.conv, self.speaker = load_history(self.history, user)
@@ -143,20 +147,15 @@ class Personalizer:
 
     def stage_synth(self) -> dict:
         from .distill.grounding import memory_retriever
-        from .distill.stages import evidence_stage, save_qa, synth_stage
+        from .distill.stages import qa_stage
 
-        store = open_store(self.out / "store", must_exist=True)
-        try:
-            pairs, report = synth_stage(store, [self.user_id], self.chat, self.config.synth)
-        finally:
-            store.close()
-        a = self.config.answer
+        a = self.config.answer  # the student's k and ranking: the evidence check sees its prompt
         retrieve = memory_retriever(self.out / "store", self.user_id, a.k, a.retrieval)
         try:
-            pairs = evidence_stage(pairs, report, retrieve, a.k, self.config.synth.evidence_in_topk)
+            _, report = qa_stage(retrieve.store, [self.user_id], self.chat, self.config.synth, retrieve, a.k,
+                                 self.out)
         finally:
             retrieve.store.close()
-        save_qa(self.out, pairs, report)
         self.echo(f"  {report['kept']} QA pairs kept of {report['generated']} generated; dropped {report['dropped']}")
         mine = report["users"][self.user_id]
         return {"kept": report["kept"], "generated": report["generated"], "dropped": report["dropped"],

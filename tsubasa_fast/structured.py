@@ -23,7 +23,7 @@ import json
 import threading
 from typing import Any, Sequence
 
-from .chat import chat_prompt_text
+from .generation import encode_chats, generate_replies
 
 __all__ = ["SchemaError", "StructuredOutputError", "Grammar", "grammar_for", "generate",
            "generate_batch", "json_in_reply", "parse_reply"]
@@ -185,10 +185,6 @@ class GrammarLogitsProcessor:
         return scores.masked_fill(~allowed, float("-inf"))
 
 
-def _render(tokenizer: Any, messages: list[dict]) -> str:
-    return chat_prompt_text(tokenizer, messages)
-
-
 def generate_batch(model: Any, tokenizer: Any, batch: Sequence[list[dict]], schema: Any, *,
                    max_new_tokens: int = 256, temperature: float = 0.0,
                    repetition_penalty: float | None = None) -> list[Any]:
@@ -197,8 +193,6 @@ def generate_batch(model: Any, tokenizer: Any, batch: Sequence[list[dict]], sche
     ``schema``: one schema for every row, or a list of schemas, one per row. Raises :class:`SchemaError` for an unusable schema (before any generation) and
     :class:`StructuredOutputError` if a reply did not finish within ``max_new_tokens``.
     """
-    import torch
-
     if max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
     if not batch:
@@ -214,30 +208,12 @@ def generate_batch(model: Any, tokenizer: Any, batch: Sequence[list[dict]], sche
         raise SchemaError("tokenizer: no eos_token_id to end a constrained reply with")
     n_vocab = model.get_output_embeddings().weight.shape[0]
     ll_tok = _ll_tokenizer(tokenizer, n_vocab)
-    texts = [_render(tokenizer, m) for m in batch]
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        enc = tokenizer(texts, return_tensors="pt", padding=len(texts) > 1, add_special_tokens=False)
-    finally:
-        tokenizer.padding_side = side
-    enc = {k: v.to(model.device) for k, v in enc.items()}
-    proc = GrammarLogitsProcessor(grammars, ll_tok, len(texts), enc["input_ids"].shape[1], eos_id)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
-    gen: dict = dict(max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos_id,
-                     logits_processor=[proc])
-    if temperature > 0:
-        gen.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
-    else:
-        gen.update(do_sample=False, temperature=None, top_k=None, top_p=None)
-    if repetition_penalty:
-        gen["repetition_penalty"] = repetition_penalty
-    with torch.inference_mode():
-        out = model.generate(**enc, **gen)
+    enc = encode_chats(tokenizer, batch, model.device)
+    proc = GrammarLogitsProcessor(grammars, ll_tok, len(batch), enc["input_ids"].shape[1], eos_id)
+    texts = generate_replies(model, tokenizer, enc, max_new_tokens=max_new_tokens, temperature=temperature,
+                             logits_processor=[proc], eos_token_id=eos_id, repetition_penalty=repetition_penalty)
     results = []
-    for row, m in enumerate(proc.matchers):
-        new = out[row, enc["input_ids"].shape[1]:]
-        text = tokenizer.decode(new, skip_special_tokens=True).strip()
+    for row, (m, text) in enumerate(zip(proc.matchers, texts)):
         if m.is_error():
             raise StructuredOutputError(f"grammar matcher failed: {m.get_error()}")
         if not m.is_accepting():

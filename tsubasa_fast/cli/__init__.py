@@ -3,7 +3,8 @@
 Each group module (``memory``, later ``synth``, ``train``, ...) exposes
 ``register(subparsers)``, which adds its commands and sets ``func`` on each leaf parser;
 ``func(args) -> int`` is the exit status. Errors from bad input (``ValueError``,
-``FileNotFoundError``) are printed as one clear line with exit status 2.
+``FileNotFoundError``, a missing model folder or package) are printed as one clear line with
+exit status 2.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import sys
 
 from ..errors import InputError, StageError
 from ..memory.store_db import MemoryStoreError
+from ..models import ModelNotFoundError
 
 # Command-group modules, in the order they appear in --help. Add new groups here.
-GROUPS = ("memory", "synth", "distill", "personalize", "eval_qa")
+GROUPS = ("memory", "synth", "distill", "personalize", "eval_qa", "demo")
 
 
 def positive_int(value: str) -> int:
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, StageError, MemoryStoreError) as e:
+    except (ValueError, FileNotFoundError, KeyError, StageError, MemoryStoreError, ModelNotFoundError) as e:
         print(f"tsubasa-fast: error: {error_message(e, parser, argv)}", file=sys.stderr)
         return 2
 

@@ -65,7 +65,6 @@ def register(subparsers) -> None:
                                                           "store keeps its own)"}})
     p.add_argument("--model", default=None,
                    help="local causal LM folder for --source llm / --manager llm (default SmolLM2-135M-Instruct)")
-    p.add_argument("--max-new-tokens", type=_positive, default=384, help="generation limit for the LLM")
     p.add_argument("--date-prefix", action=argparse.BooleanOptionalAction, default=None,
                    help="prefix memory texts with the session date (default: on for utterances only)")
     add_options(p, {"memory": MemoryConfig()}, {"memory": ("uncited_turns",)}, help_prefix="observations / llm: ")
@@ -149,7 +148,7 @@ def cmd_ingest(args) -> int:
     if source == "llm" or manager_name == "llm":
         from ..llm import ChatLM
 
-        chat = ChatLM.load(args.model, max_new_tokens=args.max_new_tokens)
+        chat = ChatLM.load(args.model)  # extraction and the manager size each reply's limit
     extractor = ObservationExtractor(chat) if source == "llm" else None
     manager = make_manager(manager_name, chat=chat)
     store = open_store(args.store, getattr(args, "memory.embedder"), lock_timeout=args.lock_timeout)

@@ -1,5 +1,5 @@
-"""The distillation stages that personalize, eval qa and the demo share: QA synthesis, the
-evidence check against the student's top-k, the teacher cache, training.
+"""The distillation stages that personalize, eval qa and the demo share: QA (synthesis, the
+evidence check against the student's top-k, saved), the teacher cache, training.
 
 Each stage reads and writes the standard files of one run folder (``qa.jsonl`` and
 ``qa.report.json``, ``cache/``, ``adapter/``), so a pipeline is these calls in order, and a
@@ -90,6 +90,17 @@ def save_qa(out: Path, pairs: list[dict], report: dict) -> None:
 
     write_qa_jsonl(Path(out) / QA_FILE, pairs)
     write_report(Path(out) / QA_REPORT, report)
+
+
+def qa_stage(store, users: Sequence[str], chat, config, retrieve: Callable[[str], list[str]], k: int,
+             out: Path, text_of=None) -> tuple[list[dict], dict]:
+    """The QA stage of every pipeline: :func:`synth_stage`, :func:`evidence_stage` (with the
+    policy ``config.evidence_in_topk``, against the student's top-``k``), then :func:`save_qa`
+    into ``out``; returns the saved ``(pairs, report)``."""
+    pairs, report = synth_stage(store, users, chat, config, text_of=text_of)
+    pairs = evidence_stage(pairs, report, retrieve, k, config.evidence_in_topk)
+    save_qa(out, pairs, report)
+    return pairs, report
 
 
 def teacher_stage(student, out: Path, config) -> dict:

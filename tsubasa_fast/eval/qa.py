@@ -129,20 +129,18 @@ class QAEvaluator:
 
     def _distil(self, conv, store, conv_dir: Path, retrieve: Callable[[str], list[str]], c: RunConfig):
         """Synthesise QA for both speakers, cache the teacher, train one adapter; returns the student."""
-        from ..distill.stages import evidence_stage, save_qa, synth_stage, teacher_stage, train_stage
+        from ..distill.stages import qa_stage, teacher_stage, train_stage
 
         student = self._student(c, fresh=True)
         t0 = time.perf_counter()
         chat = self._base_chat(student, c.synth.max_new_tokens)
         try:
             # the writer, its filters and the teacher see each memory as the student is shown it (dated)
-            pairs, report = synth_stage(store, [u for u in conv.user_ids if store.count(u)], chat, c.synth,
-                                        text_of=lambda r, _conv=conv: self._dated(_conv, r))
-            pairs = evidence_stage(pairs, report, retrieve, c.answer.k, c.synth.evidence_in_topk)
+            pairs, report = qa_stage(store, [u for u in conv.user_ids if store.count(u)], chat, c.synth, retrieve,
+                                     c.answer.k, conv_dir, text_of=lambda r, _conv=conv: self._dated(_conv, r))
         except StageError as e:
             raise StageError(f"{conv.sample_id}: {e}") from None
         self._time("synth", t0)
-        save_qa(conv_dir, pairs, report)
         t0 = time.perf_counter()
         teacher_stage(student, conv_dir, c.teacher)
         self._time("teacher", t0)
