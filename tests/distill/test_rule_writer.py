@@ -192,6 +192,28 @@ JUL20 = dt.date(2023, 7, 20)
      [("What does Melanie cherish?", "time with family")]),
     ("Gina faced a lawsuit in her business.",
      [("What did Gina face?", "a lawsuit"), ("When did Gina face a lawsuit?", "20 July 2023")]),
+    # a group of people is asked with Who; a support group is a thing
+    ("Caroline met a group of religious conservatives on a hike.",
+     [("Who did Caroline meet?", "a group of religious conservatives"),
+      ("When did Caroline meet a group of religious conservatives?", "20 July 2023")]),
+    ("Caroline joined a support group.",
+     [("What did Caroline join?", "a support group"), ("When did Caroline join a support group?", "20 July 2023")]),
+    # emphatic "does": the verb is the next word; a negated clause asks nothing
+    ("Maya does miss her old team.", [("What does Maya miss?", "her old team")]),
+    ("Maya did not go to the party.", []),
+    ("Maya did research on birds.",  # "research" is the object here, not the verb
+     [("What did Maya do?", "research"), ("When did Maya do research?", "20 July 2023")]),
+    # a capitalised word before a noun names the field, not a place
+    ("Maya finished an online course in UX research.",
+     [("What did Maya finish?", "an online course"), ("When did Maya finish an online course?", "20 July 2023")]),
+    ("Maya finished a course in Leeds.",
+     [("What did Maya finish?", "a course"), ("Where did Maya finish a course?", "Leeds"),
+      ("When did Maya finish a course in Leeds?", "20 July 2023")]),
+    # "X's <noun> is <obj>" only when the noun is a thing and the object no lone adjective
+    ("Maya's favorite book is Dune.", [("What is Maya's favorite book?", "Dune")]),
+    ("Maya's doctor said Maya's iron was low.", []),
+    ("Maya's colleague Priya is kind.", []),
+    ("Maya's job is stressful.", []),
 ])
 def test_templates(text, expected):
     assert R.rule_pairs(dated(text, JUL20), max_pairs=3) == expected

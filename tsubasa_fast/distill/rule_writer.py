@@ -73,6 +73,7 @@ _PERSON_NOUNS = {"investor", "investors", "friend", "friends", "mentor", "mentor
                  "girl", "boy", "mom", "mother", "dad", "father", "parents", "brother", "sister", "son", "daughter",
                  "husband", "wife", "partner", "volunteers", "members", "youth", "family", "grandmother",
                  "grandfather", "grandma", "grandpa", "cousin", "aunt", "uncle", "designer", "designers"}
+_COLLECTIVE = {"group", "team", "crowd", "bunch", "circle"}  # "a group of ...": people, so Who
 _GENERIC_HEADS = {"place", "way", "chance", "opportunity", "spot", "time", "reason"}  # "a place to open ..."
 _IDIOM_OBJECTS = {"step", "steps", "part", "action", "care", "notice", "advantage", "place", "break", "chance"}
 _LIGHT = {"having", "have", "get", "use", "using"}  # "is having trouble", "got mentored": no What pair
@@ -112,6 +113,8 @@ _ADVERBS = {"currently", "recently", "also", "still", "now", "often", "usually",
 # banker") when the continuation is short
 _CONTINUE = {"for", "of", "as"}
 _ADJECTIVE_ENDINGS = ("ful", "ous", "ive", "less", "ic", "able", "ible", "ing", "al")
+_ADJ_ONLY_ENDINGS = ("ful", "ous", "less", "ly", "able", "ible")  # "lovely", "stressful"; not "family" (no ADJ)
+_TIME_WORDS = {"last", "this", "next", "yesterday", "today", "tomorrow", "tonight", "where", "when"}
 _MAX_CONTINUED = 7  # words of an object continued that way
 _MAX_CLAUSE_WORDS = 10  # what a "believes ..." / "mentioned ..." answer may run to
 _MONTHS = "January February March April May June July August September October November December"
@@ -150,6 +153,13 @@ def _lemma_present(word: str) -> str | None:
     return None if w in _NOT_VERBS else verb_base(w, "present")
 
 
+def _adjective(obj: str) -> bool:
+    """``obj`` is one lowercase adjective ("lovely", "stressful"), which answers no What question."""
+    from lemminflect import getAllLemmas
+
+    return " " not in obj and obj.islower() and obj.endswith(_ADJ_ONLY_ENDINGS) and "ADJ" in getAllLemmas(obj)
+
+
 def _vague(obj: str) -> bool:
     """The object's head noun says nothing on its own ("challenges", "her hard work", "his exciting
     news"; not "his passion for dancing": a for / of / as phrase pins it down; of "X and Y", both
@@ -165,9 +175,13 @@ def _vague(obj: str) -> bool:
 
 def _names_people(obj: str) -> bool:
     """``obj`` names people: its head (the last word before a for / of / as / with phrase) is a
-    person noun ("some investors"; not "a mentorship program for LGBTQ youth"), or a name follows
-    one ("her friend Melanie", "his brother Ben")."""
-    words = re.split(r"\s+(?:for|of|as|with)\s+", obj)[0].split()
+    person noun ("some investors"; not "a mentorship program for LGBTQ youth"), a name follows
+    one ("her friend Melanie", "his brother Ben"), or it is a group of something ("a group of
+    religious conservatives"; "a support group" is no person)."""
+    head, *more = re.split(r"\s+(for|of|as|with)\s+", obj)
+    words = head.split()
+    if words[-1].lower() in _COLLECTIVE and more[:1] == ["of"]:
+        return True  # "a group of religious conservatives"
     return words[-1].lower() in _PERSON_NOUNS or (
         len(words) > 1 and words[-1][:1].isupper() and words[-2].lower() in _PERSON_NOUNS)
 
@@ -352,7 +366,8 @@ def _verb_group(rest: list[str]) -> tuple[str, str, list[str]] | None:
     """``(aux, verb form, tokens after the verb)`` for the start of a predicate, else None.
 
     ``is learning X`` -> ("is", "learning"); ``has been creating X`` -> ("has", "been creating");
-    ``adopted X`` -> ("did", "adopt"); ``loves X`` -> ("does", "love").
+    ``adopted X`` -> ("did", "adopt"); ``loves X`` -> ("does", "love"); ``does miss X`` -> ("does",
+    "miss"); a negated ``did not ...`` -> None.
     """
     if not rest:
         return None
@@ -376,6 +391,15 @@ def _verb_group(rest: list[str]) -> tuple[str, str, list[str]] | None:
         if _lemma_past(nxt) and nxt != "been":
             return low, nxt, after[1:]
         return None
+    if low in ("do", "does", "did") and after:
+        nxt = after[0].lower()
+        if nxt in ("not", "n't", "never"):
+            return None  # a negated clause: nothing to ask about
+        # emphatic "does miss Maya's old team", "did love the show": the verb is the next word
+        # (not "did research on ...", "did yoga": an object)
+        if after[0][:1].islower() and can_be_bare_verb(nxt) and len(after) > 1 and \
+                (after[1][:1].isupper() or after[1].lower() in _DETERMINERS):
+            return ("did" if low == "did" else "does"), nxt, after[1:]
     if rest[0][:1].islower():
         past = _lemma_past(low)
         if past:
@@ -458,6 +482,10 @@ def _adjunct_pairs(pre: str, vobj: str, tail: Sequence[str], date: str | None,
     if place and (_DATE.fullmatch(place.group(1)) or place.group(1).split()[0] in _MONTH_SET
                   or place.group(1).endswith("'s")):  # "in Melanie's paintings": no place
         place = None
+    after_place = tail_text[place.end():].split()[:1] if place else []
+    if after_place and after_place[0].isalpha() and after_place[0].islower() and is_noun(after_place[0]) and \
+            after_place[0] not in _BOUNDARY | _TRAILING | _CLAUSE_END | _ADVERBS | _TIME_WORDS:
+        place = None  # "in UX research", "at Google headquarters": the name modifies a noun
     if not place:  # "volunteered with her family at a homeless shelter"
         at = re.match(r"^(?:with (?:her|his|their) \w+ )?at\s+((?:a|an|the)\s+[a-z][\w-]*(?:\s+[a-z][\w-]*)?)\b",
                       tail_text)
@@ -537,7 +565,12 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15, user: str | N
                 if t.lower() in ("is", "are", "was", "were") and 0 < j <= 4:
                     obj, _ = _phrase(rest[j + 1:], max_words)
                     noun = _join(rest[:j])
-                    if obj and noun and not any(c in noun for c in ",;") and obj.lower() not in _EMPTY_OBJECTS \
+                    # "Maya's doctor said Maya's iron was ...": no noun; "Maya's colleague Priya is ...": a person
+                    # is no thing to ask What of; "... is lovely": an adjective is no answer
+                    garbled = any(t.endswith("'s") or (_lemma_past(t.lower()) or "") in _CLAUSE_VERBS
+                                  for t in rest[:j]) or rest[j - 1][:1].isupper() or _adjective(obj)
+                    if obj and noun and not garbled and not any(c in noun for c in ",;") and \
+                            obj.lower() not in _EMPTY_OBJECTS \
                             and not (obj[:1].islower() and obj.split()[0].endswith(("ing", "ed"))) \
                             and not set(obj.lower().split()[:2]) & _FRAME_NOUNS:
                         found.append((f"What {t.lower()} {subject} {noun}?", obj))
