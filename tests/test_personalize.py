@@ -58,6 +58,8 @@ def test_personalize_runs_every_stage_and_resumes(tiny_qwen3, tmp_path):
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     md = (out / "report.md").read_text()
     assert (out / "adapter" / "loss.png").is_file() and md.startswith("# Personal")
+    qa = report["qa"]
+    assert qa["facts"] + qa["phrasings"] == qa["kept"] and f"({qa['facts']} facts, {qa['phrasings']} more" in md
     # raw utterances: no observation, so no uncited turn either; the count is shown all the same
     assert report["memory"]["stats"]["uncited_turns"] == 0 and "0 of the user's turns no observation cites" in md
     # every stage's counts reach the report: the manager's decisions are the ops ingest applied

@@ -156,9 +156,11 @@ class Personalizer:
                                  self.out)
         finally:
             retrieve.store.close()
-        self.echo(f"  {report['kept']} QA pairs kept of {report['generated']} generated; dropped {report['dropped']}")
+        self.echo(f"  {report['kept']} QA pairs kept of {report['generated']} generated ({report['facts']} facts, "
+                  f"{report['phrasings']} more phrasings of one); dropped {report['dropped']}")
         mine = report["users"][self.user_id]
         return {"kept": report["kept"], "generated": report["generated"], "dropped": report["dropped"],
+                "facts": report["facts"], "phrasings": report["phrasings"],
                 "malformed_generations": mine.get("malformed_generations", 0),
                 "malformed_rules": {k: v for k, v in mine.get("malformed_rules", {}).items() if v},
                 "writer": mine.get("writer"), "generator": mine.get("generator"),
@@ -229,8 +231,8 @@ def _markdown(r: dict) -> str:
         "| stage | seconds | result |", "|---|---|---|",
         f"| memory | {r['seconds'].get('memory')} | {mem.get('live_memories')} live memories; "
         f"{', '.join(f'{k} {v}' for k, v in sorted(ops.items()))} |",
-        f"| QA synthesis | {r['seconds'].get('synth')} | kept {qa.get('kept')} of {qa.get('generated')}; "
-        f"dropped {qa.get('dropped')} |",
+        f"| QA synthesis | {r['seconds'].get('synth')} | kept {qa.get('kept')} of {qa.get('generated')} "
+        f"({_n(qa, 'facts')} facts, {_n(qa, 'phrasings')} more phrasings of one); dropped {qa.get('dropped')} |",
         f"| teacher cache | {r['seconds'].get('teacher')} | {tc.get('tokens')} answer tokens, "
         f"{tc.get('bytes_per_token')} bytes/token |",
         f"| training | {r['seconds'].get('train')} | {tr.get('steps')} steps, loss {tr.get('first_loss')} -> "

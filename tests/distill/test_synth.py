@@ -116,6 +116,7 @@ def test_synthesize_counts_every_filter_and_keeps_provenance(store):
     assert rep["dropped_examples"]["malformed"] == [
         {"question": "What colour is Bo?", "answer": "brown", "problems": ["no_user", "unsupported"]}]
     assert rep["kept"] == 2 and rep["answerability"] == "llm" and rep["answerability_skipped"] == 0
+    assert (rep["facts"], rep["phrasings"]) == (2, 0)  # two answers from two memories
     dog, piano = pairs
     assert dog["answer"] == "Bo" and dog["context"] == OBS[0][0]
     assert dog["dia_ids"] == ["D1:3"] and dog["observed_at"] == "2023-05-08" and dog["user"] == USER
@@ -125,6 +126,16 @@ def test_synthesize_counts_every_filter_and_keeps_provenance(store):
     assert piano["answer"] == "The piano"
     # the re-ask is cached per (context, question) and generation limits reach the model
     assert [n for _, n in chat.calls].count(S.SynthConfig().max_new_tokens) == 4
+
+
+def test_several_phrasings_of_a_fact_are_counted():
+    """A fact is one answer (normalised as the filters compare answers) from one context."""
+    pairs = [{"context": "c1", "answer": "Bo", "question": "What is the name of Caroline's dog?"},
+             {"context": "c1", "answer": "bo.", "question": "What is Caroline's dog called?"},
+             {"context": "c1", "answer": "the piano", "question": "What is Caroline learning?"},
+             {"context": "c2", "answer": "Bo", "question": "Who did Caroline walk?"}]
+    assert S.count_facts(pairs) == (3, 1)
+    assert S.count_facts([]) == (0, 0)
 
 
 def test_a_failed_re_ask_is_an_error_not_unanswerable(store):

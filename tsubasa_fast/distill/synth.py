@@ -51,7 +51,7 @@ from .pair_check import RULES as PAIR_RULES
 from .pair_check import pair_problems
 from .rule_writer import rule_pairs
 from .synth_filters import (answer_f1, clean_reply_answer, context_overlap, is_conversation_time_question,
-                            normalize_question)
+                            normalize_answer, normalize_question)
 from .synth_parsing import parse_pairs
 from .synth_prompts import answer_messages, generation_messages
 
@@ -249,9 +249,19 @@ def synthesize(store: MemoryStore, user: str, chat: ChatFn | None, config: Synth
         if bar is not None:
             bar.close()
     report["kept"] = len(kept)
+    report["facts"], report["phrasings"] = count_facts(kept)
     report["answer_f1_mean"] = round(sum(f1s) / len(f1s), 4) if f1s else None
     report["seconds"] = round(time.perf_counter() - started, 2)
     return kept, report
+
+
+def count_facts(pairs: Iterable[dict]) -> tuple[int, int]:
+    """``(facts, phrasings)`` of kept pairs: a fact is one answer from one context; its phrasings are
+    the questions beyond its first (several per fact are allowed: the duplicate filter drops only
+    one question with two answers)."""
+    pairs = list(pairs)
+    facts = len({(p["context"], normalize_answer(p["answer"])) for p in pairs})
+    return facts, len(pairs) - facts
 
 
 def write_qa_jsonl(path: str | os.PathLike, pairs: Iterable[dict]) -> int:
