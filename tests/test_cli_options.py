@@ -28,6 +28,8 @@ def test_defaults_are_the_recipe():
     synth, teacher, train = recipe()
     assert (synth.generator, synth.pairs_per_prompt, synth.check_answerable) == ("llm", 3, False)
     assert (train.epochs, train.lr, train.ce_weight) == (3.0, 3e-4, 1.0)
+    # the standalone synth / teacher-cache / train commands start from the same values
+    assert (SynthConfig(), TeacherConfig(), TrainConfig()) == (synth, teacher, train)
     # eval qa distils from the dataset's parsed observations: the recipe's rule writer
     obs_synth = recipe("observations")[0]
     assert obs_synth == replace(synth, generator="rule") and recipe("utterances")[0] == synth

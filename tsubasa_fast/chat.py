@@ -9,12 +9,6 @@ plain ChatML) ignore it.
 from __future__ import annotations
 
 
-def chat_prompt_text(tokenizer, messages: list[dict]) -> str:
-    """:func:`chat_prompt_ids` as text (for libraries that tokenise themselves)."""
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
-                                         enable_thinking=False)
-
-
 def chat_prompt_ids(tokenizer, messages: list[dict], *, add_generation_prompt: bool = True) -> list[int]:
     """Token ids of ``messages`` in the model's chat template, thinking off, ending with the
     assistant header (and Qwen3's empty thinking block) when ``add_generation_prompt``."""

@@ -101,7 +101,8 @@ def test_f1_and_question_filters():
 def test_synthesize_counts_every_filter_and_keeps_provenance(store):
     chat = FakeChat(GEN, ANSWERS)
     # grounding filter off here: its own test below; this one exercises the re-ask filter
-    cfg = S.SynthConfig(generator="llm-text", f1_threshold=0.5, min_context_overlap=0.0)
+    cfg = S.SynthConfig(generator="llm-text", f1_threshold=0.5, min_context_overlap=0.0, pairs_per_prompt=2,
+                        check_answerable=True)
     pairs, rep = S.synthesize(store, USER, chat, cfg, progress=False)
     assert [p["question"] for p in pairs] == ["What is the name of Caroline's dog?",
                                               "What instrument is Caroline learning?"]
@@ -140,8 +141,9 @@ def test_several_phrasings_of_a_fact_are_counted():
 
 def test_a_failed_re_ask_is_an_error_not_unanswerable(store):
     answers = {**ANSWERS, "instrument": RuntimeError("re-ask crashed")}
-    pairs, rep = S.synthesize(store, USER, FakeChat(GEN, answers),
-                              S.SynthConfig(generator="llm-text", f1_threshold=0.5, min_context_overlap=0.0), progress=False)
+    cfg = S.SynthConfig(generator="llm-text", f1_threshold=0.5, min_context_overlap=0.0, pairs_per_prompt=2,
+                        check_answerable=True)
+    pairs, rep = S.synthesize(store, USER, FakeChat(GEN, answers), cfg, progress=False)
     assert [p["question"] for p in pairs] == ["What is the name of Caroline's dog?"]
     # both phrasings of the piano question hit the failing re-ask (the cached failure is not a
     # kept pair, so the second is no duplicate): two errors, no "unanswerable" verdict
@@ -183,7 +185,8 @@ def test_write_is_atomic(tmp_path, monkeypatch):
 
 def test_errors(store):
     with pytest.raises(ValueError, match="no live memories for user 'nobody'"):
-        S.synthesize(store, "nobody", None, S.SynthConfig(generator="rule"), progress=False)
+        S.synthesize(store, "nobody", None, S.SynthConfig(generator="rule"),
+                               progress=False)
     with pytest.raises(ValueError, match="needs a chat model"):
         S.synthesize(store, USER, None, S.SynthConfig(), progress=False)
     for bad in (dict(generator="gpt"), dict(f1_threshold=1.5), dict(group_size=0), dict(limit=0)):
@@ -217,7 +220,7 @@ def test_rule_pairs_templates():
 def test_rule_generator_on_a_store(store):
     store.rewrite(store.all(USER)[3].id, "Caroline works as a school counselor; Caroline paints sunsets.",
                   op="UPDATE", source={"dia_ids": ["D10:1"]}, decision_source="rule")
-    pairs, rep = S.synthesize(store, USER, None, S.SynthConfig(generator="rule", max_answer_words=3),
+    pairs, rep = S.synthesize(store, USER, None, S.SynthConfig(generator="rule", max_answer_words=3, pairs_per_prompt=2),
                               progress=False)
     assert rep["answerability"] == "skipped" and rep["answerability_skipped"] == rep["kept"] == len(pairs)
     assert rep["observations"] == 4 and rep["generated"] >= 7 and rep["malformed_generations"] == 0
@@ -230,19 +233,20 @@ def test_rule_generator_on_a_store(store):
     assert all(p["generator"] == "rule" for p in pairs)
     # a 2-word cap loses exactly the pairs whose answer has 3 words: each one is either not written
     # (the rule writer's span limit) or written and counted as too long
-    short, rep_short = S.synthesize(store, USER, None, S.SynthConfig(generator="rule", max_answer_words=2),
+    short, rep_short = S.synthesize(store, USER, None, S.SynthConfig(generator="rule", max_answer_words=2, pairs_per_prompt=2),
                                     progress=False)
     three = [p for p in pairs if len(p["answer"].split()) == 3]
     assert three and rep_short["kept"] == len(pairs) - len(three)
     assert rep_short["dropped"]["too_long"] + rep["generated"] - rep_short["generated"] == len(three)
     assert [p["question"] for p in short] == [p["question"] for p in pairs if p not in three]
     # the same store twice gives the same pairs (deterministic)
-    again, _ = S.synthesize(store, USER, None, S.SynthConfig(generator="rule", max_answer_words=3),
+    again, _ = S.synthesize(store, USER, None, S.SynthConfig(generator="rule", max_answer_words=3, pairs_per_prompt=2),
                             progress=False)
     assert again == pairs
     # with an LLM the rule pairs go through the answerability filter
     chat = FakeChat({}, {"dog": "Bo", "move": "Denver"})
-    checked, rep2 = S.synthesize(store, USER, chat, S.SynthConfig(generator="rule"), progress=False)
+    checked, rep2 = S.synthesize(store, USER, chat, S.SynthConfig(generator="rule", pairs_per_prompt=2,
+                                                                  check_answerable=True), progress=False)
     assert rep2["answerability"] == "llm" and rep2["dropped"]["unanswerable"] > 0
     assert {p["answer"] for p in checked} == {"Bo", "Denver"}
 
@@ -281,7 +285,8 @@ def test_real_smollm2_on_two_observations(store):
     from tsubasa_fast.llm import ChatLM
 
     chat = ChatLM.load(None)
-    cfg = S.SynthConfig(limit=2, max_new_tokens=48, answer_max_new_tokens=12, f1_threshold=0.0)
+    cfg = S.SynthConfig(limit=2, max_new_tokens=48, answer_max_new_tokens=12, f1_threshold=0.0, pairs_per_prompt=2,
+                        check_answerable=True)
     pairs, rep = S.synthesize(store, USER, chat, cfg, progress=False)  # speed lives in benchmarks
     assert rep["prompts"] == 2
     assert rep["generated"] + rep["malformed_generations"] >= 1
