@@ -70,6 +70,8 @@ def test_personalize_runs_every_stage_and_resumes(tiny_qwen3, tmp_path):
     assert f"- teacher cache: {tc['cached']} pairs cached, 0 already cached" in md and "0 newly cached prompts cut" in md
     assert (tr["resumed_from"], tr["reused"], tr["truncated"]) == (0, False, 0)  # the crash came before step 1
     assert "- training: resumed from step 0; adapter reused: False" in md
+    # the epoch means (tests/distill/test_train_summary.py) reach the report, not one batch's loss
+    assert tr["first_epoch_loss"] is not None and f"{tr['first_epoch_loss']:.4f} -> " in md
     assert "malformed items in replies; well-formed check: skipped" in md
     meta = json.loads((out / "adapter" / "tsubasa_adapter.json").read_text())
     assert meta["user"] == report["user"]

@@ -177,11 +177,12 @@ class Personalizer:
     def stage_train(self) -> dict:
         from .distill.grounding import memory_retriever
         from .distill.stages import train_stage
+        from .distill.train import describe_loss
 
         a = self.config.answer  # training's k, ranking and grounding (RunConfig keeps them one)
         retrieve = memory_retriever(self.out / "store", self.user_id, a.k, a.retrieval) if a.grounding else None
         summary = train_stage(self.student, self.out, self.config.train, retrieve, self.user_id)
-        self.echo(f"  loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f} in {summary['steps']} steps")
+        self.echo(f"  loss {describe_loss(summary)} in {summary['steps']} steps")
         return summary
 
     # ------------------------------------------------------------------ report
@@ -222,6 +223,8 @@ def _counts(d: dict | None) -> str:
 
 
 def _markdown(r: dict) -> str:
+    from .distill.train import describe_loss
+
     mem, qa, tc, tr = r["memory"] or {}, r["qa"] or {}, r["teacher_cache"] or {}, r["training"] or {}
     ops = (mem.get("stats") or {}).get("ops", {})
     ex = mem.get("extraction")
@@ -235,8 +238,7 @@ def _markdown(r: dict) -> str:
         f"({_n(qa, 'facts')} facts, {_n(qa, 'phrasings')} more phrasings of one); dropped {qa.get('dropped')} |",
         f"| teacher cache | {r['seconds'].get('teacher')} | {tc.get('tokens')} answer tokens, "
         f"{tc.get('bytes_per_token')} bytes/token |",
-        f"| training | {r['seconds'].get('train')} | {tr.get('steps')} steps, loss {tr.get('first_loss')} -> "
-        f"{tr.get('last_loss')} |", "",
+        f"| training | {r['seconds'].get('train')} | {tr.get('steps')} steps, loss {describe_loss(tr)} |", "",
         "## Fallbacks and errors, by stage", "",
     ]
     if ex is not None:

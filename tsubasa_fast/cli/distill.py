@@ -94,7 +94,7 @@ def cmd_train(args) -> int:
     from ..distill.student import Student
     from accelerate import PartialState
 
-    from ..distill.train import train
+    from ..distill.train import describe_loss, train
 
     stages = stage_configs(args, _defaults())
     cfg = stages["train"]
@@ -111,8 +111,8 @@ def cmd_train(args) -> int:
         print(f"interrupted: the last checkpoint is in {args.out}/checkpoints; rerun the same command "
               "to resume", file=sys.stderr)
         return 130
-    print(f"trained {summary['steps']} steps: loss {summary['first_loss']:.4f} -> "
-          f"{summary['last_loss']:.4f}; adapter, metrics.jsonl and loss.png in {args.out}")
+    print(f"trained {summary['steps']} steps: loss {describe_loss(summary)}; adapter, metrics.jsonl and "
+          f"loss.png in {args.out}")
     return 0
 
 

@@ -127,5 +127,6 @@ def train_stage(student, out: Path, config, retrieve: Callable[[str], list[str]]
     out = Path(out)
     summary = train(student, load_qa(out / QA_FILE), out / CACHE_DIR, out / ADAPTER_DIR, config,
                     retrieve=retrieve, user=user)
-    keys = ("steps", "first_loss", "last_loss", "resumed_from", "padded_per_epoch", "truncated")
+    keys = ("steps", "first_loss", "last_loss", "first_epoch_loss", "last_epoch_loss", "resumed_from",
+            "padded_per_epoch", "truncated")
     return {**{k: summary[k] for k in keys if k in summary}, "reused": bool(summary.get("reused"))}

@@ -119,6 +119,34 @@ def _micro_batch(per_rank: int, limit: int) -> int:
 # ------------------------------------------------------------------------ callbacks
 
 
+def epoch_losses(history: list[dict], steps_per_epoch: int) -> tuple[float | None, float | None]:
+    """The answer-token-weighted mean loss of the first and of the last ``steps_per_epoch`` steps of
+    ``history`` (metrics.jsonl records): one step's loss is one batch's, so it moves with the batch;
+    over an epoch it shows the learning. None where a step of the span has no record or no tokens."""
+    by_step = {m["step"]: m for m in history}
+    last = max(by_step, default=0)
+
+    def mean(steps) -> float | None:
+        rows = [by_step.get(s) for s in steps]
+        if not rows or any(r is None for r in rows) or not sum(r["tokens"] for r in rows):
+            return None
+        return round(sum(r["loss"] * r["tokens"] for r in rows) / sum(r["tokens"] for r in rows), 4)
+
+    span = min(steps_per_epoch, last)
+    return mean(range(1, span + 1)), mean(range(last - span + 1, last + 1))
+
+
+def describe_loss(summary: dict) -> str:
+    """Training's loss as reports print it: the first and the last epoch's mean (one step's loss is
+    one batch's), else the first and the last step's (a summary from before the epoch means)."""
+    if summary.get("first_epoch_loss") is not None and summary.get("last_epoch_loss") is not None:
+        return (f"{summary['first_epoch_loss']:.4f} -> {summary['last_epoch_loss']:.4f} "
+                "(mean of the first and the last epoch)")
+    if summary.get("first_loss") is None:
+        return "unknown"
+    return f"{summary['first_loss']:.4f} -> {summary['last_loss']:.4f} (first and last step)"
+
+
 class _Metrics(TrainerCallback):
     """One ``metrics.jsonl`` line per optimizer step (world process zero); ``on_step(step, loss)``."""
 
@@ -318,9 +346,11 @@ def train(student, pairs: list[QAPair], cache_dir, out_dir, config: TrainConfig,
         log.warning("stopped after step %d of %d: checkpoint saved, rerun to resume", done, total)
         raise KeyboardInterrupt
     history = metrics.history
+    first_epoch, last_epoch = epoch_losses(history, math.ceil(n / config.batch_size))
     summary = {"steps": total, "resumed_from": start, "examples": n,
                "first_loss": history[0]["loss"] if history else None,
-               "last_loss": history[-1]["loss"] if history else None, "world_size": world,
+               "last_loss": history[-1]["loss"] if history else None,
+               "first_epoch_loss": first_epoch, "last_epoch_loss": last_epoch, "world_size": world,
                "micro_batch_size": micro, "repeated_per_epoch": 0,
                "padded_per_epoch": padded, "truncated": counts["truncated"],
                "train": asdict(config), "cache": str(cache_dir), "teacher_d": cache.spec.d,
