@@ -115,6 +115,7 @@ _CONTINUE = {"for", "of", "as"}
 _ADJECTIVE_ENDINGS = ("ful", "ous", "ive", "less", "ic", "able", "ible", "ing", "al")
 _ADJ_ONLY_ENDINGS = ("ful", "ous", "less", "ly", "able", "ible")  # "lovely", "stressful"; not "family" (no ADJ)
 _TIME_WORDS = {"last", "this", "next", "yesterday", "today", "tomorrow", "tonight", "where", "when"}
+_AFTER_A_PLACE = _BOUNDARY | _TRAILING | _CLAUSE_END | _ADVERBS | _TIME_WORDS  # "in Leeds last year": a place
 _MAX_CONTINUED = 7  # words of an object continued that way
 _MAX_CLAUSE_WORDS = 10  # what a "believes ..." / "mentioned ..." answer may run to
 _MONTHS = "January February March April May June July August September October November December"
@@ -484,7 +485,7 @@ def _adjunct_pairs(pre: str, vobj: str, tail: Sequence[str], date: str | None,
         place = None
     after_place = tail_text[place.end():].split()[:1] if place else []
     if after_place and after_place[0].isalpha() and after_place[0].islower() and is_noun(after_place[0]) and \
-            after_place[0] not in _BOUNDARY | _TRAILING | _CLAUSE_END | _ADVERBS | _TIME_WORDS:
+            after_place[0] not in _AFTER_A_PLACE:
         place = None  # "in UX research", "at Google headquarters": the name modifies a noun
     if not place:  # "volunteered with her family at a homeless shelter"
         at = re.match(r"^(?:with (?:her|his|their) \w+ )?at\s+((?:a|an|the)\s+[a-z][\w-]*(?:\s+[a-z][\w-]*)?)\b",
@@ -567,8 +568,8 @@ def rule_pairs(text: str, max_pairs: int = 2, max_words: int = 15, user: str | N
                     noun = _join(rest[:j])
                     # "Maya's doctor said Maya's iron was ...": no noun; "Maya's colleague Priya is ...": a person
                     # is no thing to ask What of; "... is lovely": an adjective is no answer
-                    garbled = any(t.endswith("'s") or (_lemma_past(t.lower()) or "") in _CLAUSE_VERBS
-                                  for t in rest[:j]) or rest[j - 1][:1].isupper() or _adjective(obj)
+                    garbled = any(w.endswith("'s") or (_lemma_past(w.lower()) or "") in _CLAUSE_VERBS
+                                  for w in rest[:j]) or rest[j - 1][:1].isupper() or _adjective(obj)
                     if obj and noun and not garbled and not any(c in noun for c in ",;") and \
                             obj.lower() not in _EMPTY_OBJECTS \
                             and not (obj[:1].islower() and obj.split()[0].endswith(("ing", "ed"))) \

@@ -25,8 +25,7 @@ def synth_stage(store, users: Sequence[str], chat, config, text_of=None) -> tupl
     """Writes and filters QA pairs from each user's live memories; returns ``(pairs, report)``.
     ``text_of``: the text of a memory as the student's prompt shows it (:func:`.synth.synthesize`).
 
-    ``report``: ``generated``, ``kept``, ``facts``, ``phrasings`` (:func:`.synth.count_facts`) and
-    ``dropped`` summed over the users, and each user's
+    ``report``: ``generated``, ``kept`` and ``dropped`` summed over the users, and each user's
     full filter report under ``users``. With ``config.abstain_share`` > 0, abstention pairs
     (:mod:`.abstain`, which needs two or more users) are added after the filters and counted
     under ``abstain``. Raises StageError (with the filters' counts) when no
@@ -45,8 +44,7 @@ def synth_stage(store, users: Sequence[str], chat, config, text_of=None) -> tupl
         for k, v in rep["dropped"].items():
             dropped[k] = dropped.get(k, 0) + v
     report = {"generated": sum(r["generated"] for r in reports.values()), "kept": len(pairs),
-              "facts": sum(r["facts"] for r in reports.values()),
-              "phrasings": sum(r["phrasings"] for r in reports.values()), "dropped": dropped, "users": reports}
+              "dropped": dropped, "users": reports}
     if not pairs:
         raise StageError(f"no synthesised QA pair survived the filters (dropped {dropped}): nothing to distil; "
                          "try the rule question writer, no answerability check, or a larger model")
@@ -98,7 +96,8 @@ def qa_stage(store, users: Sequence[str], chat, config, retrieve: Callable[[str]
              out: Path, text_of=None) -> tuple[list[dict], dict]:
     """The QA stage of every pipeline: :func:`synth_stage`, :func:`evidence_stage` (with the
     policy ``config.evidence_in_topk``, against the student's top-``k``), then :func:`save_qa`
-    into ``out``; returns the saved ``(pairs, report)``."""
+    into ``out``; returns the saved ``(pairs, report)``, the report with the saved pairs' ``facts``
+    and ``phrasings`` (:func:`.synth.count_facts`)."""
     from .synth import count_facts
 
     pairs, report = synth_stage(store, users, chat, config, text_of=text_of)
