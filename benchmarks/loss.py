@@ -8,6 +8,9 @@ The topd_kl case also times ``torch.compile`` of the naive code and the memory f
 ``out.copy_(logits)`` of the N x V logits into a preallocated buffer (the kernel must read
 the logits and write an N x V gradient), and reports every row as a multiple of it; and
 ``logits.clone()`` alone, the part of the "incl. logits.clone()" rows spent before the loss.
+On CPU, ``--thp`` reruns the benchmark with torch's transparent-huge-page allocation
+(``THP_MEM_ALLOC_ENABLE=1``): a fresh N x V tensor then costs one fault per 2 MiB, not per
+4 KiB, which is most of what a fresh tensor costs on the VMs measured (benchmarks/README.md).
 The fused-linear case runs with the lm_head frozen and trainable (``--heads``).
 On CUDA it adds Liger-Kernel's fused linear JSD when installed and the share of the 2-pass
 GEMM bound (4*N*H*V FLOP). Triton under the CPU interpreter is not timed (meaningless).
@@ -20,6 +23,7 @@ import csv
 import gc
 import os
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -290,6 +294,7 @@ def _rows(op, shape, impls, flop=None, device_name=""):
             "shape": shape,
             "impl": impl.name,
             "median_ms": round(med * 1e3, 2),
+            "max_ms": round(max(impl.times) * 1e3, 2),  # stalls (page faults) show up here
             "peak_mib": round(impl.peak_mib, 1),
             "speedup_vs_naive": round(base / med, 2),
             # a ratio over a peak of a few MiB measures page-granular noise, not the kernel
@@ -318,7 +323,7 @@ def _peak_flops() -> float:
 
 
 def _print_table(rows):
-    cols = ["op", "shape", "impl", "median_ms", "peak_mib", "speedup_vs_naive",
+    cols = ["op", "shape", "impl", "median_ms", "max_ms", "peak_mib", "speedup_vs_naive",
             "memory_ratio_naive_over_impl", "x_copy_floor"]
     if any("pct_of_2pass_bound" in r for r in rows):
         cols.append("pct_of_2pass_bound")
@@ -346,8 +351,16 @@ def main(argv=None) -> None:
     ap.add_argument("--reuse-pages", action="store_true",
                     help="CPU experiment: glibc keeps freed memory in its heap while timing, so "
                          "fresh tensors (eventually) reuse faulted-in pages; see _reuse_freed_pages")
+    ap.add_argument("--thp", action="store_true",
+                    help="CPU: rerun with torch's huge-page allocation (THP_MEM_ALLOC_ENABLE=1), "
+                         "so fresh N x V tensors fault per 2 MiB instead of per 4 KiB")
     ap.add_argument("--csv", default="benchmarks/results/loss.csv")
     args = ap.parse_args(argv)
+    if args.thp and os.environ.get("THP_MEM_ALLOC_ENABLE") != "1":
+        # torch reads the variable once, at its first allocation: it needs a fresh process
+        os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
+        rest = list(sys.argv[1:] if argv is None else argv)
+        os.execv(sys.executable, [sys.executable, "-m", "benchmarks.loss", *rest])
     _reuse["on"] = args.reuse_pages
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
@@ -355,6 +368,9 @@ def main(argv=None) -> None:
                                  if not (b == "triton" and device.type == "cpu")]
     fused_backends = args.backends or [b for b in backends if b != "torch"] or backends
     dev_name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU x{torch.get_num_threads()}"
+    if device.type == "cpu":
+        pages = "2 MiB (THP_MEM_ALLOC_ENABLE=1)" if os.environ.get("THP_MEM_ALLOC_ENABLE") == "1" else "4 KiB"
+        dev_name += f", {pages} pages"
     print(f"device: {dev_name}, dtype: {dtype}, backends: {backends}, V={VOCAB}, d={D}, "
           f"medians of {args.repeats} runs, freed pages {'reused' if args.reuse_pages else 'unmapped (glibc default)'}")
     if args.quick:

@@ -153,6 +153,38 @@ template <class V> TSF_INLINE V vexp(V x) {
   }
 }
 
+// ------------------------------------------------------------------------ streaming stores
+
+// dst[0:n) = src[0:n) * f with non-temporal stores: the destination lines are not read for
+// ownership first and not kept in cache. GCC has no generic non-temporal vector store, so
+// it is inline assembly per width (VB = 64 / 32 are only reached from the AVX-512 / AVX2
+// wrappers); elsewhere than x86-64 the stores are plain. Callers fence (store_fence) before
+// plain stores to the same lines or before returning.
+template <int VB>
+TSF_INLINE void scale_stream(const float* __restrict src, int64_t n, float f, float* __restrict dst) {
+  typedef typename VT<float, VB>::V V;
+  constexpr int W = VT<float, VB>::W;
+  int64_t i = 0;
+#if defined(__x86_64__)
+  for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) % VB) != 0; ++i) dst[i] = src[i] * f;
+  const V fv = splat<V>(f);
+  for (; i + W <= n; i += W) {
+    const V v = vload<V>(src + i) * fv;
+    V* p = reinterpret_cast<V*>(dst + i);
+    if constexpr (VB == 64) asm volatile("vmovntps %1, %0" : "=m"(*p) : "v"(v));
+    else if constexpr (VB == 32) asm volatile("vmovntps %1, %0" : "=m"(*p) : "x"(v));
+    else asm volatile("movntps %1, %0" : "=m"(*p) : "x"(v));
+  }
+#endif
+  for (; i < n; ++i) dst[i] = src[i] * f;
+}
+
+TSF_INLINE void store_fence() {
+#if defined(__x86_64__)
+  asm volatile("sfence" ::: "memory");
+#endif
+}
+
 // ------------------------------------------------------------------------ dtype conversion
 
 TSF_INLINE float bits_to_f32(uint32_t u) {
