@@ -48,7 +48,9 @@ void check_logits(const at::Tensor& logits) {
 // per 4 KiB page); failure (older kernel) is harmless. TSUBASA_PREFAULT=0 switches it off.
 // A buffer already in memory (the reused gradient workspace) is left alone: the call walks
 // the page tables of the whole range even when nothing is missing, which cost 0.4x a copy
-// of the logits per call. Three sampled pages (first, middle, last; mincore) decide.
+// of the logits per call. Three sampled pages (first, middle, last; mincore) decide. A page
+// only ever read maps the shared zero page and counts as resident: such a buffer (and one
+// whose sampled pages alone are in) still faults on its first writes, as without the hint.
 // (MADV_HUGEPAGE was tried and dropped: on this VM huge pages come back from the hypervisor
 // slowly, giving 1 s stalls in about half of the calls.)
 bool resident(uintptr_t b, uintptr_t e, uintptr_t page) {

@@ -179,7 +179,9 @@ TSF_INLINE double kl_row(const KLArgs& a, int64_t r, int64_t& nbad, Scratch& sc)
   }
   bool finite = true;
   for (int l = 0; l < W; ++l) finite &= okv[l] != 0;
-  if (!finite || !(m > ninf)) return nan;  // NaN / +inf logit, or a row of -inf only
+  // NaN / +inf logit, or a row of -inf only: the row's gradient is left unspecified (the
+  // caller raises on a non-finite loss and drops the gradient)
+  if (!finite || !(m > ninf)) return nan;
   const double md = double(m);
   double s_set = 0.0;
   for (int64_t k = 0; k < ne; ++k) s_set += std::exp(ent[k].z - md);
