@@ -153,6 +153,13 @@ template <class V> TSF_INLINE V vexp(V x) {
   }
 }
 
+// Software prefetch of row[at], clamped into the row: the first passes prefetch two blocks
+// ahead, one step at a time (the hardware prefetcher alone left them waiting on memory,
+// 10-15 % of their time on one thread).
+template <class T> TSF_INLINE void prefetch_row(const T* row, int64_t at, int64_t vocab) {
+  __builtin_prefetch(row + (at < vocab ? at : vocab - 1), 0, 3);
+}
+
 // ------------------------------------------------------------------------ streaming stores
 
 // dst[0:n) = src[0:n) * f with non-temporal stores: the destination lines are not read for

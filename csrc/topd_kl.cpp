@@ -13,8 +13,8 @@
 // separate buffer they go into one of two per-thread scratch rows (L2 / L3), and the row's
 // gradient is written with streaming stores during the next row's pass 1 (Pending): each
 // gradient line is written once, never read for ownership first, and the stores drain
-// while that pass computes its exps (together 15-20 % faster on 2 threads than exps
-// stored into the gradient and rescaled there). The d teacher positions (and the label)
+// while that pass computes its exps (7-9 % faster on one thread than exps stored into the
+// gradient and rescaled there; benchmarks/README.md). The d teacher positions (and the label)
 // are then overwritten with their whole value computed in float64 (no dense value plus a
 // cancelling correction).
 #include <algorithm>
@@ -121,7 +121,8 @@ TSF_INLINE double kl_row(const KLArgs& a, int64_t r, int64_t& nbad, Scratch& sc)
   constexpr bool kStoreExp = DT == kF32;
   const bool store_exp = kStoreExp && g != nullptr;
   // where pass 1 puts the exps: into the row itself in place, else into the scratch row
-  const bool streamed = store_exp && static_cast<const void*>(g) != static_cast<const void*>(x);
+  // (kl_rows_impl allocates the scratch rows exactly when the gradient is not in place)
+  const bool streamed = store_exp && sc.ex[0] != nullptr;
   T* ex = streamed ? reinterpret_cast<T*>(sc.ex[sc.cur].get()) : g;
   float* mb = sc.mb.data();
 
@@ -137,12 +138,8 @@ TSF_INLINE double kl_row(const KLArgs& a, int64_t r, int64_t& nbad, Scratch& sc)
     load_block<DT, false>(x + b0, n, buf, inv_t);
     for (int64_t i = n; i < np; ++i) buf[i] = ninf;
     V vm = splat<V>(ninf);
-    // software prefetch two blocks ahead, one line per step: the hardware prefetcher alone
-    // left this pass waiting on memory (10-15 % of its time, single thread)
-    const T* nxt = x + std::min<int64_t>(b0 + 2 * kBlock, vocab - 1);
-    const int64_t nlast = vocab - 1 - (nxt - x);
     for (int64_t k = 0; k < np; k += W) {
-      __builtin_prefetch(nxt + std::min<int64_t>(k, nlast), 0, 3);
+      prefetch_row(x, b0 + 2 * kBlock + k, vocab);
       const V v = vload<V>(buf + k);
       vm = vmax(vm, v);
       okv &= (I)(v < infv);  // false for NaN and +inf

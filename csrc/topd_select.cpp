@@ -85,14 +85,11 @@ TSF_INLINE void select_row(const SelectArgs& a, int64_t r, typename Storage<DT>:
     // max per sub-block of kSub elements (kept for the candidate scan) and of the block
     V vm = splat<V>(lowest);
     const int64_t nsub = (np + kSub - 1) / kSub;
-    // software prefetch two blocks ahead, one line per step (as in topd_kl.cpp)
-    const T* nxt = x + std::min<int64_t>(b0 + 2 * kBlock, vocab - 1);
-    const int64_t nlast = vocab - 1 - (nxt - x);
     for (int64_t sb = 0; sb < nsub; ++sb) {
       V sm = splat<V>(lowest);
       const int64_t e = std::min<int64_t>(np, (sb + 1) * kSub);
       for (int64_t k = sb * kSub; k < e; k += W) {
-        __builtin_prefetch(nxt + std::min<int64_t>(k, nlast), 0, 3);
+        prefetch_row(x, b0 + 2 * kBlock + k, vocab);
         V v = vload<V>(buf + k);
         sm = vmax(sm, v);
         nz += v * C(0);
