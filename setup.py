@@ -15,7 +15,7 @@ import warnings
 from setuptools import setup
 
 EXT_NAME = "tsubasa_fast._C"
-SOURCES = ["csrc/topd_select.cpp", "csrc/topd_kl.cpp", "csrc/bindings.cpp"]
+SOURCES = ["csrc/topd_select.cpp", "csrc/topd_kl.cpp", "csrc/vexp.cpp", "csrc/bindings.cpp"]
 
 
 def _warn(msg: str) -> None:

@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include <sys/mman.h>
@@ -184,6 +185,15 @@ at::Tensor topd_kl(const at::Tensor& logits, const at::Tensor& indices, const at
 
 std::string cpu_isa() { return tsf::isa_name(); }
 
+// The kernels' vector exp elementwise (float32 in and out), for its accuracy test.
+at::Tensor cpu_exp(const at::Tensor& x) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "cpu_exp: x must be float32, got ", x.scalar_type());
+  const at::Tensor xc = x.contiguous();
+  at::Tensor y = at::empty_like(xc);
+  tsf::exp_f32(xc.data_ptr<float>(), y.data_ptr<float>(), xc.numel());
+  return y;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(tsubasa_fast, m) {
@@ -193,11 +203,13 @@ TORCH_LIBRARY(tsubasa_fast, m) {
       "Tensor? p_tail, Tensor? first, Tensor? labels, float ce_weight, Tensor row_mask, "
       "float temperature, float grad_scale, Tensor(a!)? grad_out) -> Tensor");
   m.def("cpu_isa() -> str", &cpu_isa);
+  m.def("cpu_exp(Tensor x) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(tsubasa_fast, CPU, m) {
   m.impl("topd_select", &topd_select);
   m.impl("topd_kl", &topd_kl);
+  m.impl("cpu_exp", &cpu_exp);
 }
 
 // A minimal Python module so that `from tsubasa_fast import _C` loads this library (and with

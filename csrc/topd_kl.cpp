@@ -10,11 +10,13 @@
 // For fp32 with a gradient, pass 1 also stores exp(z - m_b) and pass 2 only rescales each
 // block, walking the blocks backwards so that it starts on the part of the row still in L2.
 // In place (the gradient aliases the logits) the exps go into the row itself. Into a
-// separate buffer they go into one of two per-thread scratch rows (L2 / L3), and the row's
-// gradient is written with streaming stores during the next row's pass 1 (Pending): each
-// gradient line is written once, never read for ownership first, and the stores drain
-// while that pass computes its exps (7-9 % faster on one thread than exps stored into the
-// gradient and rescaled there; benchmarks/README.md). The d teacher positions (and the label)
+// separate buffer they go into a per-thread scratch row (L2), and the row's gradient is
+// written with streaming stores during the next row's pass 1 (Pending), each block just
+// before that pass overwrites the block in the scratch row: each gradient line is written
+// once, never read for ownership first, and the stores drain while that pass computes its
+// exps (7-9 % faster on one thread than exps stored into the gradient and rescaled there;
+// benchmarks/README.md). Pass 1 loads, tempers, copies and reduces a block in one loop
+// (fp32 / fp64). The d teacher positions (and the label)
 // are then overwritten with their whole value computed in float64 (no dense value plus a
 // cancelling correction).
 #include <algorithm>
@@ -47,8 +49,9 @@ struct Scratch {
   std::vector<Ent> ent;
   std::vector<double> zj;
   std::vector<float> mb;
-  std::unique_ptr<float[]> ex[2];  // [V] exps of the current row and of the pending one
-  int cur = 0;
+  // [V] exps of the current row, overwriting the pending row's block by block: each of its
+  // blocks is streamed out just before the current row's first pass writes the same block
+  std::unique_ptr<float[]> ex;
   Pending pend;
 };
 
@@ -122,8 +125,8 @@ TSF_INLINE double kl_row(const KLArgs& a, int64_t r, int64_t& nbad, Scratch& sc)
   const bool store_exp = kStoreExp && g != nullptr;
   // where pass 1 puts the exps: into the row itself in place, else into the scratch row
   // (kl_rows_impl allocates the scratch rows exactly when the gradient is not in place)
-  const bool streamed = store_exp && sc.ex[0] != nullptr;
-  T* ex = streamed ? reinterpret_cast<T*>(sc.ex[sc.cur].get()) : g;
+  const bool streamed = store_exp && sc.ex != nullptr;
+  T* ex = streamed ? reinterpret_cast<T*>(sc.ex.get()) : g;
   float* mb = sc.mb.data();
 
   // ---- pass 1: max, finiteness, sum of exp outside the set
@@ -134,15 +137,26 @@ TSF_INLINE double kl_row(const KLArgs& a, int64_t r, int64_t& nbad, Scratch& sc)
   for (int64_t b0 = 0, b = 0; b0 < vocab; b0 += kBlock, ++b) {
     const int64_t n = std::min<int64_t>(kBlock, vocab - b0);
     const int64_t np = (n + W - 1) / W * W;
-    if constexpr (DT == kF32) pending_step<VB>(sc.pend, vocab, b);
-    load_block<DT, false>(x + b0, n, buf, inv_t);
-    for (int64_t i = n; i < np; ++i) buf[i] = ninf;
+    if constexpr (DT == kF32) pending_step<VB>(sc.pend, vocab, b + 1);
     V vm = splat<V>(ninf);
-    for (int64_t k = 0; k < np; k += W) {
+    int64_t k0 = 0;  // fp32 / fp64: load, temper, copy into the block and reduce in one loop
+    if constexpr (DT == kF32 || DT == kF64) {
+      const V tv = splat<V>(inv_t);
+      for (; k0 + W <= n; k0 += W) {
+        prefetch_row(x, b0 + 2 * kBlock + k0, vocab);
+        const V v = vload<V>(x + b0 + k0) * tv;
+        vstore(buf + k0, v);
+        vm = vmax(vm, v);
+        okv &= (I)(v < infv);  // false for NaN and +inf
+      }
+    }
+    load_block<DT, false>(x + b0 + k0, n - k0, buf + k0, inv_t);
+    for (int64_t i = n; i < np; ++i) buf[i] = ninf;
+    for (int64_t k = k0; k < np; k += W) {
       prefetch_row(x, b0 + 2 * kBlock + k, vocab);
       const V v = vload<V>(buf + k);
       vm = vmax(vm, v);
-      okv &= (I)(v < infv);  // false for NaN and +inf
+      okv &= (I)(v < infv);
     }
     const C bm = hmax<C>(vm);
     if (bm > m) {
@@ -159,12 +173,20 @@ TSF_INLINE double kl_row(const KLArgs& a, int64_t r, int64_t& nbad, Scratch& sc)
     V acc0 = splat<V>(C(0)), acc1 = splat<V>(C(0));
     int64_t k = 0;
     if (store_exp) {
-      for (; k < np; k += W) {
-        const V e = vexp(vload<V>(buf + k) - mv);
-        acc0 += e;
-        vstore(buf + k, e);
+      if constexpr (kStoreExp) {  // fp32: whole vectors straight into ex, the tail via buf
+        for (; k + W <= n; k += W) {
+          const V e = vexp(vload<V>(buf + k) - mv);
+          acc0 += e;
+          vstore(ex + b0 + k, e);
+        }
+        const int64_t kt = k;
+        for (; k < np; k += W) {
+          const V e = vexp(vload<V>(buf + k) - mv);
+          acc0 += e;
+          vstore(buf + k, e);
+        }
+        store_block<DT>(buf + kt, n - kt, ex + b0 + kt);
       }
-      store_block<DT>(buf, n, ex + b0);
     } else {
       for (; k + 2 * W <= np; k += 2 * W) {
         acc0 += vexp(vload<V>(buf + k) - mv);
@@ -241,9 +263,8 @@ TSF_INLINE double kl_row(const KLArgs& a, int64_t r, int64_t& nbad, Scratch& sc)
       p.fix.clear();
       whole_values([&](int64_t pos, double v) { p.fix.emplace_back(pos, float(v)); });
       p.g = reinterpret_cast<float*>(g);
-      p.ex = sc.ex[sc.cur].get();
+      p.ex = sc.ex.get();
       p.next = 0;
-      sc.cur ^= 1;
       return loss;
     }
     if (store_exp) {  // g holds exp(z - m_b): scale each block by dense * exp(m_b - m - log s)
@@ -287,7 +308,7 @@ TSF_INLINE int64_t kl_rows_impl(const KLArgs& a, int64_t r0, int64_t r1) {
   sc.zj.resize(size_t(a.d));
   sc.mb.resize(size_t((a.vocab + kBlock - 1) / kBlock));
   if (DT == kF32 && a.g && a.g != a.x) {
-    for (auto& e : sc.ex) e.reset(new float[size_t(a.vocab)]);
+    sc.ex.reset(new float[size_t(a.vocab)]);
     sc.pend.fix.reserve(size_t(a.d) + 1);
   }
   for (int64_t r = r0; r < r1; ++r) {

@@ -22,6 +22,18 @@ SCRIPT = textwrap.dedent("""
     import torch, tsubasa_fast as tf
     from tsubasa_fast.ops import reference
     print(torch.ops.tsubasa_fast.cpu_isa())
+    # the kernels' vector exp against float64, in units in the last place of the float result:
+    # every 997th float of [ln 2^-126, 88] and a dense grid over [-1, 1] (the table steps)
+    bits = torch.cat([torch.arange(0, 0x42B00000, 997), torch.arange(-0x80000000, -0x3D5153B0, 997)])
+    x = torch.cat([bits.int().view(torch.float32), torch.linspace(-1, 1, 400001)])
+    x = x[(x >= -87.33654) & (x <= 88)]
+    ref = x.double().exp()
+    ulp = torch.ldexp(torch.ones_like(ref), torch.frexp(ref).exponent - 24)
+    err = ((torch.ops.tsubasa_fast.cpu_exp(x).double() - ref).abs() / ulp).max().item()
+    assert err <= 1.5, err
+    special = torch.tensor([float("-inf"), -1e4, -87.34, float("nan"), 0.0])
+    got = torch.ops.tsubasa_fast.cpu_exp(special)
+    assert torch.equal(got[:3], torch.zeros(3)) and got[3].isnan() and got[4] == 1.0, got
     g = torch.Generator().manual_seed(0)
     # V = 1001: rows start off the vector alignment (the streaming stores' scalar head);
     # row 1 of the large case is masked (-inf) over its first blocks, outside the teacher set
