@@ -127,9 +127,9 @@ constexpr float kExp2Sixteenths[16] = {
     0x1.4bfdaep+0f, 0x1.5ab07ep+0f, 0x1.6a09e6p+0f, 0x1.7a1148p+0f, 0x1.8ace54p+0f, 0x1.9c4918p+0f,
     0x1.ae89fap+0f, 0x1.c199bep+0f, 0x1.d5818ep+0f, 0x1.ea4afap+0f};
 
-// Branch-free exp, about 1 ulp on [-87.3, 88] (float; measured over every 37th float of
-// [-88, 0]: 1.06 ulp for 16 lanes, 0.90 for 8, 1.0 for 4). Exact 0 below that (so -inf gives
-// 0), NaN stays NaN. With 16 or 8 float lanes (AVX-512, AVX2): x = (n / L) ln 2 + r, 2^(j/L)
+// Branch-free exp, about 1 ulp on [ln 2^-126, 88] (float; measured over every 37th float of
+// [ln 2^-126, 0]: 1.06 ulp for 16 lanes, 0.90 for 8, 1.0 for 4). Exact 0 below that (so -inf
+// gives 0), exp(88) above 88 (+inf too; the kernels only pass z - m <= 0), NaN stays NaN. With 16 or 8 float lanes (AVX-512, AVX2): x = (n / L) ln 2 + r, 2^(j/L)
 // for j = n mod L from a table in one register (one vpermps), 2^(n div L) through the
 // exponent bits, exp(r) - 1 on |r| <= ln 2 / (2L) by a degree-3 (L = 16) or degree-4 (L = 8)
 // polynomial, finished by one multiply-add: 18-23 % faster than Cephes' degree-6 polynomial

@@ -124,7 +124,7 @@ TSF_INLINE double kl_row(const KLArgs& a, int64_t r, int64_t& nbad, Scratch& sc)
   constexpr bool kStoreExp = DT == kF32;
   const bool store_exp = kStoreExp && g != nullptr;
   // where pass 1 puts the exps: into the row itself in place, else into the scratch row
-  // (kl_rows_impl allocates the scratch rows exactly when the gradient is not in place)
+  // (kl_rows_impl allocates the scratch row exactly when the gradient is not in place)
   const bool streamed = store_exp && sc.ex != nullptr;
   T* ex = streamed ? reinterpret_cast<T*>(sc.ex.get()) : g;
   float* mb = sc.mb.data();
